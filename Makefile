@@ -1,0 +1,45 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+SRC := service simulators
+export PATH := $(PATH):/usr/sbin:/sbin
+
+.PHONY: install system-deps lint test unit integration demo clean
+
+install: $(VENV)/.installed system-deps
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Mosquitto for the broker, Prometheus for promtool and the demo's scrape.
+system-deps:
+	@if ! command -v mosquitto >/dev/null || ! command -v promtool >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto prometheus >/dev/null; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check $(SRC) tests benchmarks
+	$(VENV)/bin/ruff format --check $(SRC)
+	$(VENV)/bin/mypy $(SRC)
+
+unit: install
+	$(VENV)/bin/pytest -q tests/unit service
+
+integration: install
+	$(VENV)/bin/pytest -q tests/integration
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(PY) -m simulators.demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""Every Prometheus metric aemon exports, defined once.
+
+Names follow Prometheus conventions: prefix `aemon_`, base units, `_total` on counters, a
+`machine` label where the value belongs to one machine, and never a per-reading label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from service import __version__
+from service.types import MachineState
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FINETUNE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class Metrics:
+    """All metrics of one daemon, registered in `registry` (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.registry = registry
+        Info("aemon_build", "Version of the running daemon.", registry=r).info(
+            {"version": __version__}
+        )
+        self.messages_received = Counter(
+            "aemon_messages_received_total", "MQTT messages handed to ingest.", registry=r
+        )
+        self.readings_received = Counter(
+            "aemon_readings_received_total",
+            "Readings received: every reading parsed from a message, plus one for each message "
+            "rejected whole. received = accepted + rejected.",
+            ["machine"],
+            registry=r,
+        )
+        self.readings_accepted = Counter(
+            "aemon_readings_accepted_total",
+            "Readings taken onto a machine's time grid.",
+            ["machine"],
+            registry=r,
+        )
+        self.readings_rejected = Counter(
+            "aemon_readings_rejected_total",
+            "Readings refused, by reason (machine is empty when it is not known).",
+            ["machine", "reason"],
+            registry=r,
+        )
+        self.windows_scored = Counter(
+            "aemon_windows_scored_total", "Windows scored by a model.", ["machine"], registry=r
+        )
+        self.anomaly_score = Gauge(
+            "aemon_anomaly_score",
+            "Reconstruction error of the machine's latest window (higher is more anomalous).",
+            ["machine"],
+            registry=r,
+        )
+        self.anomaly_threshold = Gauge(
+            "aemon_anomaly_threshold",
+            "Score above which a window counts as anomalous.",
+            ["machine"],
+            registry=r,
+        )
+        self.alert_firing = Gauge(
+            "aemon_alert_firing", "1 while the machine has a firing alert.", ["machine"], registry=r
+        )
+        self.alerts_raised = Counter(
+            "aemon_alerts_raised_total", "Alert episodes raised.", ["machine"], registry=r
+        )
+        self.scoring_latency = Histogram(
+            "aemon_scoring_latency_seconds",
+            "Time of one batched model call that scores a machine's windows.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pipeline_lag = Histogram(
+            "aemon_pipeline_lag_seconds",
+            "From a reading's arrival at the daemon to the score of the window it completed.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.last_reading_timestamp = Gauge(
+            "aemon_last_reading_timestamp_seconds",
+            "Event time of the newest reading accepted for the machine (Unix seconds).",
+            ["machine"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "aemon_queue_depth", "Messages waiting for the pipeline thread.", registry=r
+        )
+        self.machine_state = Gauge(
+            "aemon_machine_state",
+            "1 for the state the machine is in (discovering, learning, scoring).",
+            ["machine", "state"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "aemon_model_version", "Version of the model scoring the machine.", ["machine"], registry=r
+        )
+        self.finetune_runs = Counter(
+            "aemon_finetune_runs_total",
+            "Model fits and fine-tunes by outcome "
+            "(promoted, rejected_gate, too_few_windows, error, initial).",
+            ["machine", "outcome"],
+            registry=r,
+        )
+        self.finetune_duration = Histogram(
+            "aemon_finetune_duration_seconds",
+            "Duration of a model fit or fine-tune.",
+            buckets=FINETUNE_BUCKETS,
+            registry=r,
+        )
+        self.finetune_windows_excluded = Counter(
+            "aemon_finetune_windows_excluded_total",
+            "Windows kept out of fine-tuning because they were in or near an alert episode.",
+            ["machine"],
+            registry=r,
+        )
+        self.drift_events = Counter(
+            "aemon_drift_events_total", "Drift detected on the machine's scores.", ["machine"], registry=r
+        )
+        self.broker_connected = Gauge(
+            "aemon_broker_connected", "1 while connected to the MQTT broker.", registry=r
+        )
+        self.ready = Gauge("aemon_ready", "1 while /readyz answers ready.", registry=r)
+        self.thread_failures = Counter(
+            "aemon_thread_failures_total",
+            "Worker threads that died of an exception (the daemon turns unhealthy).",
+            ["thread"],
+            registry=r,
+        )
+        self.callback_errors = Counter(
+            "aemon_mqtt_callback_errors_total",
+            "Exceptions caught in MQTT callbacks (kept from killing paho's network thread).",
+            registry=r,
+        )
+        self.alerts_published = Counter(
+            "aemon_alert_messages_published_total",
+            "Alert messages handed to the MQTT client (QoS 1).",
+            registry=r,
+        )
+
+    def set_machine_state(self, machine: str, state: MachineState) -> None:
+        for s in MachineState:
+            self.machine_state.labels(machine=machine, state=s.value).set(1 if s == state else 0)

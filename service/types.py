@@ -1,0 +1,111 @@
+"""The values that flow between stages: ingest -> window -> score -> alert -> publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class RejectReason(StrEnum):
+    """Why a reading was not accepted. The values are the `reason` label of the metrics."""
+
+    MALFORMED = "malformed"
+    SCHEMA = "schema"
+    NON_FINITE = "non_finite"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    TOO_LARGE = "too_large"
+    LATE = "late"
+    FUTURE = "future"
+    DUPLICATE = "duplicate"
+    OVERLOADED = "overloaded"
+
+
+class MachineState(StrEnum):
+    """Where a machine is in its life: it only scores once it has a model."""
+
+    DISCOVERING = "discovering"
+    LEARNING = "learning"
+    SCORING = "scoring"
+
+
+class AlertState(StrEnum):
+    NORMAL = "normal"
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sensor value at one event time (Unix seconds)."""
+
+    machine: str
+    sensor: str
+    ts: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A reading (or a whole message) that was refused, with the reason that is counted."""
+
+    reason: RejectReason
+    detail: str
+    machine: str = ""
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Window:
+    """`values[t, s]`: sensor `s` at grid step `t`; the last step is at `end_ts`."""
+
+    machine: str
+    end_ts: float
+    sensors: tuple[str, ...]
+    values: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A window's reconstruction error against its machine's threshold."""
+
+    machine: str
+    end_ts: float
+    score: float
+    threshold: float
+    sensor_errors: tuple[float, ...]
+    sensors: tuple[str, ...]
+    model_version: int
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score > self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class SensorShare:
+    sensor: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A raise, update or resolve of one alert episode. Times are event time (Unix seconds)."""
+
+    kind: str  # "raised" | "updated" | "resolved"
+    alert_id: str
+    machine: str
+    state: AlertState
+    started_at: float
+    updated_at: float
+    ended_at: float | None
+    score: float
+    threshold: float
+    top_sensors: tuple[SensorShare, ...]
+    model_version: int
