@@ -1,0 +1,215 @@
+"""Settings: a TOML file (`--config` or `AEMON_CONFIG`), overridden by `AEMON_*` env vars.
+
+Nested fields use `__` in env names: `AEMON_MQTT__PORT=1884`. Every section is frozen and
+refuses unknown keys, so a typo in a deployment's config fails at start, not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MqttSettings(Section):
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    topics: tuple[str, ...] = Field(
+        ("plant/{machine}/{sensor}", "plant/{machine}"),
+        description="Input topic templates; {machine} and {sensor} each match one topic level.",
+    )
+    client_id: str = Field("aemon", description="MQTT client id (unique per replica).")
+    keepalive: int = Field(30, ge=5, description="Keepalive interval, seconds.")
+    qos: Literal[0, 1] = Field(1, description="QoS of the input subscriptions.")
+    clean_start: bool = Field(
+        False, description="False keeps the broker session (and queued readings) across restarts."
+    )
+    session_expiry: int = Field(
+        3600, ge=0, description="Seconds the broker keeps the session while aemon is away."
+    )
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(None, description="Broker password (prefer password_file).")
+    password_file: Path | None = Field(None, description="File holding the broker password.")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the broker certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client key for mutual TLS.")
+    reconnect_min: float = Field(1.0, gt=0, description="First reconnect delay, seconds.")
+    reconnect_max: float = Field(30.0, gt=0, description="Longest reconnect delay, seconds.")
+    topic_prefix: str = Field("aemon", description="Prefix of the output topics.")
+
+    def resolved_password(self) -> str | None:
+        """The password from `password_file` if set, else from `password`."""
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password.get_secret_value() if self.password is not None else None
+
+
+class HttpSettings(Section):
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
+    port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz, /.")
+
+
+class StateSettings(Section):
+    dir: Path = Field(Path("/var/lib/aemon"), description="Models and their versions.")
+
+
+class IngestSettings(Section):
+    max_payload_bytes: int = Field(
+        65536, ge=64, description="Larger payloads are rejected as too_large before parsing."
+    )
+    future_tolerance: float = Field(
+        300.0, gt=0, description="Readings this far ahead of the wall clock are rejected (s)."
+    )
+    queue_size: int = Field(
+        20000, ge=1, description="Messages that may wait for the pipeline before overloaded."
+    )
+    max_machines: int = Field(10000, ge=1, description="Machines discovered at the most.")
+
+
+class WindowSettings(Section):
+    period: float = Field(1.0, gt=0, description="Default sample period of the grid, seconds.")
+    length: int = Field(30, ge=2, description="Grid steps in one window.")
+    stride: int = Field(1, ge=1, description="Grid steps between consecutive windows.")
+    max_stale: float = Field(
+        5.0, gt=0, description="A sensor's last value is held this long; older is a gap (s)."
+    )
+    lateness: float = Field(
+        2.0, ge=0, description="Out-of-order tolerance: how far behind the newest reading (s)."
+    )
+
+
+class MachineSettings(Section):
+    sensors: tuple[str, ...] = Field(description="The machine's sensors, in model order.")
+    period: float | None = Field(None, gt=0, description="Sample period (default window.period).")
+
+
+class DiscoverySettings(Section):
+    enabled: bool = Field(True, description="Accept machines that are not declared.")
+    period: float = Field(
+        30.0, ge=0, description="Event-time seconds during which a new machine's sensors are seen."
+    )
+
+
+class ModelSettings(Section):
+    kind: str = Field("dense", description="Autoencoder family (dense, conv, lstm, vae).")
+    params: dict[str, int | float] = Field(
+        default_factory=dict, description="Family config fields, e.g. hidden = 64."
+    )
+    epochs: int = Field(60, ge=1, description="Training epochs of a fit from scratch.")
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
+    denoise_std: float = Field(0.0, ge=0, description="Denoising: input noise std in scaled units.")
+    sparse_l1: float = Field(0.0, ge=0, description="Sparse: L1 weight on the code.")
+    seed: int = Field(0, description="Seed of weight init and training order.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (2-core boxes: 1).")
+
+
+class ThresholdSettings(Section):
+    method: Literal["quantile"] = Field("quantile", description="Calibration on normal scores.")
+    quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
+    margin: float = Field(1.5, ge=1, description="Threshold = quantile x margin.")
+    holdout: float = Field(
+        0.25, gt=0, lt=1, description="Share of learning windows kept out of training to calibrate."
+    )
+
+
+class LearningSettings(Section):
+    windows: int = Field(
+        300, ge=20, description="Windows of a new machine taken as normal to fit its first model."
+    )
+
+
+class AlertSettings(Section):
+    k: int = Field(3, ge=1, description="Anomalous windows among the last n that raise an alert.")
+    n: int = Field(5, ge=1, description="Windows the k-of-n rule looks at.")
+    m: int = Field(10, ge=1, description="Consecutive clean windows that resolve an alert.")
+    top_sensors: int = Field(3, ge=1, description="Contributing sensors named in an alert.")
+    update_interval: float = Field(
+        60.0, gt=0, description="Event-time seconds between updates of a firing alert."
+    )
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> AlertSettings:
+        if self.k > self.n:
+            raise ValueError("alert.k must not exceed alert.n")
+        return self
+
+
+class PipelineSettings(Section):
+    max_batch: int = Field(5000, ge=1, description="Messages taken from the queue per cycle.")
+    drain_timeout: float = Field(5.0, ge=0, description="Shutdown: seconds to drain the queue.")
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json for journald/Kubernetes; auto picks console on a terminal."
+    )
+
+
+class Settings(BaseSettings):
+    """All of aemon's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AEMON_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    state: StateSettings = Field(default_factory=StateSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    window: WindowSettings = Field(default_factory=WindowSettings)  # type: ignore[arg-type]
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)  # type: ignore[arg-type]
+    learning: LearningSettings = Field(default_factory=LearningSettings)  # type: ignore[arg-type]
+    alert: AlertSettings = Field(default_factory=AlertSettings)  # type: ignore[arg-type]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
+    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+    machines: dict[str, MachineSettings] = Field(
+        default_factory=dict, description="Declared machines; others are discovered from topics."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so a deployment can override any value of the file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says why."""
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (or `AEMON_CONFIG`), env vars, and `overrides` (highest)."""
+    chosen = path if path is not None else os.environ.get("AEMON_CONFIG")
+    if chosen is None:
+        return Settings(**overrides)
+    toml_path = Path(chosen)
+    if not toml_path.is_file():
+        raise ConfigError(f"config file {toml_path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=toml_path)
+
+    return _FromFile(**overrides)
