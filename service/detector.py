@@ -119,9 +119,7 @@ def split_holdout(windows: FloatArray, share: float) -> tuple[FloatArray, FloatA
     return windows[~mask], windows[mask]
 
 
-def train_model(
-    model: Autoencoder, x: torch.Tensor, settings: ModelSettings, epochs: int
-) -> float:
+def train_model(model: Autoencoder, x: torch.Tensor, settings: ModelSettings, epochs: int) -> float:
     """Adam on reconstruction loss; the denoising and sparse options apply to every family.
     Returns the last epoch's mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)

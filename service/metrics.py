@@ -96,7 +96,10 @@ class Metrics:
             registry=r,
         )
         self.model_version = Gauge(
-            "aemon_model_version", "Version of the model scoring the machine.", ["machine"], registry=r
+            "aemon_model_version",
+            "Version of the model scoring the machine.",
+            ["machine"],
+            registry=r,
         )
         self.finetune_runs = Counter(
             "aemon_finetune_runs_total",
@@ -118,7 +121,10 @@ class Metrics:
             registry=r,
         )
         self.drift_events = Counter(
-            "aemon_drift_events_total", "Drift detected on the machine's scores.", ["machine"], registry=r
+            "aemon_drift_events_total",
+            "Drift detected on the machine's scores.",
+            ["machine"],
+            registry=r,
         )
         self.broker_connected = Gauge(
             "aemon_broker_connected", "1 while connected to the MQTT broker.", registry=r
