@@ -167,18 +167,18 @@ class Settings(BaseSettings):
         env_prefix="AEMON_", env_nested_delimiter="__", frozen=True, extra="forbid"
     )
 
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
-    state: StateSettings = Field(default_factory=StateSettings)  # type: ignore[arg-type]
-    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
-    window: WindowSettings = Field(default_factory=WindowSettings)  # type: ignore[arg-type]
-    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)  # type: ignore[arg-type]
-    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
-    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)  # type: ignore[arg-type]
-    learning: LearningSettings = Field(default_factory=LearningSettings)  # type: ignore[arg-type]
-    alert: AlertSettings = Field(default_factory=AlertSettings)  # type: ignore[arg-type]
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
-    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    window: WindowSettings = Field(default_factory=WindowSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
+    alert: AlertSettings = Field(default_factory=AlertSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     machines: dict[str, MachineSettings] = Field(
         default_factory=dict, description="Declared machines; others are discovered from topics."
     )

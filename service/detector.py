@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from service.config import ModelSettings, ThresholdSettings
-from service.models import Autoencoder, build_model
+from service.models import AEOutput, Autoencoder, build_model
 from service.threshold import calibrate
 from service.types import FloatArray
 
@@ -148,8 +148,8 @@ def reconstruction_loss(
     if settings.denoise_std > 0:
         noise = torch.randn(clean.shape, generator=generator) * settings.denoise_std
         noisy = clean + noise
-    out = model(noisy)
-    loss = (out.recon - clean).square().mean() + out.extra_loss
+    out: AEOutput = model(noisy)
+    loss: torch.Tensor = (out.recon - clean).square().mean() + out.extra_loss
     if settings.sparse_l1 > 0:
         loss = loss + settings.sparse_l1 * out.code.abs().mean()
     return loss
