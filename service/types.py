@@ -106,6 +106,7 @@ class AlertEvent:
     updated_at: float
     ended_at: float | None
     score: float
+    peak_score: float
     threshold: float
     top_sensors: tuple[SensorShare, ...]
     model_version: int

@@ -1,0 +1,130 @@
+"""Per-machine alert state machine: `normal -> pending -> firing -> resolved`.
+
+An alert is raised when `k` of the last `n` windows are anomalous, and resolved after `m`
+consecutive clean windows. Its id is derived from the machine and start time, so the same
+episode replayed twice keeps its id.
+
+>>> t = AlertTracker("pump-7", k=2, n=3, m=2, top_n=1, update_interval=60.0)
+>>> def score(ts, value, errors=(1.0, 0.0)):
+...     return Score("pump-7", ts, value, 1.0, errors, ("vibration", "current"), 1)
+>>> t.observe(score(1, 0.5)) is None, t.state.value
+(True, 'normal')
+>>> t.observe(score(2, 3.0)) is None, t.state.value
+(True, 'pending')
+>>> raised = t.observe(score(3, 4.0))
+>>> raised.kind, raised.state.value, raised.started_at, raised.top_sensors[0].sensor
+('raised', 'firing', 2, 'vibration')
+>>> t.observe(score(4, 0.5)) is None
+True
+>>> resolved = t.observe(score(5, 0.5))
+>>> resolved.kind, resolved.state.value, resolved.alert_id == raised.alert_id, resolved.ended_at
+('resolved', 'resolved', True, 4)
+>>> t.state.value
+'normal'
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+
+import numpy as np
+
+from service.types import AlertEvent, AlertState, Score, SensorShare
+
+_ID_NAMESPACE = uuid.UUID("6f1c2a64-5b8e-4a8e-9d7e-3c1f0a2b4d5e")
+
+
+def alert_id(machine: str, started_at: float) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{machine}@{started_at:.3f}"))
+
+
+class AlertTracker:
+    """Follows one machine's scores and says when an alert is raised, updated or resolved."""
+
+    def __init__(
+        self, machine: str, k: int, n: int, m: int, top_n: int, update_interval: float
+    ) -> None:
+        self.machine = machine
+        self.k, self.m, self.top_n = k, m, top_n
+        self.update_interval = update_interval
+        self._recent: deque[Score] = deque(maxlen=n)
+        self.state = AlertState.NORMAL
+        self._episode_errors: np.ndarray | None = None
+        self._started_at = 0.0
+        self._last_event_at = 0.0
+        self._clean_run: list[Score] = []
+        self.peak_score = 0.0
+
+    def observe(self, score: Score) -> AlertEvent | None:
+        self._recent.append(score)
+        if self.state == AlertState.FIRING:
+            return self._while_firing(score)
+        anomalous = [s for s in self._recent if s.anomalous]
+        if len(anomalous) >= self.k:
+            return self._raise(anomalous, score)
+        self.state = AlertState.PENDING if anomalous else AlertState.NORMAL
+        return None
+
+    @property
+    def alert_id(self) -> str | None:
+        return alert_id(self.machine, self._started_at) if self.state == AlertState.FIRING else None
+
+    def _raise(self, anomalous: list[Score], latest: Score) -> AlertEvent:
+        self.state = AlertState.FIRING
+        self._started_at = anomalous[0].end_ts
+        self._episode_errors = np.zeros(len(latest.sensors))
+        self.peak_score = 0.0
+        for s in anomalous:
+            self._accumulate(s)
+        self._clean_run = []
+        return self._event("raised", latest, AlertState.FIRING, None)
+
+    def _while_firing(self, score: Score) -> AlertEvent | None:
+        if score.anomalous:
+            self._clean_run = []
+            self._accumulate(score)
+            if score.end_ts - self._last_event_at >= self.update_interval:
+                return self._event("updated", score, AlertState.FIRING, None)
+            return None
+        self._clean_run.append(score)
+        if len(self._clean_run) < self.m:
+            return None
+        ended_at = self._clean_run[0].end_ts
+        event = self._event("resolved", score, AlertState.RESOLVED, ended_at)
+        self.state = AlertState.NORMAL
+        self._recent.clear()
+        self._clean_run = []
+        return event
+
+    def _accumulate(self, score: Score) -> None:
+        assert self._episode_errors is not None
+        self._episode_errors += np.asarray(score.sensor_errors, dtype=np.float64)
+        self.peak_score = max(self.peak_score, score.score)
+
+    def _top_sensors(self, sensors: tuple[str, ...]) -> tuple[SensorShare, ...]:
+        assert self._episode_errors is not None
+        total = float(self._episode_errors.sum()) or 1.0
+        order = np.argsort(-self._episode_errors, kind="stable")[: self.top_n]
+        return tuple(
+            SensorShare(sensors[i], round(float(self._episode_errors[i]) / total, 4)) for i in order
+        )
+
+    def _event(
+        self, kind: str, score: Score, state: AlertState, ended_at: float | None
+    ) -> AlertEvent:
+        self._last_event_at = score.end_ts
+        return AlertEvent(
+            kind=kind,
+            alert_id=alert_id(self.machine, self._started_at),
+            machine=self.machine,
+            state=state,
+            started_at=self._started_at,
+            updated_at=score.end_ts,
+            ended_at=ended_at,
+            score=score.score,
+            peak_score=self.peak_score,
+            threshold=score.threshold,
+            top_sensors=self._top_sensors(score.sensors),
+            model_version=score.model_version,
+        )

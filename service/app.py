@@ -1,0 +1,162 @@
+"""`App`: builds the stages, starts them in order, stops them in reverse on one stop event."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import structlog
+import torch
+from prometheus_client import CollectorRegistry
+
+from service.config import Settings
+from service.finetune import FineTuner
+from service.http import HttpServer
+from service.ingest import Ingestor
+from service.metrics import Metrics
+from service.mqtt import MqttClient
+from service.pipeline import Batch, Pipeline
+from service.publish import Publisher
+from service.types import MachineState, RejectReason
+
+log = structlog.get_logger(__name__)
+
+
+class App:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.ingestor = Ingestor(
+            settings.mqtt.topics,
+            settings.ingest.max_payload_bytes,
+            settings.ingest.future_tolerance,
+            declared={name: m.sensors for name, m in settings.machines.items()},
+            allow_undeclared=settings.discovery.enabled,
+        )
+        prefix = settings.mqtt.topic_prefix
+        self.mqtt = MqttClient(
+            settings.mqtt,
+            self.ingestor.subscriptions,
+            f"{prefix}/status",
+            self.on_message,
+            self.metrics,
+        )
+        self.publisher = Publisher(self.mqtt, prefix, self.metrics)
+        self.finetuner = FineTuner(settings, self.metrics, self._install)
+        self.pipeline = Pipeline(settings, self.metrics, self.publisher, self.finetuner)
+        self.http = HttpServer(
+            settings.http.host,
+            settings.http.port,
+            self.metrics,
+            self.health,
+            self.ready,
+            self.pipeline.snapshot,
+        )
+
+    def _install(self, machine: str, detector: Any) -> None:
+        self.pipeline.install(machine, detector)
+
+    # -- paho's network thread ------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, received_at: float) -> None:
+        """Parse and enqueue, nothing else: a slow callback gets the client dropped."""
+        m = self.metrics
+        m.messages_received.inc()
+        result = self.ingestor.parse(topic, payload, received_at)
+        known = self.pipeline.machines
+        per_machine = Counter(r.machine for r in result.readings)
+        for rejection in result.rejections:
+            machine = rejection.machine if rejection.machine in known else ""
+            per_machine[machine] += 1
+            m.readings_rejected.labels(machine=machine, reason=rejection.reason.value).inc()
+        for machine, count in per_machine.items():
+            m.readings_received.labels(machine=machine).inc(count)
+        if result.rejections:
+            first = result.rejections[0]
+            log.info(
+                "message_rejected", topic=topic, reason=first.reason.value, detail=first.detail
+            )
+        if result.readings and not self.pipeline.submit(Batch(received_at, result.readings)):
+            for machine, count in Counter(r.machine for r in result.readings).items():
+                label = machine if machine in known else ""
+                m.readings_rejected.labels(machine=label, reason=RejectReason.OVERLOADED.value).inc(
+                    count
+                )
+
+    # -- probes -----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        threads = {
+            "pipeline": self.pipeline.healthy,
+            "finetuner": self.finetuner.healthy,
+            "http": self.http.healthy,
+            "mqtt": self.mqtt.network_thread_alive(),
+        }
+        return {"healthy": all(threads.values()), "threads": threads}
+
+    def ready(self) -> dict[str, Any]:
+        states = Counter(m["state"] for m in self.pipeline.snapshot())
+        connected = self.mqtt.connected.is_set()
+        report = {
+            "ready": connected and self.health()["healthy"],
+            "broker_connected": connected,
+            "broker_error": self.mqtt.last_error,
+            "machines": {s.value: states.get(s.value, 0) for s in MachineState},
+        }
+        self.metrics.ready.set(1 if report["ready"] else 0)
+        return report
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        torch.set_num_threads(self.settings.model.torch_threads)
+        self.http.start()
+        self.finetuner.start()
+        self.pipeline.start()
+        self.mqtt.start()
+        log.info("aemon_started", http_port=self.http.port, broker=self.settings.mqtt.host)
+
+    def run(self, stop: threading.Event) -> None:
+        """Runs until `stop` is set, telling systemd READY and WATCHDOG while healthy."""
+        self.start()
+        notify("READY=1")
+        interval = watchdog_interval()
+        while not stop.wait(interval or 1.0):
+            if interval and self.health()["healthy"]:
+                notify("WATCHDOG=1")
+        notify("STOPPING=1")
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop input, drain, stop the fitter, say offline, disconnect, close HTTP."""
+        started = time.monotonic()
+        log.info("aemon_stopping")
+        self.mqtt.pause_input()
+        self.pipeline.stop(self.settings.pipeline.drain_timeout)
+        self.pipeline.join(self.settings.pipeline.drain_timeout + 2)
+        self.finetuner.stop()
+        self.finetuner.join(5)
+        self.mqtt.stop()
+        self.http.stop()
+        log.info("aemon_stopped", seconds=round(time.monotonic() - started, 2))
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec, when systemd asked for a watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    return int(usec) / 2e6 if usec else None
+
+
+def notify(message: str) -> None:
+    """sd_notify without a dependency: one datagram to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify_failed", error=str(exc))

@@ -1,0 +1,115 @@
+"""One port: `/metrics`, `/healthz`, `/readyz`, `/api/machines` and a status page at `/`."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from service.metrics import Metrics
+from service.threads import Worker
+
+Probe = Callable[[], dict[str, Any]]
+
+
+class HttpServer(Worker):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Probe,
+        ready: Probe,
+        machines: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        super().__init__("http", metrics)
+        handler = _handler_class(metrics.registry, health, ready, machines)
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def work(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler_class(
+    registry: CollectorRegistry,
+    health: Probe,
+    ready: Probe,
+    machines: Callable[[], list[dict[str, Any]]],
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "aemon"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/healthz":
+                self._probe(health(), "healthy")
+            elif path == "/readyz":
+                self._probe(ready(), "ready")
+            elif path == "/api/machines":
+                self._send(200, "application/json", orjson.dumps(machines()))
+            elif path == "/":
+                page = status_page(health(), ready(), machines())
+                self._send(200, "text/html; charset=utf-8", page.encode())
+            else:
+                self._send(404, "text/plain", b"not found\n")
+
+        def _probe(self, report: dict[str, Any], key: str) -> None:
+            status = 200 if report[key] else 503
+            self._send(status, "application/json", orjson.dumps(report))
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # Scrapes every few seconds would flood the log; errors still reach stderr.
+            return
+
+    return Handler
+
+
+def status_page(
+    health: dict[str, Any], ready: dict[str, Any], machines: list[dict[str, Any]]
+) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
+
+    columns = ["machine", "state", "alert", "score", "threshold", "model_version", "sensors"]
+    rows = "".join(
+        "<tr>"
+        + "".join(cell(m[c] if c != "sensors" else ", ".join(m[c])) for c in columns)
+        + "</tr>"
+        for m in machines
+    )
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>aemon</title>"
+        '<meta http-equiv="refresh" content="5">'
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>"
+        "</head><body><h1>aemon</h1>"
+        f"<p>healthy: {health['healthy']} &middot; ready: {ready['ready']} &middot; "
+        f"broker connected: {ready['broker_connected']}</p>"
+        f"<table><tr>{head}</tr>{rows}</table>"
+        '<p><a href="/metrics">/metrics</a> &middot; <a href="/api/machines">/api/machines</a>'
+        "</p></body></html>"
+    )

@@ -1,0 +1,227 @@
+"""Topic + payload -> `Reading`s, or counted `Rejection`s with a reason.
+
+Runs on paho's network thread, so it only parses: no I/O, no locks held for long.
+
+>>> ing = Ingestor(("plant/{machine}/{sensor}", "plant/{machine}"), max_payload_bytes=1024)
+>>> ing.parse("plant/pump-7/pressure", b'{"ts": 100.5, "value": 3.2}', received_at=101.0).readings
+[Reading(machine='pump-7', sensor='pressure', ts=100.5, value=3.2)]
+>>> ing.parse("plant/pump-7/pressure", b"3.2", received_at=101.0).readings[0].ts
+101.0
+>>> r = ing.parse("plant/pump-7", b'{"ts": 100, "values": {"a": 1, "b": "x"}}', received_at=101.0)
+>>> [(x.sensor, x.value) for x in r.readings], [x.reason.value for x in r.rejections]
+([('a', 1.0)], ['schema'])
+>>> ing.parse("other/topic/a/b", b"1", received_at=0.0).rejections[0].reason.value
+'unknown_topic'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.types import Reading, Rejection, RejectReason
+
+_TEMPLATE_FIELD = re.compile(r"\{(machine|sensor)\}")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ts: float | datetime | None = Field(default=None, union_mode="left_to_right")
+
+
+class SensorRecord(_Record):
+    """`{"ts": 1732345678.25, "value": 3.21}` on a per-sensor topic."""
+
+    value: Any
+
+
+class MachineRecord(_Record):
+    """`{"ts": ..., "values": {"pressure": 3.21, ...}}` on a per-machine topic."""
+
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TopicTemplate:
+    """A topic template such as `plant/{machine}/{sensor}` and what it matches."""
+
+    template: str
+    pattern: re.Pattern[str]
+    per_sensor: bool
+
+    @classmethod
+    def compile(cls, template: str) -> TopicTemplate:
+        fields = _TEMPLATE_FIELD.findall(template)
+        if "machine" not in fields:
+            raise ValueError(f"topic template {template!r} has no {{machine}}")
+        regex = "".join(
+            f"(?P<{part[1:-1]}>[^/+#]+)" if _TEMPLATE_FIELD.fullmatch(part) else re.escape(part)
+            for part in re.split(r"(\{machine\}|\{sensor\})", template)
+        )
+        return cls(template, re.compile(regex + r"\Z"), "sensor" in fields)
+
+    @property
+    def subscription(self) -> str:
+        """The MQTT filter of this template: each field becomes a `+` wildcard."""
+        return _TEMPLATE_FIELD.sub("+", self.template)
+
+
+@dataclass
+class IngestResult:
+    readings: list[Reading] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def reject(self, reason: RejectReason, detail: str, machine: str = "") -> IngestResult:
+        self.rejections.append(Rejection(reason, detail, machine))
+        return self
+
+
+class Ingestor:
+    """Parses messages on the configured topic templates.
+
+    `declared` maps machines declared in the config to their sensors: a reading of another
+    sensor of such a machine is `unknown_sensor`. Discovered machines are checked later,
+    once their sensor set is fixed.
+    """
+
+    def __init__(
+        self,
+        templates: tuple[str, ...],
+        max_payload_bytes: int,
+        future_tolerance: float = 300.0,
+        declared: Mapping[str, tuple[str, ...]] | None = None,
+        allow_undeclared: bool = True,
+    ) -> None:
+        self.templates = [TopicTemplate.compile(t) for t in templates]
+        self.max_payload_bytes = max_payload_bytes
+        self.future_tolerance = future_tolerance
+        self.declared = {m: frozenset(s) for m, s in (declared or {}).items()}
+        self.allow_undeclared = allow_undeclared
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return sorted({t.subscription for t in self.templates})
+
+    def parse(self, topic: str, payload: bytes, received_at: float) -> IngestResult:
+        result = IngestResult()
+        if len(payload) > self.max_payload_bytes:
+            return result.reject(RejectReason.TOO_LARGE, f"{len(payload)} bytes")
+        match = self._match(topic)
+        if match is None:
+            return result.reject(RejectReason.UNKNOWN_TOPIC, topic)
+        template, machine, sensor = match
+        if machine not in self.declared and not self.allow_undeclared:
+            return result.reject(RejectReason.UNKNOWN_TOPIC, f"undeclared machine {machine}")
+        try:
+            document = decode_json(payload)
+        except ValueError as exc:
+            return result.reject(RejectReason.MALFORMED, str(exc)[:200], machine)
+        records = document if isinstance(document, list) else [document]
+        for record in records:
+            if template.per_sensor:
+                self._sensor_record(result, machine, sensor or "", record, received_at)
+            else:
+                self._machine_record(result, machine, record, received_at)
+        if not records:
+            result.reject(RejectReason.SCHEMA, "empty batch", machine)
+        return result
+
+    def _match(self, topic: str) -> tuple[TopicTemplate, str, str | None] | None:
+        for template in self.templates:
+            m = template.pattern.match(topic)
+            if m is not None:
+                return template, m["machine"], m.groupdict().get("sensor")
+        return None
+
+    def _sensor_record(
+        self, result: IngestResult, machine: str, sensor: str, record: Any, received_at: float
+    ) -> None:
+        if isinstance(record, int | float) and not isinstance(record, bool):
+            self._add(result, machine, sensor, received_at, record, received_at)
+            return
+        try:
+            parsed = SensorRecord.model_validate(record)
+        except ValidationError as exc:
+            result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
+            return
+        ts = event_time(parsed.ts, received_at)
+        self._add(result, machine, sensor, ts, parsed.value, received_at)
+
+    def _machine_record(
+        self, result: IngestResult, machine: str, record: Any, received_at: float
+    ) -> None:
+        try:
+            parsed = MachineRecord.model_validate(record)
+        except ValidationError as exc:
+            result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
+            return
+        ts = event_time(parsed.ts, received_at)
+        for sensor, value in parsed.values.items():
+            self._add(result, machine, sensor, ts, value, received_at)
+
+    def _add(
+        self,
+        result: IngestResult,
+        machine: str,
+        sensor: str,
+        ts: float,
+        value: Any,
+        received_at: float,
+    ) -> None:
+        reason, detail = self._check(machine, sensor, ts, value, received_at)
+        if reason is None:
+            result.readings.append(Reading(machine, sensor, ts, float(value)))
+        else:
+            result.reject(reason, detail, machine)
+
+    def _check(
+        self, machine: str, sensor: str, ts: float, value: Any, received_at: float
+    ) -> tuple[RejectReason | None, str]:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return RejectReason.SCHEMA, f"{sensor}: value is {type(value).__name__}, not a number"
+        if not math.isfinite(value):
+            return RejectReason.NON_FINITE, f"{sensor}: {value}"
+        if not math.isfinite(ts):
+            return RejectReason.NON_FINITE, f"{sensor}: timestamp {ts}"
+        if ts > received_at + self.future_tolerance:
+            return RejectReason.FUTURE, f"{sensor}: ts {ts} is {ts - received_at:.0f} s ahead"
+        known = self.declared.get(machine)
+        if known is not None and sensor not in known:
+            return RejectReason.UNKNOWN_SENSOR, sensor
+        return None, ""
+
+
+def decode_json(payload: bytes) -> Any:
+    """orjson first (fast); the stdlib only for what orjson refuses, so that `NaN`, `Infinity`
+    and overflowing numbers are reported as non_finite rather than malformed."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def event_time(ts: float | datetime | None, received_at: float) -> float:
+    """Unix seconds of a payload's `ts`; a missing one is the receive time, and an RFC 3339
+    time without an offset is taken as UTC."""
+    if ts is None:
+        return received_at
+    if isinstance(ts, datetime):
+        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    return float(ts)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"[:200]

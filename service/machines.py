@@ -1,0 +1,142 @@
+"""One machine's life in the pipeline: discovery of its sensors, learning, scoring.
+
+A machine declared in the config starts learning at once. A discovered machine first
+collects the sensors it reports for `discovery.period` seconds of event time; its readings
+of that time are kept and replayed onto the grid once the sensor set is fixed, so nothing
+accepted is lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from service.alert import AlertTracker
+from service.config import Settings
+from service.detector import Detector
+from service.types import (
+    AlertState,
+    FloatArray,
+    MachineState,
+    Reading,
+    Rejection,
+    RejectReason,
+    Window,
+)
+from service.window import MachineWindower
+
+# Readings kept while a machine's sensors are being discovered.
+MAX_DISCOVERY_READINGS = 100_000
+
+
+class MachineRuntime:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        sensors: tuple[str, ...] | None,
+        period: float | None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.period = period or settings.window.period
+        self.sensors: tuple[str, ...] = ()
+        self.windower: MachineWindower | None = None
+        self.state = MachineState.DISCOVERING
+        self.published_state: MachineState | None = None
+        self.detector: Detector | None = None
+        self.newest_ts: float | None = None
+        self.last_score: float | None = None
+        self._discovered: list[Reading] = []
+        self._discovery_start: float | None = None
+        self._learning: list[FloatArray] = []
+        self._fitting = False
+        self._backlog: deque[Window] = deque(maxlen=settings.learning.windows)
+        a = settings.alert
+        self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
+        if sensors is not None:
+            self._fix_sensors(sensors)
+
+    @property
+    def firing(self) -> bool:
+        return self.tracker.state == AlertState.FIRING
+
+    def add(self, reading: Reading) -> Rejection | None:
+        if self.windower is None:
+            return self._discover(reading)
+        rejection = self.windower.add(reading)
+        if rejection is None:
+            self.newest_ts = self.windower.newest_ts
+        return rejection
+
+    def advance(self) -> list[Window]:
+        if self.windower is None:
+            return []
+        return self.windower.advance()
+
+    def collect(self, windows: list[Window]) -> FloatArray | None:
+        """Learning: keeps windows as normal; returns the training set once it is complete.
+        Windows that arrive while the model is being fitted wait to be scored by it."""
+        if self._fitting:
+            self._backlog.extend(windows)
+            return None
+        self._learning.extend(w.values for w in windows)
+        if len(self._learning) < self.settings.learning.windows:
+            return None
+        self._fitting = True
+        training = np.stack(self._learning)
+        self._learning = []
+        return training
+
+    def install(self, detector: Detector | None) -> list[Window]:
+        """Takes a fitted model (None: the fit failed, learn again); returns the backlog."""
+        self._fitting = False
+        backlog = list(self._backlog)
+        self._backlog.clear()
+        if detector is None:
+            self.state = MachineState.LEARNING
+            return []
+        self.detector = detector
+        self.state = MachineState.SCORING
+        return backlog
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "machine": self.name,
+            "state": self.state.value,
+            "sensors": list(self.sensors),
+            "alert": self.tracker.state.value,
+            "alert_id": self.tracker.alert_id,
+            "score": self.last_score,
+            "threshold": self.detector.threshold if self.detector else None,
+            "model_version": self.detector.version if self.detector else None,
+            "learning_windows": len(self._learning),
+            "newest_ts": self.newest_ts,
+        }
+
+    def _discover(self, reading: Reading) -> Rejection | None:
+        if len(self._discovered) >= MAX_DISCOVERY_READINGS:
+            return Rejection(RejectReason.OVERLOADED, "discovery buffer full", self.name)
+        self._discovered.append(reading)
+        start = self._discovery_start = self._discovery_start or reading.ts
+        if reading.ts - start >= self.settings.discovery.period:
+            self._fix_sensors(tuple(sorted({r.sensor for r in self._discovered})))
+            self._replay_discovered()
+        return None
+
+    def _replay_discovered(self) -> None:
+        assert self.windower is not None
+        for reading in sorted(self._discovered, key=lambda r: r.ts):
+            if self.windower.add(reading) is None:
+                self.newest_ts = self.windower.newest_ts
+        self._discovered = []
+
+    def _fix_sensors(self, sensors: tuple[str, ...]) -> None:
+        w = self.settings.window
+        self.sensors = sensors
+        self.windower = MachineWindower(
+            self.name, sensors, self.period, w.length, w.stride, w.max_stale, w.lateness
+        )
+        self.state = MachineState.LEARNING

@@ -1,0 +1,159 @@
+"""The only module that imports paho: connect, subscribe, receive, publish.
+
+Callbacks run on paho's network thread. They only translate and hand over, and they never
+let an exception escape: one escaping exception kills paho's thread while `is_connected()`
+keeps saying True, and the daemon would go blind without a sign.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from service.config import MqttSettings
+from service.metrics import Metrics
+from service.publish import OFFLINE, ONLINE
+
+log = structlog.get_logger(__name__)
+
+MessageHandler = Callable[[str, bytes, float], None]
+
+
+class MqttClient:
+    """One MQTT 5 connection: subscriptions renewed on every connect, a retained last will
+    of `offline`, reconnects with backoff, and thread-safe publishing."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        subscriptions: list[str],
+        status_topic: str,
+        on_message: MessageHandler,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self.status_topic = status_topic
+        self.handler = on_message
+        self.metrics = metrics
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self._client = self._build_client()
+
+    def _build_client(self) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=paho.MQTTv5,
+        )
+        client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
+        password = s.resolved_password()
+        if s.username is not None or password is not None:
+            client.username_pw_set(s.username, password)
+        if s.tls:
+            client.tls_set(
+                ca_certs=str(s.ca_file) if s.ca_file else None,
+                certfile=str(s.cert_file) if s.cert_file else None,
+                keyfile=str(s.key_file) if s.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.reconnect_delay_set(min_delay=int(s.reconnect_min), max_delay=int(s.reconnect_max))
+        # Unlimited client-side queue: alerts published while the broker is away wait here.
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry
+        log.info("mqtt_connecting", host=s.host, port=s.port, tls=s.tls, client_id=s.client_id)
+        self._client.connect_async(
+            s.host, s.port, keepalive=s.keepalive, clean_start=s.clean_start, properties=props
+        )
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def pause_input(self) -> None:
+        """Stop taking readings (first step of shutdown); the session keeps what follows."""
+        if self.connected.is_set():
+            self._client.unsubscribe(self.subscriptions)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish `offline` (after every alert queued before it) and disconnect."""
+        if self.connected.is_set():
+            info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt_offline_not_published", error=str(exc))
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    def network_thread_alive(self) -> bool:
+        thread = self._client._thread
+        return thread is not None and thread.is_alive()
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self.last_error = str(reason_code)
+                log.error("mqtt_connect_refused", reason=str(reason_code))
+                return
+            qos = int(self.settings.qos)
+            client.subscribe([(t, qos) for t in self.subscriptions])
+            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            self.connected.set()
+            self.last_error = None
+            self.metrics.broker_connected.set(1)
+            log.info(
+                "mqtt_connected",
+                session_present=flags.session_present,
+                subscriptions=self.subscriptions,
+            )
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_connect_failed")
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        self.metrics.broker_connected.set(0)
+        log.warning("mqtt_disconnected", reason=str(reason_code))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self.handler(message.topic, bytes(message.payload), time.time())
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_message_failed", topic=message.topic)

@@ -1,0 +1,161 @@
+"""Per-machine resampling onto a fixed time grid, and sliding windows over it.
+
+Each sensor's last value is held onto the grid for at most `max_stale` seconds; a grid
+step where any sensor is staler is a gap, and a gap restarts the window. Readings may
+arrive out of order by up to `lateness` seconds behind the machine's newest reading (event
+time, never the wall clock, so history can be replayed); older ones are `late`.
+
+Two sensors at 1 s, windows of 3 steps:
+
+>>> w = MachineWindower("m", ("a", "b"), period=1.0, length=3, stride=1, max_stale=1.5,
+...                     lateness=0.0)
+>>> for t in range(5):
+...     _ = w.add(Reading("m", "a", t, t)), w.add(Reading("m", "b", t, 10 * t))
+>>> [(x.end_ts, x.values[:, 0].tolist()) for x in w.advance()]
+[(2.0, [0.0, 1.0, 2.0]), (3.0, [1.0, 2.0, 3.0]), (4.0, [2.0, 3.0, 4.0])]
+
+Out of order within the tolerance is fine; behind the last emitted step it is late:
+
+>>> w = MachineWindower("m", ("a",), 1.0, 2, 1, 1.5, lateness=2.0)
+>>> [w.add(Reading("m", "a", t, t)) for t in (0, 2, 1, 3, 4)]
+[None, None, None, None, None]
+>>> [x.end_ts for x in w.advance()]
+[1.0, 2.0]
+>>> w.add(Reading("m", "a", 1.5, 0.0)).reason.value
+'late'
+>>> w.add(Reading("m", "a", 4, 4.0)).reason.value
+'duplicate'
+
+A value is held for `max_stale` (step 3 uses the reading at 2); a longer gap restarts:
+
+>>> w = MachineWindower("m", ("a",), 1.0, 2, 1, 1.5, lateness=0.0)
+>>> for t in (0, 1, 2, 10, 11, 12):
+...     _ = w.add(Reading("m", "a", t, t))
+>>> [x.end_ts for x in w.advance()], w.gaps
+([1.0, 2.0, 3.0, 11.0, 12.0], 1)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+
+import numpy as np
+
+from service.types import FloatArray, Reading, Rejection, RejectReason, Window
+
+
+class MachineWindower:
+    """Turns one machine's readings into windows `[length, sensors]` on a `period` grid."""
+
+    def __init__(
+        self,
+        machine: str,
+        sensors: tuple[str, ...],
+        period: float,
+        length: int,
+        stride: int,
+        max_stale: float,
+        lateness: float,
+    ) -> None:
+        self.machine = machine
+        self.sensors = sensors
+        self.period = period
+        self.length = length
+        self.stride = stride
+        self.max_stale = max_stale
+        self.lateness = lateness
+        self._index = {s: i for i, s in enumerate(sensors)}
+        self._pending: list[list[tuple[float, float]]] = [[] for _ in sensors]
+        self._held_ts = np.full(len(sensors), -math.inf)
+        self._held_value = np.zeros(len(sensors), dtype=np.float32)
+        self._rows: deque[FloatArray] = deque(maxlen=length)
+        self._until_next_window = 0
+        self._next_tick: float | None = None
+        self.last_tick = -math.inf
+        self.newest_ts = -math.inf
+        self.gaps = 0
+
+    def add(self, reading: Reading) -> Rejection | None:
+        """Takes a reading onto the grid, or says why not."""
+        i = self._index.get(reading.sensor)
+        if i is None:
+            return Rejection(RejectReason.UNKNOWN_SENSOR, reading.sensor, self.machine)
+        pending = self._pending[i]
+        if reading.ts == self._held_ts[i] or _contains_ts(pending, reading.ts):
+            return Rejection(RejectReason.DUPLICATE, f"{reading.sensor}@{reading.ts}", self.machine)
+        if reading.ts <= self.last_tick:
+            behind = self.newest_ts - reading.ts
+            return Rejection(
+                RejectReason.LATE, f"{reading.sensor}: {behind:.1f} s behind", self.machine
+            )
+        bisect.insort(pending, (reading.ts, reading.value))
+        self.newest_ts = max(self.newest_ts, reading.ts)
+        return None
+
+    def advance(self) -> list[Window]:
+        """Emits the grid steps that no allowed late reading can change any more."""
+        watermark = self.newest_ts - self.lateness
+        if self._next_tick is None:
+            first = min((p[0][0] for p in self._pending if p), default=math.inf)
+            if not math.isfinite(first):
+                return []
+            self._next_tick = math.ceil(first / self.period) * self.period
+        windows: list[Window] = []
+        while self._next_tick <= watermark:
+            tick = self._next_tick
+            self._hold_until(tick)
+            if np.all(tick - self._held_ts <= self.max_stale):
+                window = self._append_row(tick)
+                if window is not None:
+                    windows.append(window)
+                self._next_tick = tick + self.period
+            else:
+                self._restart()
+                self._next_tick = self._next_possible_tick(tick, watermark)
+            self.last_tick = tick
+        return windows
+
+    def _hold_until(self, tick: float) -> None:
+        for i, pending in enumerate(self._pending):
+            taken = bisect.bisect_right(pending, (tick, math.inf))
+            if taken:
+                self._held_ts[i], self._held_value[i] = pending[taken - 1]
+                del pending[:taken]
+
+    def _append_row(self, tick: float) -> Window | None:
+        self._rows.append(self._held_value.copy())
+        if len(self._rows) < self.length:
+            return None
+        if self._until_next_window > 0:
+            self._until_next_window -= 1
+            return None
+        self._until_next_window = self.stride - 1
+        values = np.stack(self._rows)
+        return Window(self.machine, tick, self.sensors, values)
+
+    def _restart(self) -> None:
+        if self._rows:
+            self.gaps += 1
+        self._rows.clear()
+        self._until_next_window = 0
+
+    def _next_possible_tick(self, tick: float, watermark: float) -> float:
+        """After a gap, the first grid step at which every stale sensor could have a value:
+        skipping there keeps a clock jump of hours from costing a loop step per second."""
+        candidate = tick + self.period
+        for i, pending in enumerate(self._pending):
+            if candidate - self._held_ts[i] <= self.max_stale:
+                continue
+            if not pending:
+                # Nothing can make this sensor fresh before the watermark: wait past it.
+                beyond = math.floor(watermark / self.period) * self.period + self.period
+                return max(candidate, beyond)
+            candidate = max(candidate, math.ceil(pending[0][0] / self.period) * self.period)
+        return candidate
+
+
+def _contains_ts(pending: list[tuple[float, float]], ts: float) -> bool:
+    i = bisect.bisect_left(pending, (ts, -math.inf))
+    return i < len(pending) and pending[i][0] == ts
