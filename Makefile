@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 SRC := service simulators
+# Hide this machine's notices about absent local package mirrors; keep every real error.
+PIP_FILTER := { grep -v -e 'is ignored: it is neither' -e BuildBackendWarning || true; }
 export PATH := $(PATH):/usr/sbin:/sbin
 
 .PHONY: install system-deps lint test unit integration demo clean
@@ -13,8 +15,8 @@ install: $(VENV)/.installed system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	set -o pipefail; \
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_FILTER)
 	touch $@
 
 # Mosquitto for the broker, Prometheus for promtool and the demo's scrape.

@@ -21,7 +21,8 @@ from service.metrics import Metrics
 from service.mqtt import MqttClient
 from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
-from service.types import MachineState, RejectReason
+from service.rejections import RejectionLog
+from service.types import MachineState, Rejection, RejectReason
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,7 @@ class App:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
+        self.rejections = RejectionLog(self.metrics)
         self.ingestor = Ingestor(
             settings.mqtt.topics,
             settings.ingest.max_payload_bytes,
@@ -47,7 +49,9 @@ class App:
         )
         self.publisher = Publisher(self.mqtt, prefix, self.metrics)
         self.finetuner = FineTuner(settings, self.metrics, self._install)
-        self.pipeline = Pipeline(settings, self.metrics, self.publisher, self.finetuner)
+        self.pipeline = Pipeline(
+            settings, self.metrics, self.rejections, self.publisher, self.finetuner
+        )
         self.http = HttpServer(
             settings.http.host,
             settings.http.port,
@@ -63,28 +67,21 @@ class App:
     # -- paho's network thread ------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, received_at: float) -> None:
         """Parse and enqueue, nothing else: a slow callback gets the client dropped."""
-        m = self.metrics
-        m.messages_received.inc()
+        self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
         per_machine = Counter(r.machine for r in result.readings)
         for rejection in result.rejections:
-            machine = rejection.machine if rejection.machine in known else ""
-            per_machine[machine] += 1
-            m.readings_rejected.labels(machine=machine, reason=rejection.reason.value).inc()
+            label = rejection.machine if rejection.machine in known else ""
+            per_machine[label] += 1
+            self.rejections.record(rejection, label, topic)
         for machine, count in per_machine.items():
-            m.readings_received.labels(machine=machine).inc(count)
-        if result.rejections:
-            first = result.rejections[0]
-            log.info(
-                "message_rejected", topic=topic, reason=first.reason.value, detail=first.detail
-            )
+            self.metrics.readings_received.labels(machine=machine).inc(count)
         if result.readings and not self.pipeline.submit(Batch(received_at, result.readings)):
             for machine, count in Counter(r.machine for r in result.readings).items():
                 label = machine if machine in known else ""
-                m.readings_rejected.labels(machine=label, reason=RejectReason.OVERLOADED.value).inc(
-                    count
-                )
+                overloaded = Rejection(RejectReason.OVERLOADED, "queue full", machine, count)
+                self.rejections.record(overloaded, label, topic)
 
     # -- probes -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

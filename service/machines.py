@@ -49,6 +49,7 @@ class MachineRuntime:
         self.detector: Detector | None = None
         self.newest_ts: float | None = None
         self.last_score: float | None = None
+        self.scored_until: float | None = None
         self._discovered: list[Reading] = []
         self._discovery_start: float | None = None
         self._learning: list[FloatArray] = []
@@ -114,6 +115,7 @@ class MachineRuntime:
             "model_version": self.detector.version if self.detector else None,
             "learning_windows": len(self._learning),
             "newest_ts": self.newest_ts,
+            "scored_until": self.scored_until,
         }
 
     def _discover(self, reading: Reading) -> Rejection | None:

@@ -23,6 +23,7 @@ from service.finetune import FineTuner
 from service.machines import MachineRuntime
 from service.metrics import Metrics
 from service.publish import Publisher
+from service.rejections import RejectionLog
 from service.threads import Worker
 from service.types import MachineState, Reading, Rejection, RejectReason, Score, Window
 
@@ -37,16 +38,22 @@ class Batch:
 
 class Pipeline(Worker):
     def __init__(
-        self, settings: Settings, metrics: Metrics, publisher: Publisher, finetuner: FineTuner
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        rejections: RejectionLog,
+        publisher: Publisher,
+        finetuner: FineTuner,
     ) -> None:
         super().__init__("pipeline", metrics)
+        self.rejections = rejections
         self.settings = settings
         self.publisher = publisher
         self.finetuner = finetuner
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=settings.ingest.queue_size)
         self.machines: dict[str, MachineRuntime] = {}
         self._installs: queue.Queue[tuple[str, Detector | None]] = queue.Queue()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._drain_until = 0.0
         self._snapshot: list[dict[str, Any]] = []
         self._snapshot_lock = threading.Lock()
@@ -68,7 +75,7 @@ class Pipeline(Worker):
     def stop(self, drain_timeout: float) -> None:
         """Finish what is queued (up to `drain_timeout`), then end the thread."""
         self._drain_until = time.monotonic() + drain_timeout
-        self._stop.set()
+        self._stopping.set()
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._snapshot_lock:
@@ -76,7 +83,7 @@ class Pipeline(Worker):
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
-        while not self._stop.is_set() or self._draining():
+        while not self._stopping.is_set() or self._draining():
             self.cycle(timeout=0.1)
         left = self.queue.qsize()
         if left:
@@ -129,10 +136,7 @@ class Pipeline(Worker):
             self.metrics.readings_accepted.labels(machine=runtime.name).inc()
 
     def _count_rejection(self, rejection: Rejection) -> None:
-        self.metrics.readings_rejected.labels(
-            machine=rejection.machine, reason=rejection.reason.value
-        ).inc(rejection.count)
-        log.debug("reading_rejected", machine=rejection.machine, reason=rejection.reason.value)
+        self.rejections.record(rejection, rejection.machine)
 
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
@@ -191,6 +195,7 @@ class Pipeline(Worker):
                 if event.kind == "raised":
                     self.metrics.alerts_raised.labels(machine=name).inc()
         runtime.last_score = float(scores[-1])
+        runtime.scored_until = windows[-1].end_ts
         self.metrics.windows_scored.labels(machine=name).inc(len(windows))
         self.metrics.anomaly_score.labels(machine=name).set(runtime.last_score)
         self.metrics.alert_firing.labels(machine=name).set(runtime.firing)
