@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from threading import Event
 from typing import Any
 
 import numpy as np
@@ -55,11 +56,15 @@ class Detector:
             sensors, window, settings, model, np.zeros(n, np.float32), np.ones(n, np.float32)
         )
 
-    def fit(self, windows: FloatArray, threshold: ThresholdSettings) -> FitReport:
-        """Fits scaler and model on normal `windows`, then the threshold on held-out ones."""
+    def fit(
+        self, windows: FloatArray, threshold: ThresholdSettings, cancel: Event | None = None
+    ) -> FitReport:
+        """Fits scaler and model on normal `windows`, then the threshold on held-out ones.
+        Setting `cancel` stops the training at the next batch with `FitCancelledError`."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(train)
-        loss = train_model(self.model, self._to_tensor(train), self.settings, self.settings.epochs)
+        x = self._to_tensor(train)
+        loss = train_model(self.model, x, self.settings, self.settings.epochs, cancel)
         holdout_scores, _ = self.score_many(holdout)
         self.threshold = calibrate(holdout_scores, threshold)
         return FitReport(len(train), len(holdout), loss, self.threshold, holdout_scores)
@@ -119,7 +124,17 @@ def split_holdout(windows: FloatArray, share: float) -> tuple[FloatArray, FloatA
     return windows[~mask], windows[mask]
 
 
-def train_model(model: Autoencoder, x: torch.Tensor, settings: ModelSettings, epochs: int) -> float:
+class FitCancelledError(Exception):
+    """Training stopped because the daemon is shutting down."""
+
+
+def train_model(
+    model: Autoencoder,
+    x: torch.Tensor,
+    settings: ModelSettings,
+    epochs: int,
+    cancel: Event | None = None,
+) -> float:
     """Adam on reconstruction loss; the denoising and sparse options apply to every family.
     Returns the last epoch's mean loss."""
     generator = torch.Generator().manual_seed(settings.seed)
@@ -130,6 +145,8 @@ def train_model(model: Autoencoder, x: torch.Tensor, settings: ModelSettings, ep
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for start in range(0, len(x), settings.batch_size):
+            if cancel is not None and cancel.is_set():
+                raise FitCancelledError
             batch = x[order[start : start + settings.batch_size]]
             loss = reconstruction_loss(model, batch, settings, generator)
             optimizer.zero_grad()

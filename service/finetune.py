@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from service.config import Settings
-from service.detector import Detector
+from service.detector import Detector, FitCancelledError
 from service.metrics import Metrics
 from service.threads import Worker
 from service.types import FloatArray
@@ -42,6 +42,7 @@ class FineTuner(Worker):
         self.install = install
         self.jobs: queue.Queue[FitJob | None] = queue.Queue()
         self.busy = threading.Event()
+        self.cancel = threading.Event()
 
     def submit_initial_fit(
         self, machine: str, sensors: tuple[str, ...], windows: FloatArray
@@ -49,10 +50,13 @@ class FineTuner(Worker):
         self.jobs.put(FitJob(machine, sensors, windows))
 
     def stop(self) -> None:
+        """Ends the thread at the next training batch; queued fits are dropped (their
+        machines learn again after a restart)."""
+        self.cancel.set()
         self.jobs.put(None)
 
     def work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while (job := self.jobs.get()) is not None and not self.cancel.is_set():
             self.busy.set()
             try:
                 self.install(job.machine, self._fit(job))
@@ -63,7 +67,10 @@ class FineTuner(Worker):
         started = time.perf_counter()
         try:
             detector = Detector.new(job.sensors, self.settings.window.length, self.settings.model)
-            report = detector.fit(job.windows, self.settings.threshold)
+            report = detector.fit(job.windows, self.settings.threshold, self.cancel)
+        except FitCancelledError:
+            log.info("model_fit_cancelled", machine=job.machine)
+            return None
         except Exception:
             log.exception("model_fit_failed", machine=job.machine, windows=len(job.windows))
             self.metrics.finetune_runs.labels(machine=job.machine, outcome="error").inc()
