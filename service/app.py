@@ -14,7 +14,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.finetune import FineTuner
+from service.finetune import FineTuner, FitResult
 from service.http import HttpServer
 from service.ingest import Ingestor
 from service.metrics import Metrics
@@ -61,8 +61,8 @@ class App:
             self.pipeline.snapshot,
         )
 
-    def _install(self, machine: str, detector: Any) -> None:
-        self.pipeline.install(machine, detector)
+    def _install(self, result: FitResult) -> None:
+        self.pipeline.install(result)
 
     # -- paho's network thread ------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, received_at: float) -> None:

@@ -132,6 +132,44 @@ class LearningSettings(Section):
     )
 
 
+class FinetuneSettings(Section):
+    enabled: bool = Field(True, description="Fine-tune each machine's model on recent normal data.")
+    interval: float = Field(
+        3600.0, gt=0, description="Event-time seconds between fine-tunes of a machine."
+    )
+    min_windows: int = Field(
+        100, ge=10, description="Fewer new clean windows than this: the run is too_few_windows."
+    )
+    admit_every: int = Field(
+        10, ge=1, description="Keep every n-th clean window (neighbours overlap almost fully)."
+    )
+    recent_windows: int = Field(400, ge=20, description="Recent clean windows kept per machine.")
+    reservoir_windows: int = Field(
+        200,
+        ge=0,
+        description="Older normal windows kept by reservoir sampling, against forgetting.",
+    )
+    margin_windows: int = Field(
+        120, ge=0, description="Windows before and after an alert episode kept out of training."
+    )
+    episode_windows: int = Field(
+        200, ge=0, description="Anomalous windows of recent episodes the gate checks against."
+    )
+    episode_factor: float = Field(
+        2.0,
+        ge=1,
+        description="Only windows scoring this many times the threshold are kept as episode "
+        "windows for the gate, so a marginal false alert cannot lock the model.",
+    )
+    epochs: int = Field(20, ge=1, description="Epochs of one fine-tune.")
+    tolerance: float = Field(
+        0.1, ge=0, description="Gate: candidate holdout error may exceed the current by this share."
+    )
+    episode_recall: float = Field(
+        0.9, gt=0, le=1, description="Gate: share of episode windows the candidate must flag."
+    )
+
+
 class AlertSettings(Section):
     k: int = Field(3, ge=1, description="Anomalous windows among the last n that raise an alert.")
     n: int = Field(5, ge=1, description="Windows the k-of-n rule looks at.")
@@ -176,6 +214,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     alert: AlertSettings = Field(default_factory=AlertSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     log: LogSettings = Field(default_factory=LogSettings)

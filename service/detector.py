@@ -63,7 +63,7 @@ class Detector:
         Setting `cancel` stops the training at the next batch with `FitCancelledError`."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(train)
-        x = self._to_tensor(train)
+        x = self.scaled(train)
         loss = train_model(self.model, x, self.settings, self.settings.epochs, cancel)
         holdout_scores, _ = self.score_many(holdout)
         self.threshold = calibrate(holdout_scores, threshold)
@@ -71,7 +71,7 @@ class Detector:
 
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Scores `[batch]` and per-sensor errors `[batch, sensors]`, in one model call."""
-        x = self._to_tensor(windows)
+        x = self.scaled(windows)
         self.model.eval()
         with torch.inference_mode():
             recon = self.model(x).recon
@@ -111,7 +111,8 @@ class Detector:
         self.mean = mean.astype(np.float32)
         self.std = np.maximum(rows.std(axis=0), floor).astype(np.float32)
 
-    def _to_tensor(self, windows: FloatArray) -> torch.Tensor:
+    def scaled(self, windows: FloatArray) -> torch.Tensor:
+        """Windows in this detector's scaled units, as the model sees them."""
         scaled = (np.asarray(windows, dtype=np.float32) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
 

@@ -1,7 +1,12 @@
 """`FineTuner`: fits and refits models on its own thread, never on the pipeline's.
 
-The scorer and the fine-tuner never share a torch module: the fine-tuner builds or clones a
-detector, trains that copy, and hands the finished one over through `install`.
+The scorer and the fine-tuner never share a torch module: the pipeline hands over clones,
+the fine-tuner trains a copy and hands a finished detector back through `install`.
+
+A fine-tune must never teach a model that a fault is normal, so it trains only on windows
+that scored clean, outside every alert episode and a margin around it (`TrainingBuffer`),
+and the candidate must pass a gate: reconstruct held-out recent clean windows no worse
+than the current model, and still flag the windows of the machine's recent episodes.
 """
 
 from __future__ import annotations
@@ -9,20 +14,33 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
-from service.config import Settings
-from service.detector import Detector, FitCancelledError
+from service.config import FinetuneSettings, Settings
+from service.detector import Detector, FitCancelledError, train_model
 from service.metrics import Metrics
 from service.threads import Worker
+from service.threshold import calibrate
 from service.types import FloatArray
 
 log = structlog.get_logger(__name__)
 
-Install = Callable[[str, Detector | None], None]
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a job gives back: a detector to install (None: keep the current one)."""
+
+    machine: str
+    detector: Detector | None
+    initial: bool
+
+
+Install = Callable[[FitResult], None]
 
 
 @dataclass(frozen=True)
@@ -32,26 +50,101 @@ class FitJob:
     windows: FloatArray
 
 
+@dataclass(frozen=True)
+class FineTuneJob:
+    machine: str
+    current: Detector  # a clone: the pipeline keeps scoring with its own
+    train: FloatArray
+    holdout: FloatArray
+    episodes: FloatArray
+
+
+class TrainingBuffer:
+    """One machine's clean windows for fine-tuning, kept on the pipeline thread.
+
+    Windows wait in a holding line of `margin` admissions before they are admitted, so
+    when an alert starts, the windows that led up to it are dropped too; after an episode
+    the next `margin` windows are dropped as well. Admitted windows go to a bounded recent
+    buffer; those it evicts are reservoir-sampled, so older normal operation is not
+    forgotten. Anomalous windows of episodes are kept for the gate.
+    """
+
+    def __init__(self, settings: FinetuneSettings, seed: int = 0) -> None:
+        self.s = settings
+        hold = -(-settings.margin_windows // settings.admit_every)
+        self._holding: deque[FloatArray] = deque()
+        self._hold = hold
+        self._cooldown = 0
+        self._counter = 0
+        self._seen_evicted = 0
+        self._rng = np.random.default_rng(seed)
+        self.recent: deque[FloatArray] = deque(maxlen=settings.recent_windows)
+        self.reservoir: list[FloatArray] = []
+        self.episodes: deque[FloatArray] = deque(maxlen=settings.episode_windows)
+        self.new_since_fit = 0
+        self.excluded = 0
+
+    def observe(
+        self, values: FloatArray, score: float, threshold: float, alert_active: bool
+    ) -> None:
+        anomalous = score > threshold
+        if alert_active:
+            self.excluded += len(self._holding) + 1
+            self._holding.clear()
+            self._cooldown = self.s.margin_windows
+            if score >= threshold * self.s.episode_factor:
+                self.episodes.append(values)
+            return
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            self.excluded += 1
+            return
+        self._counter += 1
+        if anomalous or self._counter % self.s.admit_every:
+            return
+        self._holding.append(values)
+        if len(self._holding) > self._hold:
+            self._admit(self._holding.popleft())
+
+    def split(self, holdout_share: float) -> tuple[FloatArray, FloatArray]:
+        """Training windows, and the newest block of recent ones held out: windows next to
+        a training window are near copies of it and would calibrate too low a threshold."""
+        recent = list(self.recent)
+        cut = len(recent) - max(1, round(len(recent) * holdout_share))
+        return np.stack([*recent[:cut], *self.reservoir]), np.stack(recent[cut:])
+
+    def _admit(self, values: FloatArray) -> None:
+        if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
+            self._keep_in_reservoir(self.recent[0])
+        self.recent.append(values)
+        self.new_since_fit += 1
+
+    def _keep_in_reservoir(self, values: FloatArray) -> None:
+        self._seen_evicted += 1
+        if len(self.reservoir) < self.s.reservoir_windows:
+            self.reservoir.append(values)
+            return
+        slot = int(self._rng.integers(self._seen_evicted))
+        if slot < self.s.reservoir_windows:
+            self.reservoir[slot] = values
+
+
 class FineTuner(Worker):
-    """Runs fit jobs one at a time; `install(machine, detector)` receives each result
-    (None when the fit failed, so the machine can learn again)."""
+    """Runs fit and fine-tune jobs one at a time and hands each result to `install`."""
 
     def __init__(self, settings: Settings, metrics: Metrics, install: Install) -> None:
         super().__init__("finetuner", metrics)
         self.settings = settings
         self.install = install
-        self.jobs: queue.Queue[FitJob | None] = queue.Queue()
+        self.jobs: queue.Queue[FitJob | FineTuneJob | None] = queue.Queue()
         self.busy = threading.Event()
         self.cancel = threading.Event()
 
-    def submit_initial_fit(
-        self, machine: str, sensors: tuple[str, ...], windows: FloatArray
-    ) -> None:
-        self.jobs.put(FitJob(machine, sensors, windows))
+    def submit(self, job: FitJob | FineTuneJob) -> None:
+        self.jobs.put(job)
 
     def stop(self) -> None:
-        """Ends the thread at the next training batch; queued fits are dropped (their
-        machines learn again after a restart)."""
+        """Ends the thread at the next training batch; queued jobs are dropped."""
         self.cancel.set()
         self.jobs.put(None)
 
@@ -59,33 +152,70 @@ class FineTuner(Worker):
         while (job := self.jobs.get()) is not None and not self.cancel.is_set():
             self.busy.set()
             try:
-                self.install(job.machine, self._fit(job))
+                self.handle(job)
             finally:
                 self.busy.clear()
 
-    def _fit(self, job: FitJob) -> Detector | None:
+    def handle(self, job: FitJob | FineTuneJob) -> None:
         started = time.perf_counter()
+        initial = isinstance(job, FitJob)
         try:
-            detector = Detector.new(job.sensors, self.settings.window.length, self.settings.model)
-            report = detector.fit(job.windows, self.settings.threshold, self.cancel)
+            detector, outcome = self._fit(job) if isinstance(job, FitJob) else self._tune(job)
         except FitCancelledError:
             log.info("model_fit_cancelled", machine=job.machine)
-            return None
+            return
         except Exception:
-            log.exception("model_fit_failed", machine=job.machine, windows=len(job.windows))
-            self.metrics.finetune_runs.labels(machine=job.machine, outcome="error").inc()
-            return None
-        elapsed = time.perf_counter() - started
+            log.exception("model_fit_failed", machine=job.machine)
+            detector, outcome = None, "error"
+        self.metrics.finetune_duration.observe(time.perf_counter() - started)
+        self.metrics.finetune_runs.labels(machine=job.machine, outcome=outcome).inc()
+        self.install(FitResult(job.machine, detector, initial))
+
+    def _fit(self, job: FitJob) -> tuple[Detector, str]:
+        detector = Detector.new(job.sensors, self.settings.window.length, self.settings.model)
+        report = detector.fit(job.windows, self.settings.threshold, self.cancel)
         detector.version = 1
-        self.metrics.finetune_duration.observe(elapsed)
-        self.metrics.finetune_runs.labels(machine=job.machine, outcome="initial").inc()
         log.info(
             "model_fitted",
             machine=job.machine,
             windows_train=report.windows_train,
-            windows_holdout=report.windows_holdout,
             loss=round(report.final_loss, 5),
             threshold=round(report.threshold, 5),
-            seconds=round(elapsed, 2),
         )
-        return detector
+        return detector, "initial"
+
+    def _tune(self, job: FineTuneJob) -> tuple[Detector | None, str]:
+        """Trains a clone of the current model (same scaler, so errors stay comparable)
+        and promotes it only through the gate."""
+        s = self.settings
+        holdout = job.holdout
+        candidate = job.current.clone()
+        x = candidate.scaled(job.train)
+        train_model(candidate.model, x, s.model, s.finetune.epochs, self.cancel)
+        current_error = float(np.mean(job.current.score_many(holdout)[0]))
+        candidate_scores = candidate.score_many(holdout)[0]
+        candidate_error = float(np.mean(candidate_scores))
+        # A few hundred recent windows underestimate the tail that the initial fit saw
+        # (load transitions, rare states): a fine-tune may raise the threshold, never lower it.
+        threshold = max(calibrate(candidate_scores, s.threshold), job.current.threshold)
+        caught = 1.0
+        if len(job.episodes):
+            caught = float(np.mean(candidate.score_many(job.episodes)[0] > threshold))
+        passed = candidate_error <= current_error * (1 + s.finetune.tolerance) and (
+            caught >= s.finetune.episode_recall
+        )
+        log.info(
+            "finetune_gate",
+            machine=job.machine,
+            passed=passed,
+            current_error=round(current_error, 5),
+            candidate_error=round(candidate_error, 5),
+            episode_windows=len(job.episodes),
+            episodes_flagged=round(caught, 3),
+            windows=len(job.train),
+        )
+        if not passed:
+            return None, "rejected_gate"
+        candidate.threshold = threshold
+        candidate.version = job.current.version + 1
+        return candidate, "promoted"

@@ -16,6 +16,7 @@ import numpy as np
 from service.alert import AlertTracker
 from service.config import Settings
 from service.detector import Detector
+from service.finetune import FineTuneJob, TrainingBuffer
 from service.types import (
     AlertState,
     FloatArray,
@@ -29,6 +30,10 @@ from service.window import MachineWindower
 
 # Readings kept while a machine's sensors are being discovered.
 MAX_DISCOVERY_READINGS = 100_000
+
+
+class TooFewWindowsError(Exception):
+    """A fine-tune was due, but too few clean windows had come in since the last one."""
 
 
 class MachineRuntime:
@@ -55,6 +60,9 @@ class MachineRuntime:
         self._learning: list[FloatArray] = []
         self._fitting = False
         self._backlog: deque[Window] = deque(maxlen=settings.learning.windows)
+        self.buffer = TrainingBuffer(settings.finetune, settings.model.seed)
+        self.last_fit_ts: float | None = None
+        self.tuning = False
         a = settings.alert
         self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
         if sensors is not None:
@@ -63,6 +71,37 @@ class MachineRuntime:
     @property
     def firing(self) -> bool:
         return self.tracker.state == AlertState.FIRING
+
+    @property
+    def alert_active(self) -> bool:
+        """Pending or firing: its windows are kept out of fine-tuning."""
+        return self.tracker.state in {AlertState.PENDING, AlertState.FIRING}
+
+    def finetune_job(self) -> FineTuneJob | None:
+        """A fine-tune job when one is due by event time and enough clean windows are new;
+        None otherwise. Raises `TooFewWindows` when due but the buffer is too thin."""
+        s = self.settings.finetune
+        if not s.enabled or self.tuning or self.detector is None or self.scored_until is None:
+            return None
+        if self.last_fit_ts is None:
+            self.last_fit_ts = self.scored_until
+        if self.scored_until - self.last_fit_ts < s.interval:
+            return None
+        self.last_fit_ts = self.scored_until
+        if self.buffer.new_since_fit < s.min_windows:
+            raise TooFewWindowsError(self.buffer.new_since_fit)
+        self.buffer.new_since_fit = 0
+        self.tuning = True
+        window_shape = (0, self.settings.window.length, len(self.sensors))
+        episodes = self.buffer.episodes
+        train, holdout = self.buffer.split(self.settings.threshold.holdout)
+        return FineTuneJob(
+            self.name,
+            self.detector.clone(),
+            train,
+            holdout,
+            np.stack(episodes) if episodes else np.empty(window_shape, np.float32),
+        )
 
     def add(self, reading: Reading) -> Rejection | None:
         if self.windower is None:
@@ -90,6 +129,12 @@ class MachineRuntime:
         training = np.stack(self._learning)
         self._learning = []
         return training
+
+    def tuned(self, detector: Detector | None) -> None:
+        """A fine-tune ended: promoted (a new detector) or not (None)."""
+        self.tuning = False
+        if detector is not None:
+            self.detector = detector
 
     def install(self, detector: Detector | None) -> list[Window]:
         """Takes a fitted model (None: the fit failed, learn again); returns the backlog."""

@@ -19,8 +19,8 @@ import structlog
 
 from service.config import Settings
 from service.detector import Detector
-from service.finetune import FineTuner
-from service.machines import MachineRuntime
+from service.finetune import FineTuner, FitJob, FitResult
+from service.machines import MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
@@ -52,7 +52,7 @@ class Pipeline(Worker):
         self.finetuner = finetuner
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=settings.ingest.queue_size)
         self.machines: dict[str, MachineRuntime] = {}
-        self._installs: queue.Queue[tuple[str, Detector | None]] = queue.Queue()
+        self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
         self._drain_until = 0.0
         self._snapshot: list[dict[str, Any]] = []
@@ -69,8 +69,8 @@ class Pipeline(Worker):
             return False
         return True
 
-    def install(self, machine: str, detector: Detector | None) -> None:
-        self._installs.put((machine, detector))
+    def install(self, result: FitResult) -> None:
+        self._installs.put(result)
 
     def stop(self, drain_timeout: float) -> None:
         """Finish what is queued (up to `drain_timeout`), then end the thread."""
@@ -148,13 +148,20 @@ class Pipeline(Worker):
 
     def _take_installs(self) -> None:
         while not self._installs.empty():
-            machine, detector = self._installs.get_nowait()
-            runtime = self.machines[machine]
-            backlog = runtime.install(detector)
+            result = self._installs.get_nowait()
+            runtime = self.machines[result.machine]
+            detector = result.detector
+            if result.initial:
+                backlog = runtime.install(detector)
+            else:
+                runtime.tuned(detector)
+                backlog = []
             if detector is not None:
-                self.metrics.model_version.labels(machine=machine).set(detector.version)
-                self.metrics.anomaly_threshold.labels(machine=machine).set(detector.threshold)
-                self._score({machine: backlog})
+                self.metrics.model_version.labels(machine=result.machine).set(detector.version)
+                self.metrics.anomaly_threshold.labels(machine=result.machine).set(
+                    detector.threshold
+                )
+                self._score({result.machine: backlog})
 
     def _score(self, windows: dict[str, list[Window]]) -> None:
         for name, machine_windows in windows.items():
@@ -170,7 +177,7 @@ class Pipeline(Worker):
         job = runtime.collect(windows)
         if job is not None:
             log.info("machine_learning_complete", machine=runtime.name, windows=len(job))
-            self.finetuner.submit_initial_fit(runtime.name, runtime.sensors, job)
+            self.finetuner.submit(FitJob(runtime.name, runtime.sensors, job))
 
     def _score_machine(
         self, runtime: MachineRuntime, detector: Detector, windows: list[Window]
@@ -194,11 +201,34 @@ class Pipeline(Worker):
                 self.publisher.publish_alert(event)
                 if event.kind == "raised":
                     self.metrics.alerts_raised.labels(machine=name).inc()
+            runtime.buffer.observe(
+                window.values, result.score, detector.threshold, runtime.alert_active
+            )
         runtime.last_score = float(scores[-1])
         runtime.scored_until = windows[-1].end_ts
         self.metrics.windows_scored.labels(machine=name).inc(len(windows))
         self.metrics.anomaly_score.labels(machine=name).set(runtime.last_score)
         self.metrics.alert_firing.labels(machine=name).set(runtime.firing)
+        self._count_excluded(runtime)
+        self._maybe_finetune(runtime)
+
+    def _count_excluded(self, runtime: MachineRuntime) -> None:
+        if runtime.buffer.excluded:
+            self.metrics.finetune_windows_excluded.labels(machine=runtime.name).inc(
+                runtime.buffer.excluded
+            )
+            runtime.buffer.excluded = 0
+
+    def _maybe_finetune(self, runtime: MachineRuntime) -> None:
+        try:
+            job = runtime.finetune_job()
+        except TooFewWindowsError as exc:
+            self.metrics.finetune_runs.labels(machine=runtime.name, outcome="too_few_windows").inc()
+            log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
+            return
+        if job is not None:
+            log.info("finetune_submitted", machine=runtime.name, windows=len(job.train))
+            self.finetuner.submit(job)
 
     def _publish_snapshot(self) -> None:
         snapshot = [runtime.describe() for runtime in self.machines.values()]

@@ -26,14 +26,16 @@ def machine_rows(
     load_step: float = 60.0,
     fault: Fault | None = None,
     temperature0: float | None = None,
+    temperature_drift: float = 0.0,
 ) -> Iterator[tuple[float, dict[str, float]]]:
     """One row a second: `(ts, {sensor: value})`. Current, pressure and vibration follow the
-    load at once; temperature follows it with a 30 s lag."""
+    load at once; temperature follows it with a 30 s lag, plus `temperature_drift` degrees
+    per second of slow change in the operating point."""
     rng = np.random.default_rng(seed)
     temperature = temperature0 if temperature0 is not None else 40 + 30 * loads[0]
     for i in range(seconds):
         load = loads[int(i // load_step) % len(loads)]
-        temperature += (40 + 30 * load - temperature) / 30
+        temperature += (40 + 30 * load + temperature_drift * i - temperature) / 30
         values = {
             "current": 10 * load + rng.normal(0, 0.1),
             "pressure": 3 * load**2 + rng.normal(0, 0.03),
