@@ -11,11 +11,17 @@ import dataclasses
 from typing import Any
 
 from service.models.base import AEOutput, Autoencoder
+from service.models.conv import ConvAE, ConvConfig
 from service.models.dense import DenseAE, DenseConfig
+from service.models.lstm import LstmAE, LstmConfig
+from service.models.vae import VAE, VaeConfig
 
 # name -> (config class, module class)
 REGISTRY: dict[str, tuple[type[Any], type[Autoencoder]]] = {
+    "conv": (ConvConfig, ConvAE),
     "dense": (DenseConfig, DenseAE),
+    "lstm": (LstmConfig, LstmAE),
+    "vae": (VaeConfig, VAE),
 }
 
 
