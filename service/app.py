@@ -22,6 +22,7 @@ from service.mqtt import MqttClient
 from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
 from service.rejections import RejectionLog
+from service.store import ModelStore
 from service.types import MachineState, Rejection, RejectReason
 
 log = structlog.get_logger(__name__)
@@ -48,9 +49,10 @@ class App:
             self.metrics,
         )
         self.publisher = Publisher(self.mqtt, prefix, self.metrics)
-        self.finetuner = FineTuner(settings, self.metrics, self._install)
+        self.store = ModelStore(settings.state.dir)
+        self.finetuner = FineTuner(settings, self.metrics, self._install, self.store)
         self.pipeline = Pipeline(
-            settings, self.metrics, self.rejections, self.publisher, self.finetuner
+            settings, self.metrics, self.rejections, self.publisher, self.finetuner, self.store
         )
         self.http = HttpServer(
             settings.http.host,

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -24,10 +25,44 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
+    models = commands.add_parser("models", help="list model versions or roll one back")
+    models.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every machine's versions; * marks the current one")
+    rollback = actions.add_parser("rollback", help="make an older version current")
+    rollback.add_argument("machine")
+    rollback.add_argument("version", type=int, nargs="?", help="default: the previous one")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_daemon(args.config)
+    if args.command == "models":
+        return manage_models(args)
     return check_config(args.file)
+
+
+def manage_models(args: argparse.Namespace) -> int:
+    """Works on the state directory; a running daemon picks a rollback up at restart."""
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    from service.store import ModelStore, StoreError
+
+    store = ModelStore(settings.state.dir)
+    if args.action == "rollback":
+        try:
+            version = store.rollback(args.machine, args.version)
+        except StoreError as exc:
+            print(f"aemon: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.machine}: version {version} is current; restart aemon to use it")
+        return 0
+    for machine in store.machines():
+        for info in store.versions(machine):
+            mark = "*" if info.current else " "
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_at))
+            line = [f"{mark} {machine}", f"v{info.version}", f"{created}Z"]
+            print("\t".join([*line, f"threshold={info.threshold:.4g}", str(info.facts)]))
+    return 0
 
 
 def _load(path: Path | None) -> Settings | None:

@@ -24,6 +24,7 @@ import structlog
 from service.config import FinetuneSettings, Settings
 from service.detector import Detector, FitCancelledError, train_model
 from service.metrics import Metrics
+from service.store import ModelStore
 from service.threads import Worker
 from service.threshold import calibrate
 from service.types import FloatArray
@@ -132,9 +133,12 @@ class TrainingBuffer:
 class FineTuner(Worker):
     """Runs fit and fine-tune jobs one at a time and hands each result to `install`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, install: Install) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, install: Install, store: ModelStore | None
+    ) -> None:
         super().__init__("finetuner", metrics)
         self.settings = settings
+        self.store = store
         self.install = install
         self.jobs: queue.Queue[FitJob | FineTuneJob | None] = queue.Queue()
         self.busy = threading.Event()
@@ -168,8 +172,22 @@ class FineTuner(Worker):
             log.exception("model_fit_failed", machine=job.machine)
             detector, outcome = None, "error"
         self.metrics.finetune_duration.observe(time.perf_counter() - started)
+        if detector is not None and self.store is not None:
+            detector, outcome = self._persist(job.machine, detector, outcome)
         self.metrics.finetune_runs.labels(machine=job.machine, outcome=outcome).inc()
         self.install(FitResult(job.machine, detector, initial))
+
+    def _persist(
+        self, machine: str, detector: Detector, outcome: str
+    ) -> tuple[Detector | None, str]:
+        """A model is used only once it is on disk, so a restart resumes with it."""
+        assert self.store is not None
+        try:
+            detector.version = self.store.save(machine, detector, {"reason": outcome})
+        except OSError:
+            log.exception("model_save_failed", machine=machine)
+            return None, "error"
+        return detector, outcome
 
     def _fit(self, job: FitJob) -> tuple[Detector, str]:
         detector = Detector.new(job.sensors, self.settings.window.length, self.settings.model)

@@ -43,6 +43,7 @@ class MachineRuntime:
         settings: Settings,
         sensors: tuple[str, ...] | None,
         period: float | None,
+        detector: Detector | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -65,7 +66,11 @@ class MachineRuntime:
         self.tuning = False
         a = settings.alert
         self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
-        if sensors is not None:
+        if detector is not None:
+            # A saved model fixes the sensor set: no discovery, no learning after a restart.
+            self._fix_sensors(detector.sensors)
+            self.install(detector)
+        elif sensors is not None:
             self._fix_sensors(sensors)
 
     @property

@@ -24,6 +24,7 @@ from service.machines import MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
+from service.store import ModelStore
 from service.threads import Worker
 from service.types import MachineState, Reading, Rejection, RejectReason, Score, Window
 
@@ -44,9 +45,11 @@ class Pipeline(Worker):
         rejections: RejectionLog,
         publisher: Publisher,
         finetuner: FineTuner,
+        store: ModelStore | None = None,
     ) -> None:
         super().__init__("pipeline", metrics)
         self.rejections = rejections
+        self.store = store
         self.settings = settings
         self.publisher = publisher
         self.finetuner = finetuner
@@ -59,6 +62,10 @@ class Pipeline(Worker):
         self._snapshot_lock = threading.Lock()
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
+        for name in store.machines() if store is not None else []:
+            if name not in self.machines:
+                self._add_machine(name, None, None)
+        self._publish_snapshot()
 
     # -- called from other threads ------------------------------------------------------
     def submit(self, batch: Batch) -> bool:
@@ -141,9 +148,22 @@ class Pipeline(Worker):
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
     ) -> MachineRuntime:
-        runtime = MachineRuntime(name, self.settings, sensors, period)
+        detector = self.store.load_current(name) if self.store is not None else None
+        if detector is not None and sensors is not None and detector.sensors != sensors:
+            log.warning("saved_model_ignored", machine=name, reason="sensors changed in config")
+            detector = None
+        runtime = MachineRuntime(name, self.settings, sensors, period, detector)
         self.machines[name] = runtime
-        log.info("machine_added", machine=name, sensors=sensors, state=runtime.state.value)
+        if detector is not None:
+            self.metrics.model_version.labels(machine=name).set(detector.version)
+            self.metrics.anomaly_threshold.labels(machine=name).set(detector.threshold)
+        log.info(
+            "machine_added",
+            machine=name,
+            sensors=runtime.sensors,
+            state=runtime.state.value,
+            model_version=detector.version if detector else None,
+        )
         return runtime
 
     def _take_installs(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 from collections.abc import Iterable, Iterator
 
@@ -88,3 +89,23 @@ def test_normal_load_changes_raise_no_alert(daemon: Daemon, broker: Mosquitto) -
         assert daemon.metric("aemon_windows_scored_total", machine=MACHINE) >= 590
         assert sub.on(ALERT_TOPIC) == []
         assert daemon.metric("aemon_alerts_raised_total", machine=MACHINE) == 0
+
+
+def test_restart_after_sigkill_resumes_the_saved_model(daemon: Daemon, broker: Mosquitto) -> None:
+    pub = Publisher(broker.port)
+    with running(pub):
+        start = time.time() - 2000
+        rows = machine_rows(start, LEARN_SECONDS + 60, seed=1)
+        learn(daemon, pub, rows)
+        before = daemon.machines()[MACHINE]
+        daemon.stop(signal.SIGKILL)
+        daemon.start()
+        after = daemon.machines()[MACHINE]
+        assert after["state"] == "scoring"
+        assert (after["model_version"], after["threshold"]) == (
+            before["model_version"],
+            before["threshold"],
+        )
+        last = send_rows(pub, rows)
+        wait_until(lambda: scored_through(daemon, last), 30, "scoring after the restart")
+        assert daemon.metric("aemon_model_version", machine=MACHINE) == before["model_version"]

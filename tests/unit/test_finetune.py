@@ -58,7 +58,7 @@ def run(s: Settings, rows: Iterable[tuple[float, dict[str, float]]]) -> tuple[Si
     sink = Sink()
     pipeline: Pipeline
     # Late binding: the pipeline is built after the fine-tuner it is given.
-    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result))  # noqa: PLW0108
+    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
     pipeline = Pipeline(
         s, metrics, RejectionLog(metrics), Publisher(sink, "aemon", metrics), finetuner
     )
