@@ -22,6 +22,7 @@ from service.mqtt import MqttClient
 from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
 from service.rejections import RejectionLog
+from service.threads import armed_faults
 from service.types import MachineState, Rejection, RejectReason
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,9 @@ class App:
             self.ready,
             self.pipeline.snapshot,
         )
+        faults = armed_faults()
+        self.pipeline.fault_armed = "pipeline" in faults
+        self.mqtt.fault_armed = "mqtt" in faults
 
     def _install(self, machine: str, detector: Any) -> None:
         self.pipeline.install(machine, detector)

@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from service.config import MqttSettings
 from service.metrics import Metrics
 from service.publish import OFFLINE, ONLINE
+from service.threads import InjectedFaultError
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,10 @@ class MqttClient:
         self.metrics = metrics
         self.connected = threading.Event()
         self.last_error: str | None = None
+        self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
+        self._started = False
+        self._stopping = False
+        self._death_logged = False
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
@@ -85,6 +90,7 @@ class MqttClient:
             s.host, s.port, keepalive=s.keepalive, clean_start=s.clean_start, properties=props
         )
         self._client.loop_start()
+        self._started = True
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -96,6 +102,7 @@ class MqttClient:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline` (after every alert queued before it) and disconnect."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             try:
@@ -108,8 +115,15 @@ class MqttClient:
         self.metrics.broker_connected.set(0)
 
     def network_thread_alive(self) -> bool:
+        """Whether paho's network thread runs. One thread serves every reconnect; paho sets
+        `_thread` to None when it ends, and an exception escaping a callback ends it."""
         thread = self._client._thread
-        return thread is not None and thread.is_alive()
+        alive = thread is not None and thread.is_alive()
+        if not alive and self._started and not self._stopping and not self._death_logged:
+            self._death_logged = True
+            self.metrics.thread_failures.labels(thread="mqtt").inc()
+            log.error("thread_failed", thread="mqtt", detail="paho network thread ended")
+        return alive
 
     def _on_connect(
         self,
@@ -147,11 +161,17 @@ class MqttClient:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.connected.clear()
-        self.metrics.broker_connected.set(0)
-        log.warning("mqtt_disconnected", reason=str(reason_code))
+        try:
+            self.connected.clear()
+            self.metrics.broker_connected.set(0)
+            log.warning("mqtt_disconnected", reason=str(reason_code))
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_disconnect_failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self.fault_armed:
+            raise InjectedFaultError("AEMON_TEST_FAULT=mqtt")
         try:
             self.handler(message.topic, bytes(message.payload), time.time())
         except Exception:
