@@ -53,6 +53,7 @@ class MqttClient:
         self._started = False
         self._stopping = False
         self._death_logged = False
+        self.failed_attempts = 0
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
@@ -73,11 +74,17 @@ class MqttClient:
                 keyfile=str(s.key_file) if s.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        client.reconnect_delay_set(min_delay=int(s.reconnect_min), max_delay=int(s.reconnect_max))
+        # paho annotates int but computes in float; int() would turn 0.5 into 0, and a zero
+        # delay doubles to zero forever: a reconnect storm against a broker that is down.
+        client.reconnect_delay_set(
+            min_delay=s.reconnect_min,  # type: ignore[arg-type]
+            max_delay=max(s.reconnect_max, s.reconnect_min),  # type: ignore[arg-type]
+        )
         # Unlimited client-side queue: alerts published while the broker is away wait here.
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         return client
 
@@ -143,6 +150,7 @@ class MqttClient:
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
             self.last_error = None
+            self.failed_attempts = 0
             self.metrics.broker_connected.set(1)
             log.info(
                 "mqtt_connected",
@@ -168,6 +176,22 @@ class MqttClient:
         except Exception:
             self.metrics.callback_errors.inc()
             log.exception("mqtt_on_disconnect_failed")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        """The TCP/TLS connection could not be made; paho retries with its backoff."""
+        try:
+            self.failed_attempts += 1
+            if self.last_error is None or self.last_error.startswith("connection failed"):
+                self.last_error = "connection failed"
+            log.warning(
+                "mqtt_connect_failed",
+                host=self.settings.host,
+                port=self.settings.port,
+                attempt=self.failed_attempts,
+            )
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_connect_fail_failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self.fault_armed:
