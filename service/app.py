@@ -23,6 +23,7 @@ from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
 from service.rejections import RejectionLog
 from service.store import ModelStore
+from service.threads import armed_faults
 from service.types import MachineState, Rejection, RejectReason
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,9 @@ class App:
             self.ready,
             self.pipeline.snapshot,
         )
+        faults = armed_faults()
+        self.pipeline.fault_armed = "pipeline" in faults
+        self.mqtt.fault_armed = "mqtt" in faults
 
     def _install(self, result: FitResult) -> None:
         self.pipeline.install(result)

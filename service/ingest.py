@@ -187,8 +187,8 @@ class Ingestor:
     ) -> tuple[RejectReason | None, str]:
         if not isinstance(value, int | float) or isinstance(value, bool):
             return RejectReason.SCHEMA, f"{sensor}: value is {type(value).__name__}, not a number"
-        if not math.isfinite(value):
-            return RejectReason.NON_FINITE, f"{sensor}: {value}"
+        if not _finite(value):
+            return RejectReason.NON_FINITE, f"{sensor}: {str(value)[:40]}"
         if not math.isfinite(ts):
             return RejectReason.NON_FINITE, f"{sensor}: timestamp {ts}"
         if ts > received_at + self.future_tolerance:
@@ -197,6 +197,14 @@ class Ingestor:
         if known is not None and sensor not in known:
             return RejectReason.UNKNOWN_SENSOR, sensor
         return None, ""
+
+
+def _finite(value: int | float) -> bool:
+    """False for NaN, infinities and integers beyond float range (JSON allows 1e999 digits)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def decode_json(payload: bytes) -> Any:

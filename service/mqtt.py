@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from service.config import MqttSettings
 from service.metrics import Metrics
 from service.publish import OFFLINE, ONLINE
+from service.threads import InjectedFaultError
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,11 @@ class MqttClient:
         self.metrics = metrics
         self.connected = threading.Event()
         self.last_error: str | None = None
+        self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
+        self._started = False
+        self._stopping = False
+        self._death_logged = False
+        self.failed_attempts = 0
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
@@ -68,11 +74,17 @@ class MqttClient:
                 keyfile=str(s.key_file) if s.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        client.reconnect_delay_set(min_delay=int(s.reconnect_min), max_delay=int(s.reconnect_max))
+        # paho annotates int but computes in float; int() would turn 0.5 into 0, and a zero
+        # delay doubles to zero forever: a reconnect storm against a broker that is down.
+        client.reconnect_delay_set(
+            min_delay=s.reconnect_min,  # type: ignore[arg-type]
+            max_delay=max(s.reconnect_max, s.reconnect_min),  # type: ignore[arg-type]
+        )
         # Unlimited client-side queue: alerts published while the broker is away wait here.
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         return client
 
@@ -85,6 +97,7 @@ class MqttClient:
             s.host, s.port, keepalive=s.keepalive, clean_start=s.clean_start, properties=props
         )
         self._client.loop_start()
+        self._started = True
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -96,6 +109,7 @@ class MqttClient:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline` (after every alert queued before it) and disconnect."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             try:
@@ -108,8 +122,15 @@ class MqttClient:
         self.metrics.broker_connected.set(0)
 
     def network_thread_alive(self) -> bool:
+        """Whether paho's network thread runs. One thread serves every reconnect; paho sets
+        `_thread` to None when it ends, and an exception escaping a callback ends it."""
         thread = self._client._thread
-        return thread is not None and thread.is_alive()
+        alive = thread is not None and thread.is_alive()
+        if not alive and self._started and not self._stopping and not self._death_logged:
+            self._death_logged = True
+            self.metrics.thread_failures.labels(thread="mqtt").inc()
+            log.error("thread_failed", thread="mqtt", detail="paho network thread ended")
+        return alive
 
     def _on_connect(
         self,
@@ -129,6 +150,7 @@ class MqttClient:
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
             self.last_error = None
+            self.failed_attempts = 0
             self.metrics.broker_connected.set(1)
             log.info(
                 "mqtt_connected",
@@ -147,11 +169,33 @@ class MqttClient:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.connected.clear()
-        self.metrics.broker_connected.set(0)
-        log.warning("mqtt_disconnected", reason=str(reason_code))
+        try:
+            self.connected.clear()
+            self.metrics.broker_connected.set(0)
+            log.warning("mqtt_disconnected", reason=str(reason_code))
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_disconnect_failed")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        """The TCP/TLS connection could not be made; paho retries with its backoff."""
+        try:
+            self.failed_attempts += 1
+            if self.last_error is None or self.last_error.startswith("connection failed"):
+                self.last_error = "connection failed"
+            log.warning(
+                "mqtt_connect_failed",
+                host=self.settings.host,
+                port=self.settings.port,
+                attempt=self.failed_attempts,
+            )
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_connect_fail_failed")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self.fault_armed:
+            raise InjectedFaultError("AEMON_TEST_FAULT=mqtt")
         try:
             self.handler(message.topic, bytes(message.payload), time.time())
         except Exception:

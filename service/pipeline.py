@@ -25,7 +25,7 @@ from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
 from service.store import ModelStore
-from service.threads import Worker
+from service.threads import InjectedFaultError, Worker
 from service.types import MachineState, Reading, Rejection, RejectReason, Score, Window
 
 log = structlog.get_logger(__name__)
@@ -60,6 +60,7 @@ class Pipeline(Worker):
         self._drain_until = 0.0
         self._snapshot: list[dict[str, Any]] = []
         self._snapshot_lock = threading.Lock()
+        self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
         for name in store.machines() if store is not None else []:
@@ -104,6 +105,8 @@ class Pipeline(Worker):
         """One round: take in new models, drain the queue, score what is complete."""
         self._take_installs()
         batches = self._drain(timeout)
+        if batches and self.fault_armed:
+            raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
         windows: dict[str, list[Window]] = defaultdict(list)
         for batch in batches:
             for reading in batch.readings:

@@ -7,6 +7,7 @@ process, instead of leaving a daemon that looks alive and no longer scores.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import structlog
@@ -14,6 +15,23 @@ import structlog
 from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+# Test-only fault injection, read once at start from the environment (never from MQTT or
+# HTTP, so nothing on the network can trigger it): a comma-separated list of `pipeline`
+# (the pipeline thread raises on its first batch) and `mqtt` (an exception escapes a paho
+# callback, which kills paho's network thread).
+FAULT_ENV = "AEMON_TEST_FAULT"
+
+
+class InjectedFaultError(RuntimeError):
+    """Raised by the test-only fault hook; never by normal operation."""
+
+
+def armed_faults() -> frozenset[str]:
+    faults = frozenset(f for f in os.environ.get(FAULT_ENV, "").split(",") if f.strip())
+    if faults:
+        log.warning("test_fault_armed", faults=sorted(faults))
+    return faults
 
 
 class Worker(threading.Thread):

@@ -1,0 +1,232 @@
+"""Property-based fuzzing of `Ingestor.parse` and of the accounting the metrics rely on.
+
+The invariant: every unit of input is either a reading or a rejection. For a message,
+`readings + sum(rejection.count)` is at least 1, except for per-machine records whose
+`values` dict is empty (no sensor, nothing to count). The daemon's metrics build on it:
+`aemon_readings_received_total` counts exactly those units, and every one of them ends up
+in `aemon_readings_accepted_total` or `aemon_readings_rejected_total`, so
+
+    received == accepted + rejected        (once the pipeline's queue is drained)
+
+Deterministic (`derandomize=True`, no example database) and fast: 4 x 2500 examples on the
+parser, plus a smaller end-to-end run of the accounting through `App.on_message` and the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from service.app import App
+from service.config import Settings
+from service.ingest import Ingestor, IngestResult
+from service.types import RejectReason
+
+NOW = 1_700_000_000.0
+TOLERANCE = 60.0
+TEMPLATES = ("plant/{machine}/{sensor}", "plant/{machine}")
+DECLARED = {"press-1": ("force", "stroke")}
+INGEST_REASONS = {
+    RejectReason.MALFORMED,
+    RejectReason.SCHEMA,
+    RejectReason.NON_FINITE,
+    RejectReason.UNKNOWN_TOPIC,
+    RejectReason.UNKNOWN_SENSOR,
+    RejectReason.TOO_LARGE,
+    RejectReason.FUTURE,
+}
+FUZZ = settings(
+    max_examples=2500,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+OPEN = Ingestor(TEMPLATES, max_payload_bytes=2048, future_tolerance=TOLERANCE)
+CLOSED = Ingestor(
+    TEMPLATES,
+    max_payload_bytes=2048,
+    future_tolerance=TOLERANCE,
+    declared=DECLARED,
+    allow_undeclared=False,
+)
+
+# -- strategies ---------------------------------------------------------------------------
+level = st.one_of(
+    st.sampled_from(["", "+", "#", "pump-7", "press-1", "force", "a b", "ü", "\x00", "x" * 300]),
+    st.text(max_size=12),
+)
+topics = st.one_of(
+    st.lists(level, min_size=0, max_size=5).map("/".join),
+    st.builds(lambda m: f"plant/{m}", level),
+    st.builds(lambda m, s: f"plant/{m}/{s}", level, level),
+)
+good_topics = st.sampled_from(
+    ["plant/pump-7", "plant/pump-7/pressure", "plant/press-1", "plant/press-1/force"]
+)
+weird_numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(),
+    st.sampled_from([10**400, -(10**400), 2**63, -(2**63) - 1, 1e308, -0.0, NOW, NOW + 1e6]),
+)
+scalars = st.one_of(
+    st.none(), st.booleans(), weird_numbers, st.text(max_size=8), st.just("2024-01-01T00:00:00Z")
+)
+json_any = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+timestamps = st.one_of(
+    weird_numbers,
+    st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01T00:00:00", "9999-12-31T23:59:59", "x"]),
+    json_any,
+)
+values = st.one_of(weird_numbers, json_any)
+sensor_record = st.fixed_dictionaries(
+    {"value": values}, optional={"ts": timestamps, "extra": json_any}
+)
+machine_record = st.fixed_dictionaries(
+    {"values": st.dictionaries(st.sampled_from(["force", "stroke", "p", ""]), values, max_size=4)},
+    optional={"ts": timestamps, "extra": json_any},
+)
+records = st.one_of(values, sensor_record, machine_record)
+documents = st.one_of(records, st.lists(records, max_size=5))
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def dumps(document: Any) -> bytes:
+    try:
+        return json.dumps(document, allow_nan=True).encode()
+    except ValueError:  # ints beyond the str-conversion limit
+        return b"[]"
+
+
+payloads = st.one_of(
+    st.binary(max_size=64),
+    documents.map(dumps),
+    st.integers(1, 3000).map(nested),
+    st.sampled_from([b"", b"NaN", b"-Infinity", b"1e999", b"\xff", b"{", b"[]", b"{}", b"null"]),
+)
+
+
+# -- the invariant ------------------------------------------------------------------------
+def units(result: IngestResult) -> int:
+    return len(result.readings) + sum(r.count for r in result.rejections)
+
+
+def empty_values_only(payload: bytes) -> bool:
+    """True when the payload is per-machine records whose `values` are all empty."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    batch = document if isinstance(document, list) else [document]
+    return bool(batch) and all(
+        isinstance(r, dict) and r.get("values") == {} and set(r) <= {"ts", "values"} for r in batch
+    )
+
+
+def check(ingestor: Ingestor, topic: str, payload: bytes) -> IngestResult:
+    result = ingestor.parse(topic, payload, NOW)
+    if units(result) == 0:
+        assert empty_values_only(payload), (topic, payload)
+    for reading in result.readings:
+        assert math.isfinite(reading.value)
+        assert math.isfinite(reading.ts)
+        assert reading.ts <= NOW + TOLERANCE
+        assert reading.machine
+        assert not set(reading.machine) & set("/+#")
+        assert not set(reading.sensor) & set("/+#")
+        if ingestor is CLOSED:
+            assert reading.sensor in DECLARED[reading.machine]
+    for rejection in result.rejections:
+        assert rejection.reason in INGEST_REASONS
+        assert rejection.count == 1
+    again = ingestor.parse(topic, payload, NOW)
+    assert (again.readings, again.rejections) == (result.readings, result.rejections)
+    return result
+
+
+@FUZZ
+@given(topics, st.binary(max_size=96))
+def test_random_bytes_on_random_topics(topic: str, payload: bytes) -> None:
+    check(OPEN, topic, payload)
+    check(CLOSED, topic, payload)
+
+
+@FUZZ
+@given(good_topics, documents)
+def test_random_documents_of_the_payload_shapes(topic: str, document: Any) -> None:
+    check(OPEN, topic, dumps(document))
+    check(CLOSED, topic, dumps(document))
+
+
+@FUZZ
+@given(topics, st.sampled_from([b"3.2", b'{"ts": 1699999999, "value": 1}', b'{"values": {}}']))
+def test_random_topics_with_valid_payloads(topic: str, payload: bytes) -> None:
+    for ingestor in (OPEN, CLOSED):
+        result = check(ingestor, topic, payload)
+        if not (topic.startswith("plant/") and 2 <= topic.count("/") + 1 <= 3):
+            assert [r.reason for r in result.rejections] == [RejectReason.UNKNOWN_TOPIC]
+
+
+@FUZZ
+@given(st.one_of(good_topics, topics), payloads)
+def test_mixed_payloads(topic: str, payload: bytes) -> None:
+    check(OPEN, topic, payload)
+    check(CLOSED, topic, payload)
+
+
+def test_too_large_is_checked_before_parsing() -> None:
+    result = OPEN.parse("plant/pump-7", b"[" * 5000, NOW)
+    assert [r.reason for r in result.rejections] == [RejectReason.TOO_LARGE]
+
+
+def test_huge_integers_are_non_finite_not_a_crash() -> None:
+    for payload in (b"1" + b"0" * 400, b'{"value": -1' + b"0" * 400 + b"}"):
+        result = OPEN.parse("plant/pump-7/p", payload, NOW)
+        assert [r.reason for r in result.rejections] == [RejectReason.NON_FINITE]
+
+
+# -- the metrics' accounting, end to end through App.on_message and the pipeline ----------
+def _sum(registry: CollectorRegistry, name: str) -> float:
+    return sum(s.value for metric in registry.collect() for s in metric.samples if s.name == name)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(st.lists(st.tuples(st.one_of(good_topics, topics), payloads), min_size=1, max_size=8))
+def test_received_equals_accepted_plus_rejected(messages: list[tuple[str, bytes]]) -> None:
+    registry = CollectorRegistry()
+    app = App(
+        Settings(
+            http={"host": "127.0.0.1", "port": 0},
+            ingest={"queue_size": 3, "max_payload_bytes": 2048, "max_machines": 2},
+            machines={"press-1": {"sensors": ("force", "stroke")}},
+        ),
+        registry,
+    )
+    try:
+        for topic, payload in messages:
+            app.on_message(topic, payload, NOW)
+        while not app.pipeline.queue.empty():
+            app.pipeline.cycle(timeout=0)
+    finally:
+        app.http.server.server_close()
+    received = _sum(registry, "aemon_readings_received_total")
+    accepted = _sum(registry, "aemon_readings_accepted_total")
+    rejected = _sum(registry, "aemon_readings_rejected_total")
+    assert received == accepted + rejected
+    assert _sum(registry, "aemon_messages_received_total") == len(messages)
