@@ -207,7 +207,19 @@ class MqttClient:
         try:
             if reason_code.is_failure:
                 self.last_error = str(reason_code)
-                log.error("mqtt_connect_refused", reason=str(reason_code))
+                # 0x86 bad user name or password, 0x87 not authorized
+                auth = reason_code.value in (0x86, 0x87)
+                log.error(
+                    "mqtt_connect_refused",
+                    reason=str(reason_code),
+                    host=self.settings.host,
+                    port=self.settings.port,
+                    username=self.settings.username,
+                    hint="check mqtt.username and the password (file) and the broker ACL"
+                    if auth
+                    else None,
+                    retry="with backoff",
+                )
                 return
             self.acks.reset()
             qos = int(self.settings.qos)
