@@ -174,7 +174,8 @@ class MqttClient:
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline` (after every alert queued before it) and disconnect."""
         self._stopping = True
-        if self.connected.is_set():
+        # With paho's thread dead nothing would send it: waiting would only delay the exit.
+        if self.connected.is_set() and self.network_thread_alive():
             info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
