@@ -18,7 +18,7 @@ from service.finetune import FineTuner, FitResult
 from service.http import HttpServer
 from service.ingest import Ingestor
 from service.metrics import Metrics
-from service.mqtt import MqttClient
+from service.mqtt import Ack, MqttClient
 from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
 from service.rejections import RejectionLog
@@ -66,13 +66,17 @@ class App:
         faults = armed_faults()
         self.pipeline.fault_armed = "pipeline" in faults
         self.mqtt.fault_armed = "mqtt" in faults
+        self.pipeline.stall_armed = "stall" in faults
 
     def _install(self, result: FitResult) -> None:
         self.pipeline.install(result)
 
     # -- paho's network thread ------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes, received_at: float) -> None:
-        """Parse and enqueue, nothing else: a slow callback gets the client dropped."""
+    def on_message(
+        self, topic: str, payload: bytes, received_at: float, ack: Ack | None = None
+    ) -> None:
+        """Parse and enqueue, nothing else: a slow callback gets the client dropped. `ack`
+        goes with the readings, so the message is acknowledged once they are taken in."""
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
@@ -83,11 +87,14 @@ class App:
             self.rejections.record(rejection, label, topic)
         for machine, count in per_machine.items():
             self.metrics.readings_received.labels(machine=machine).inc(count)
-        if result.readings and not self.pipeline.submit(Batch(received_at, result.readings)):
-            for machine, count in Counter(r.machine for r in result.readings).items():
-                label = machine if machine in known else ""
-                overloaded = Rejection(RejectReason.OVERLOADED, "queue full", machine, count)
-                self.rejections.record(overloaded, label, topic)
+        if result.readings and self.pipeline.submit(Batch(received_at, result.readings, ack)):
+            return
+        for machine, count in Counter(r.machine for r in result.readings).items():
+            label = machine if machine in known else ""
+            overloaded = Rejection(RejectReason.OVERLOADED, "queue full", machine, count)
+            self.rejections.record(overloaded, label, topic)
+        if ack is not None:
+            ack()
 
     # -- probes -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

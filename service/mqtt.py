@@ -27,7 +27,69 @@ from service.threads import InjectedFaultError
 
 log = structlog.get_logger(__name__)
 
-MessageHandler = Callable[[str, bytes, float], None]
+Ack = Callable[[], None]
+# topic, payload, receive time, and the message's acknowledgement: the handler calls it
+# exactly once, when the message's readings are processed (or at once, if there are none).
+MessageHandler = Callable[[str, bytes, float, Ack], None]
+
+
+class AckOrder:
+    """Sends PUBACKs once messages are processed, in the order the messages came.
+
+    MQTT 5 (4.6) wants PUBACKs in the order of the PUBLISHes, while a message with readings
+    is done only when the pipeline has taken them in, and one without is done at once. A
+    message is acknowledged when it and every message before it are done, so an unprocessed
+    reading is never acknowledged: after a crash the broker (persistent session) delivers
+    it again. A new connection starts a new generation: the broker re-sends what was not
+    acknowledged, so acks of the old connection are dropped.
+    """
+
+    def __init__(self, send: Callable[[int, int], object]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._next = 0
+        self._pending: dict[int, tuple[int, int, bool]] = {}  # seq -> (mid, qos, done)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._pending.clear()
+
+    def track(self, mid: int, qos: int) -> Ack:
+        """An acknowledgement to call once the message is processed."""
+        if qos == 0:
+            return _nothing
+        with self._lock:
+            seq, generation = self._next, self._generation
+            self._next += 1
+            self._pending[seq] = (mid, qos, False)
+        return lambda: self._done(seq, generation)
+
+    def _done(self, seq: int, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or seq not in self._pending:
+                return
+            mid, qos, _ = self._pending[seq]
+            self._pending[seq] = (mid, qos, True)
+            ready = []
+            for key, (mid, qos, done) in self._pending.items():  # insertion = arrival order
+                if not done:
+                    break
+                ready.append((key, mid, qos))
+            # Sent under the lock so that two threads cannot reorder them; paho only queues.
+            for key, mid, qos in ready:
+                del self._pending[key]
+                self._send(mid, qos)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+def _nothing() -> None:
+    return None
 
 
 class MqttClient:
@@ -55,6 +117,7 @@ class MqttClient:
         self._death_logged = False
         self.failed_attempts = 0
         self._client = self._build_client()
+        self.acks = AckOrder(self._client.ack)
 
     def _build_client(self) -> paho.Client:
         s = self.settings
@@ -62,6 +125,7 @@ class MqttClient:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=paho.MQTTv5,
+            manual_ack=True,
         )
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         password = s.resolved_password()
@@ -110,7 +174,8 @@ class MqttClient:
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline` (after every alert queued before it) and disconnect."""
         self._stopping = True
-        if self.connected.is_set():
+        # With paho's thread dead nothing would send it: waiting would only delay the exit.
+        if self.connected.is_set() and self.network_thread_alive():
             info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -143,8 +208,21 @@ class MqttClient:
         try:
             if reason_code.is_failure:
                 self.last_error = str(reason_code)
-                log.error("mqtt_connect_refused", reason=str(reason_code))
+                # 0x86 bad user name or password, 0x87 not authorized
+                auth = reason_code.value in (0x86, 0x87)
+                log.error(
+                    "mqtt_connect_refused",
+                    reason=str(reason_code),
+                    host=self.settings.host,
+                    port=self.settings.port,
+                    username=self.settings.username,
+                    hint="check mqtt.username and the password (file) and the broker ACL"
+                    if auth
+                    else None,
+                    retry="with backoff",
+                )
                 return
+            self.acks.reset()
             qos = int(self.settings.qos)
             client.subscribe([(t, qos) for t in self.subscriptions])
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
@@ -196,8 +274,10 @@ class MqttClient:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self.fault_armed:
             raise InjectedFaultError("AEMON_TEST_FAULT=mqtt")
+        ack = self.acks.track(message.mid, message.qos)
         try:
-            self.handler(message.topic, bytes(message.payload), time.time())
+            self.handler(message.topic, bytes(message.payload), time.time(), ack)
         except Exception:
+            ack()
             self.metrics.callback_errors.inc()
             log.exception("mqtt_on_message_failed", topic=message.topic)

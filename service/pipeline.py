@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ log = structlog.get_logger(__name__)
 class Batch:
     received_at: float
     readings: list[Reading]
+    # Called once the readings are taken in (counted accepted or rejected): the MQTT
+    # message is acknowledged only then, so the broker re-sends what a crash lost.
+    ack: Callable[[], None] | None = None
 
 
 class Pipeline(Worker):
@@ -61,6 +65,7 @@ class Pipeline(Worker):
         self._snapshot: list[dict[str, Any]] = []
         self._snapshot_lock = threading.Lock()
         self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
+        self.stall_armed = False  # test-only: take nothing from the queue
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
         for name in store.machines() if store is not None else []:
@@ -104,6 +109,9 @@ class Pipeline(Worker):
     def cycle(self, timeout: float) -> None:
         """One round: take in new models, drain the queue, score what is complete."""
         self._take_installs()
+        if self.stall_armed:
+            self._stopping.wait(timeout)
+            return
         batches = self._drain(timeout)
         if batches and self.fault_armed:
             raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
@@ -111,6 +119,8 @@ class Pipeline(Worker):
         for batch in batches:
             for reading in batch.readings:
                 self._route(reading, windows)
+            if batch.ack is not None:
+                batch.ack()
         for runtime in self.machines.values():
             windows[runtime.name].extend(runtime.advance())
         self._score(windows)

@@ -18,8 +18,9 @@ log = structlog.get_logger(__name__)
 
 # Test-only fault injection, read once at start from the environment (never from MQTT or
 # HTTP, so nothing on the network can trigger it): a comma-separated list of `pipeline`
-# (the pipeline thread raises on its first batch) and `mqtt` (an exception escapes a paho
-# callback, which kills paho's network thread).
+# (the pipeline thread raises on its first batch), `mqtt` (an exception escapes a paho
+# callback, which kills paho's network thread) and `stall` (the pipeline takes nothing from
+# its queue, so received readings stay unprocessed and unacknowledged).
 FAULT_ENV = "AEMON_TEST_FAULT"
 
 

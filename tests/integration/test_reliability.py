@@ -168,3 +168,20 @@ def test_broker_killed_mid_stream_alert_arrives_after_reconnect(tmp_path: Path) 
             )
         assert daemon.healthy()
         print("figures", FIGURES)
+
+
+def test_acks_go_out_in_arrival_order_once_processed() -> None:
+    from service.mqtt import AckOrder
+
+    sent: list[tuple[int, int]] = []
+    acks = AckOrder(lambda mid, qos: sent.append((mid, qos)))
+    first, second, third = (acks.track(mid, 1) for mid in (11, 12, 13))
+    assert acks.track(0, 0) is not None  # QoS 0: nothing to acknowledge
+    second()
+    assert sent == []  # 11 is not processed yet
+    first()
+    assert sent == [(11, 1), (12, 1)]
+    acks.reset()  # a new connection: the broker re-sends 13, this ack is stale
+    third()
+    assert sent == [(11, 1), (12, 1)]
+    assert acks.pending == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -120,4 +121,58 @@ def test_flood_counts_overloaded_keeps_probes_and_recovers(
         received = daemon.metric("aemon_readings_received_total")
         assert received == counted(daemon)
         assert daemon.healthy()
+        print("figures", FIGURES)
+
+
+def test_daemon_killed_loses_no_qos1_reading(tmp_path: Path, broker: Mosquitto) -> None:
+    """Readings received but not processed when the daemon dies, and readings sent while it
+    is down, are all delivered to the next run of the same client id (persistent session,
+    acknowledged only once processed)."""
+    config = {
+        **FAST_CONFIG,
+        "mqtt": {"client_id": "aemon-crash", "clean_start": False, "session_expiry": 600},
+        "machines.press-1": {"sensors": ["force"]},
+    }
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run2").mkdir()
+    first = Daemon(tmp_path / "run1", broker.port, config)
+    second = Daemon(tmp_path / "run2", broker.port, config)
+    pub = Publisher(broker.port)
+    start = time.time() - 3000
+    sent = 0
+
+    def send(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            pub.send("plant/press-1/force", {"ts": start + sent, "value": float(sent % 7)})
+            sent += 1
+        pub.flush()
+
+    with running(first, second, pub):
+        # The first run takes readings in but never processes them (the test-only stall).
+        first.start(env={"AEMON_TEST_FAULT": "stall"})
+        wait_until(first.ready, 10, "first run ready")
+        send(500)
+        wait_until(
+            lambda: first.metric("aemon_messages_received_total") >= 500, 10, "first run received"
+        )
+        assert first.metric("aemon_readings_accepted_total") == 0
+        # Killed while the publisher keeps sending.
+        sender = threading.Thread(target=send, args=(500,))
+        sender.start()
+        first.stop(signal.SIGKILL)
+        sender.join(30)
+        send(300)  # while no daemon runs
+        second.start()
+        wait_until(second.ready, 10, "second run ready")
+        send(200)
+        total = 1500
+        assert sent == total
+        wait_until(lambda: counted(second) >= total, 30, "every reading accounted for")
+        accepted = second.metric("aemon_readings_accepted_total", machine="press-1")
+        rejected = second.metric("aemon_readings_rejected_total")
+        FIGURES["session_accepted"] = accepted
+        FIGURES["session_rejected"] = rejected
+        assert accepted + rejected == total, (accepted, rejected)
+        assert accepted >= total - 5  # rejections here could only be late redeliveries
         print("figures", FIGURES)
