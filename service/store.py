@@ -114,6 +114,8 @@ def machine_dirname(machine: str) -> str:
     """A folder name for any machine id: characters other than `[A-Za-z0-9_.-]`, and a
     leading dot, become `%XX` per UTF-8 byte. No id can then name a path outside the store
     (`..`, `/`, NUL) or a hidden folder, and two ids never share one (`%` itself is escaped).
+    An MQTT topic level may be far longer than a file name can: such a name keeps its first
+    characters and ends in `~` and a hash of the whole (`~` is escaped elsewhere).
     """
     if not machine:
         raise StoreError(repr(machine), None, "an empty machine name has no folder")
@@ -122,7 +124,8 @@ def machine_dirname(machine: str) -> str:
         for i, c in enumerate(machine)
     )
     if len(escaped) > MAX_DIRNAME:
-        raise StoreError(machine[:40] + "...", None, "machine name too long for a folder name")
+        digest = hashlib.sha256(machine.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        escaped = f"{escaped[: MAX_DIRNAME - len(digest) - 1]}~{digest}"
     return escaped
 
 
@@ -176,8 +179,8 @@ class ModelStore:
 
     def version_numbers(self, machine: str) -> list[int]:
         """Complete versions (their `meta.json` is in place), oldest first."""
-        folder = self.machine_dir(machine)
-        if not folder.is_dir():
+        folder = _folder_or_none(self, machine)
+        if folder is None or not folder.is_dir():
             return []
         found = (p for p in folder.iterdir() if _is_version_name(p.name) and (p / META).exists())
         return sorted(int(p.name) for p in found)
@@ -186,7 +189,7 @@ class ModelStore:
         """The version `current` names; the newest complete one if it names none."""
         try:
             return int((self.machine_dir(machine) / CURRENT).read_text().strip())
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # StoreError (a name with no folder) is an OSError
             versions = self.version_numbers(machine)
             return versions[-1] if versions else None
 
@@ -308,11 +311,22 @@ class ModelStore:
             return []
         names = []
         for path in self.root.iterdir():
-            name = unquote(path.name)
-            # Only folders this store named: a stray folder is no machine of ours.
-            if path.is_dir() and _dirname_or_none(name) == path.name and self.version_numbers(name):
+            name = self._name_of(path) if path.is_dir() else None
+            if name is not None and self.version_numbers(name):
                 names.append(name)
         return sorted(names)
+
+    def _name_of(self, folder: Path) -> str | None:
+        """The machine a folder holds; None for a folder this store did not name."""
+        if "~" not in folder.name:
+            name = unquote(folder.name)
+        else:  # a hashed long name: the whole name is in the versions' meta.json
+            metas = sorted(folder.glob(f"*/{META}"), key=lambda p: p.stat().st_mtime)
+            try:
+                name = str(orjson.loads(metas[-1].read_bytes())["machine"])
+            except (IndexError, OSError, orjson.JSONDecodeError, KeyError, TypeError):
+                return None
+        return name if _dirname_or_none(name) == folder.name else None
 
 
 def _version_meta(
@@ -341,6 +355,13 @@ def _version_meta(
 
 def _is_version_name(name: str) -> bool:
     return name.isascii() and name.isdigit() and str(int(name)) == name and int(name) > 0
+
+
+def _folder_or_none(store: ModelStore, machine: str) -> Path | None:
+    try:
+        return store.machine_dir(machine)
+    except StoreError:
+        return None
 
 
 def _dirname_or_none(machine: str) -> str | None:

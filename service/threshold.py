@@ -52,6 +52,8 @@ log = structlog.get_logger(__name__)
 GAMMA_ZERO = 1e-8
 # Points per interval of the grid on which Grimshaw's equation is searched for sign changes.
 GRID_POINTS = 400
+# |u v - 1| below this is rounding error, not a sign.
+W_NOISE = 1e-12
 
 
 class SpotFitError(ValueError):
@@ -150,21 +152,25 @@ def grimshaw(y: npt.NDArray[np.float64]) -> tuple[float, float]:
 
 def _grimshaw_w(y: npt.NDArray[np.float64], x: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Grimshaw's `u(x) v(x) - 1` at each `x`."""
-    s = 1.0 + np.multiply.outer(np.asarray(x, dtype=np.float64), y)
-    w: npt.NDArray[np.float64] = np.mean(1.0 / s, axis=-1) * (1.0 + np.mean(np.log(s), axis=-1))
-    return w - 1.0
+    xy = np.multiply.outer(np.asarray(x, dtype=np.float64), y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.mean(1.0 / (1.0 + xy), axis=-1) * (1.0 + np.mean(np.log1p(xy), axis=-1))
+    result: npt.NDArray[np.float64] = w - 1.0
+    return result
 
 
 def _roots(
     y: npt.NDArray[np.float64], grid: npt.NDArray[np.float64], iterations: int = 60
 ) -> list[float]:
-    """Bisects every sign change of `_grimshaw_w` between neighbouring grid points."""
+    """Bisects every sign change of `_grimshaw_w` between neighbouring grid points. Near
+    `x = 0`, `w` is rounding noise around 0, whose sign flips are no roots (that limit is
+    the exponential candidate), so values below `W_NOISE` do not count."""
     values = _grimshaw_w(y, grid)
+    significant = np.isfinite(values) & (np.abs(values) > W_NOISE)
+    changes = significant[:-1] & significant[1:] & (np.sign(values[:-1]) != np.sign(values[1:]))
     found = []
-    for i in np.flatnonzero(values[:-1] * values[1:] <= 0):
+    for i in np.flatnonzero(changes):
         a, b, fa = float(grid[i]), float(grid[i + 1]), float(values[i])
-        if not (math.isfinite(fa) and math.isfinite(float(values[i + 1]))):
-            continue
         for _ in range(iterations):
             mid = 0.5 * (a + b)
             fm = float(_grimshaw_w(y, mid))
