@@ -118,11 +118,28 @@ class ModelSettings(Section):
 
 
 class ThresholdSettings(Section):
-    method: Literal["quantile"] = Field("quantile", description="Calibration on normal scores.")
+    method: Literal["quantile", "spot"] = Field(
+        "quantile",
+        description="Calibration on normal scores: quantile, or spot (a GPD tail fit, "
+        "Siffer et al. 2017); both are multiplied by margin.",
+    )
     quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
     margin: float = Field(1.5, ge=1, description="Threshold = quantile x margin.")
     holdout: float = Field(
         0.25, gt=0, lt=1, description="Share of learning windows kept out of training to calibrate."
+    )
+    spot_risk: float = Field(
+        1e-4, gt=0, lt=0.5, description="spot: chance that a normal window scores above z_q."
+    )
+    spot_level: float = Field(
+        0.98,
+        gt=0.5,
+        lt=1,
+        description="spot: quantile whose excesses are fitted (lowered to "
+        "keep spot_min_peaks peaks).",
+    )
+    spot_min_peaks: int = Field(
+        10, ge=5, description="spot: fewest peaks for a fit; fewer falls back to the quantile."
     )
 
 

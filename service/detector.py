@@ -7,6 +7,7 @@ reconstruction error in scaled units; per-sensor errors say which sensors drove 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from threading import Event
 from typing import Any
@@ -55,6 +56,24 @@ class Detector:
         return cls(
             sensors, window, settings, model, np.zeros(n, np.float32), np.ones(n, np.float32)
         )
+
+    @classmethod
+    def from_state(cls, meta: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -> Detector:
+        """The inverse of `meta()` and `model.state_dict()`: the detector as it was saved.
+        Raises `ValueError`, `KeyError` or `RuntimeError` (a tensor missing, extra or of
+        the wrong shape) when the two do not make one detector."""
+        settings = ModelSettings.model_validate(meta["model"])
+        sensors = tuple(str(s) for s in meta["sensors"])
+        window = int(meta["window"])
+        model = build_model(settings.kind, window, len(sensors), dict(settings.params))
+        model.load_state_dict(weights)
+        model.eval()
+        mean = np.asarray(meta["mean"], dtype=np.float32)
+        std = np.asarray(meta["std"], dtype=np.float32)
+        if mean.shape != (len(sensors),) or std.shape != (len(sensors),):
+            raise ValueError(f"scaler of {mean.shape}/{std.shape} for {len(sensors)} sensors")
+        threshold = float(meta["threshold"])
+        return cls(sensors, window, settings, model, mean, std, threshold, int(meta["version"]))
 
     def fit(
         self, windows: FloatArray, threshold: ThresholdSettings, cancel: Event | None = None

@@ -1,50 +1,104 @@
 """Model versions on disk, per machine, under `<state dir>/models/<machine>/`.
 
-Each version is a folder `<n>/` with `weights.safetensors` (the model's tensors), and
-`meta.json` (scaler, threshold, sensors, model settings, training facts). A version counts
-only once `meta.json` is in place, written last; `current` names the version in use. Every
-file is written to a temporary name, fsynced and renamed, so a crash leaves the previous
-state whole. Nothing is ever loaded with pickle.
+Each version is a folder `<n>/` holding `weights.safetensors` (the model's tensors) and
+`meta.json` (scaler, threshold, sensors, model settings, training facts and the SHA-256 of
+the weights). `meta.json` is written last, so it is the version's completion marker: a
+folder without it is the remains of an interrupted save and does not count. `current`
+names the version in use. Every file is written to a temporary name in its own folder,
+fsynced, renamed over the old one, and the folder fsynced, so a crash at any point leaves
+the previous state whole. Nothing is ever loaded with pickle: tensors come from
+safetensors, everything else from JSON checked by pydantic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
+import tempfile
+import threading
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
-import numpy as np
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
-from service.config import ModelSettings
 from service.detector import Detector
 
 log = structlog.get_logger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+WEIGHTS = "weights.safetensors"
+META = "meta.json"
+CURRENT = "current"
+FORMAT = 1
+# ext4 and xfs allow 255 bytes per name; the rest is headroom for temporary names.
+MAX_DIRNAME = 200
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
-class StoreError(Exception):
-    """A version on disk cannot be used; the message says which and why."""
+class StoreError(OSError):
+    """A version cannot be written, read or used. An `OSError`, so that callers that handle
+    a failed write (a full disk) handle a refused one the same way."""
+
+    def __init__(self, machine: str, version: int | None, reason: str) -> None:
+        where = machine if version is None else f"{machine} version {version}"
+        super().__init__(f"{where}: {reason}")
+        self.machine = machine
+        self.version = version
+        self.reason = reason
 
 
-class VersionMeta(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    sensors: list[str]
-    window: int
+class TrainingFacts(BaseModel):
+    """How a version came about; shown by `aemon models list`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    reason: str = Field("unspecified", description="initial, promoted, train, rollback, ...")
+    windows: int | None = Field(None, ge=0, description="Windows the model was trained on.")
+    final_loss: float | None = Field(None, description="Last epoch's mean training loss.")
+    parent: int | None = Field(None, ge=1, description="Version it was fine-tuned from.")
+
+
+class DetectorMeta(BaseModel):
+    """`Detector.meta()`, checked; fields added to it later pass through."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    sensors: list[str] = Field(min_length=1)
+    window: int = Field(ge=1)
     model: dict[str, Any]
     mean: list[float]
     std: list[float]
     threshold: float
     version: int
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DetectorMeta:
+        n = len(self.sensors)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(f"scaler has {len(self.mean)}/{len(self.std)} values, {n} sensors")
+        values = [*self.mean, *self.std, self.threshold]
+        if not all(abs(v) < float("inf") for v in values):
+            raise ValueError("scaler and threshold must be finite")
+        if min(self.std) <= 0:
+            raise ValueError("scaler std must be positive")
+        return self
+
+
+class VersionMeta(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    format: Literal[1]
+    machine: str
+    version: int = Field(ge=1)
     created_at: float
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    facts: TrainingFacts
+    detector: DetectorMeta
 
 
 @dataclass(frozen=True)
@@ -57,122 +111,273 @@ class VersionInfo:
 
 
 def machine_dirname(machine: str) -> str:
-    """A file name for any machine id: unsafe characters become `%XX`, so no id can name
-    a path outside the store (`..`, `/`) and two ids never share a folder."""
-    escaped = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), machine)
-    return "%2E%2E" if escaped == ".." else ("%2E" if escaped == "." else escaped)
+    """A folder name for any machine id: characters other than `[A-Za-z0-9_.-]`, and a
+    leading dot, become `%XX` per UTF-8 byte. No id can then name a path outside the store
+    (`..`, `/`, NUL) or a hidden folder, and two ids never share one (`%` itself is escaped).
+    An MQTT topic level may be far longer than a file name can: such a name keeps its first
+    characters and ends in `~` and a hash of the whole (`~` is escaped elsewhere).
+    """
+    if not machine:
+        raise StoreError(repr(machine), None, "an empty machine name has no folder")
+    escaped = "".join(
+        c if c in _PLAIN and not (i == 0 and c == ".") else _percent(c)
+        for i, c in enumerate(machine)
+    )
+    if len(escaped) > MAX_DIRNAME:
+        digest = hashlib.sha256(machine.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        escaped = f"{escaped[: MAX_DIRNAME - len(digest) - 1]}~{digest}"
+    return escaped
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def _percent(char: str) -> str:
+    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-class ModelStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root / "models"
+def _write_atomic(path: Path, data: bytes) -> None:
+    """After a crash, `path` holds either its old content or `data`, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
-    def _dir(self, machine: str) -> Path:
+
+def _make_dirs(path: Path) -> None:
+    """Creates `path` and its missing parents, each made durable in its own parent."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    path.mkdir(exist_ok=True)
+    _fsync_dir(path.parent)
+
+
+class ModelStore:
+    """Versions of every machine's detector under `<root>/models/`. Thread-safe within one
+    process; `unusable` counts, per machine, versions that failed to load."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "models"
+        self.unusable: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def machine_dir(self, machine: str) -> Path:
         return self.root / machine_dirname(machine)
 
     def version_numbers(self, machine: str) -> list[int]:
-        folder = self._dir(machine)
-        if not folder.is_dir():
+        """Complete versions (their `meta.json` is in place), oldest first."""
+        folder = _folder_or_none(self, machine)
+        if folder is None or not folder.is_dir():
             return []
-        found = (p for p in folder.iterdir() if p.name.isdigit() and (p / "meta.json").exists())
+        found = (p for p in folder.iterdir() if _is_version_name(p.name) and (p / META).exists())
         return sorted(int(p.name) for p in found)
 
     def current_version(self, machine: str) -> int | None:
-        pointer = self._dir(machine) / "current"
+        """The version `current` names; the newest complete one if it names none."""
         try:
-            return int(pointer.read_text().strip())
-        except (OSError, ValueError):
+            return int((self.machine_dir(machine) / CURRENT).read_text().strip())
+        except (OSError, ValueError):  # StoreError (a name with no folder) is an OSError
             versions = self.version_numbers(machine)
             return versions[-1] if versions else None
 
-    def save(self, machine: str, detector: Detector, facts: dict[str, Any] | None = None) -> int:
-        """Writes `detector` as the machine's next version and makes it current."""
-        folder = self._dir(machine)
-        folder.mkdir(parents=True, exist_ok=True)
-        version = max([0, *self.version_numbers(machine)]) + 1
-        target = folder / str(version)
-        target.mkdir(exist_ok=True)
+    def save(
+        self,
+        machine: str,
+        detector: Detector,
+        facts: TrainingFacts | Mapping[str, Any] | None = None,
+    ) -> int:
+        """Writes `detector` as the machine's next version (newest + 1) and makes it current.
+        `facts` may be a dict of `TrainingFacts` fields."""
+        folder = self.machine_dir(machine)
         tensors = {k: v.detach().contiguous() for k, v in detector.model.state_dict().items()}
-        tmp = target / ".weights.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target / "weights.safetensors")
-        meta = {**detector.meta(), "version": version, "created_at": time.time(), **(facts or {})}
-        _write_atomic(target / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-        _write_atomic(folder / "current", f"{version}\n".encode())
+        data = save_tensors(tensors)
+        with self._lock:
+            _make_dirs(folder)
+            version = max([0, *self.version_numbers(machine)]) + 1
+            meta = _version_meta(machine, version, detector, facts, data)
+            target = folder / str(version)
+            # A folder of this number without meta.json is an interrupted save: reuse it.
+            _make_dirs(target)
+            _write_atomic(target / WEIGHTS, data)
+            _write_atomic(target / META, meta)
+            _write_atomic(folder / CURRENT, f"{version}\n".encode())
+        log.info("model_saved", machine=machine, version=version, bytes=len(data))
         return version
 
     def load(self, machine: str, version: int) -> Detector:
-        folder = self._dir(machine) / str(version)
+        """That version, or `StoreError` saying why it cannot be used."""
+        folder = self.machine_dir(machine) / str(version)
         try:
-            meta = VersionMeta.model_validate(orjson.loads((folder / "meta.json").read_bytes()))
-            weights = load_file(str(folder / "weights.safetensors"))
-            settings = ModelSettings.model_validate(meta.model)
-            detector = Detector.new(tuple(meta.sensors), meta.window, settings)
-            detector.model.load_state_dict(weights)
-        except Exception as exc:
-            raise StoreError(f"{machine} version {version}: {type(exc).__name__}: {exc}") from exc
-        detector.mean = np.asarray(meta.mean, dtype=np.float32)
-        detector.std = np.asarray(meta.std, dtype=np.float32)
-        detector.threshold = meta.threshold
-        detector.version = version
-        return detector
+            meta = VersionMeta.model_validate(orjson.loads((folder / META).read_bytes()))
+            data = (folder / WEIGHTS).read_bytes()
+        except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+            raise StoreError(machine, version, _describe(exc)) from exc
+        if (meta.machine, meta.version) != (machine, version):
+            raise StoreError(machine, version, f"meta.json is {meta.machine} v{meta.version}")
+        if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
+            raise StoreError(machine, version, f"{WEIGHTS} does not match its SHA-256 (corrupt)")
+        try:
+            return Detector.from_state(meta.detector.model_dump(), load_tensors(data))
+        except Exception as exc:  # whatever fails to decode makes the version unusable
+            raise StoreError(machine, version, _describe(exc)) from exc
 
     def load_current(self, machine: str) -> Detector | None:
-        """The current version, or the newest older one that loads when it does not."""
+        """The current version; if it cannot be used, the newest older one that can (each
+        failure logged and counted). None when no version can be used."""
         current = self.current_version(machine)
         if current is None:
             return None
-        candidates = [current] + [v for v in reversed(self.version_numbers(machine)) if v < current]
-        for version in candidates:
+        older = [v for v in reversed(self.version_numbers(machine)) if v < current]
+        for version in [current, *older]:
             try:
-                return self.load(machine, version)
+                detector = self.load(machine, version)
             except StoreError as exc:
+                self.unusable[machine] += 1
                 log.error(
-                    "model_version_unusable", machine=machine, version=version, error=str(exc)
+                    "model_version_unusable", machine=machine, version=version, reason=exc.reason
                 )
+                continue
+            if version != current:
+                log.warning(
+                    "model_version_fallback", machine=machine, current=current, loaded=version
+                )
+            return detector
+        log.error("model_no_usable_version", machine=machine, current=current)
         return None
 
-    def machines(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(unquote(p.name) for p in self.root.iterdir() if p.is_dir())
-
     def versions(self, machine: str) -> list[VersionInfo]:
+        """Complete versions, oldest first; one whose meta.json is unreadable is left out."""
         current = self.current_version(machine)
         infos = []
         for v in self.version_numbers(machine):
-            meta = orjson.loads((self._dir(machine) / str(v) / "meta.json").read_bytes())
-            facts = {k: meta[k] for k in ("reason", "windows", "parent") if k in meta}
-            infos.append(VersionInfo(v, meta["created_at"], meta["threshold"], v == current, facts))
+            path = self.machine_dir(machine) / str(v) / META
+            try:
+                meta = VersionMeta.model_validate(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+                log.error(
+                    "model_version_unusable", machine=machine, version=v, reason=_describe(exc)
+                )
+                continue
+            facts = meta.facts.model_dump(exclude_none=True)
+            infos.append(
+                VersionInfo(v, meta.created_at, meta.detector.threshold, v == current, facts)
+            )
         return infos
 
     def rollback(self, machine: str, version: int | None = None) -> int:
-        """Makes `version` (default: the one before current) current; returns it."""
-        current = self.current_version(machine)
-        older = [v for v in self.version_numbers(machine) if current is None or v < current]
-        target = version if version is not None else (older[-1] if older else None)
-        if target is None or target not in self.version_numbers(machine):
-            raise StoreError(f"{machine}: no version {target} to roll back to")
-        self.load(machine, target)  # refuse to point at a version that does not load
-        _write_atomic(self._dir(machine) / "current", f"{target}\n".encode())
-        return target
+        """Makes `version` current, by default the newest usable one before the current.
+        Refuses a version that does not load. Returns the version made current."""
+        with self._lock:
+            current = self.current_version(machine)
+            complete = self.version_numbers(machine)
+            if version is not None:
+                if version not in complete:
+                    raise StoreError(machine, version, "no such complete version")
+                candidates = [version]
+            else:
+                candidates = [v for v in reversed(complete) if current is None or v < current]
+                if not candidates:
+                    raise StoreError(machine, current, "no older version to roll back to")
+            errors = []
+            for candidate in candidates:
+                try:
+                    self.load(machine, candidate)
+                except StoreError as exc:
+                    errors.append(exc.reason)
+                    continue
+                _write_atomic(self.machine_dir(machine) / CURRENT, f"{candidate}\n".encode())
+                log.info("model_rolled_back", machine=machine, previous=current, current=candidate)
+                return candidate
+        raise StoreError(
+            machine, version, "no usable version to roll back to: " + "; ".join(errors)
+        )
+
+    def machines(self) -> list[str]:
+        """Machines with at least one complete version."""
+        if not self.root.is_dir():
+            return []
+        names = []
+        for path in self.root.iterdir():
+            name = self._name_of(path) if path.is_dir() else None
+            if name is not None and self.version_numbers(name):
+                names.append(name)
+        return sorted(names)
+
+    def _name_of(self, folder: Path) -> str | None:
+        """The machine a folder holds; None for a folder this store did not name."""
+        if "~" not in folder.name:
+            name = unquote(folder.name)
+        else:  # a hashed long name: the whole name is in the versions' meta.json
+            metas = sorted(folder.glob(f"*/{META}"), key=lambda p: p.stat().st_mtime)
+            try:
+                name = str(orjson.loads(metas[-1].read_bytes())["machine"])
+            except (IndexError, OSError, orjson.JSONDecodeError, KeyError, TypeError):
+                return None
+        return name if _dirname_or_none(name) == folder.name else None
+
+
+def _version_meta(
+    machine: str,
+    version: int,
+    detector: Detector,
+    facts: TrainingFacts | Mapping[str, Any] | None,
+    weights: bytes,
+) -> bytes:
+    """meta.json's content, validated before anything is written: an unusable version
+    (a NaN scaler, an infinite threshold) is refused rather than saved."""
+    try:
+        meta = VersionMeta(
+            format=FORMAT,
+            machine=machine,
+            version=version,
+            created_at=time.time(),
+            weights_sha256=hashlib.sha256(weights).hexdigest(),
+            facts=TrainingFacts.model_validate(facts or {}),
+            detector=DetectorMeta.model_validate({**detector.meta(), "version": version}),
+        )
+    except ValidationError as exc:
+        raise StoreError(machine, version, "refused: " + _describe(exc)) from exc
+    return orjson.dumps(meta.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+
+
+def _is_version_name(name: str) -> bool:
+    return name.isascii() and name.isdigit() and str(int(name)) == name and int(name) > 0
+
+
+def _folder_or_none(store: ModelStore, machine: str) -> Path | None:
+    try:
+        return store.machine_dir(machine)
+    except StoreError:
+        return None
+
+
+def _dirname_or_none(machine: str) -> str | None:
+    try:
+        return machine_dirname(machine)
+    except StoreError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return (
+            f"{exc.title} invalid at {where or 'top'}: {first['msg']} ({exc.error_count()} errors)"
+        )
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{Path(exc.filename).name if exc.filename else 'file'}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"

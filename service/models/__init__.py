@@ -2,7 +2,8 @@
 
 Each family is a config dataclass (its first two fields are `window` and `n_sensors`) and an
 `Autoencoder` whose `forward(x[batch, time, sensors])` returns an `AEOutput`. Denoising and
-sparse are training options of any family (see `service.detector.TrainConfig`).
+sparse are training options of any family (`ModelSettings.denoise_std` and
+`sparse_l1`, applied by `service.detector.train_model`).
 """
 
 from __future__ import annotations
