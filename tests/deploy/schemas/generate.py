@@ -5,12 +5,14 @@ Source: the PyPI package `cloudcoil-models-prometheus-operator` (pydantic models
 prometheus-operator's CRD OpenAPI schemas; version 0.80.1.0 = prometheus-operator v0.80.1).
 It is not a test dependency: run this in a throwaway virtualenv,
 
-    python3 -m venv /tmp/cc && /tmp/cc/bin/pip install cloudcoil-models-prometheus-operator==0.80.1.0
+    python3 -m venv /tmp/cc
+    /tmp/cc/bin/pip install cloudcoil-models-prometheus-operator==0.80.1.0
     /tmp/cc/bin/python tests/deploy/schemas/generate.py
 
 Two changes to the models' own JSON schema: every object with declared properties refuses
 undeclared ones (what `kubectl apply`'s default strict field validation does with a typo), and
-apiVersion, kind, metadata and spec are required, as the API server requires them.
+apiVersion, kind, metadata and spec are required, as the API server requires them. One
+pattern is rewritten for Python's re (a Go `^(?i)...` flag group moved to the front).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ SOURCE = "cloudcoil-models-prometheus-operator==0.80.1.0 (prometheus-operator v0
 def strict(node: Any) -> Any:
     if isinstance(node, dict):
         out = {key: strict(value) for key, value in node.items()}
+        pattern = out.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("^(?i)"):
+            # Go's regexp takes a flag group anywhere; Python's re only at the start.
+            out["pattern"] = "(?i)^" + pattern.removeprefix("^(?i)")
         if "properties" in out and "additionalProperties" not in out:
             out["additionalProperties"] = False
         return out
