@@ -552,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         faults=len(args.fault),
     )
     wall0 = time.monotonic()
+    t_end = float(args.duration)
     sent = 0
     try:
         for machine, ts, values in plant.stream(start, args.duration, args.period):
@@ -571,8 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for sensor, value in values.items():
                     publish(f"{prefix}/{machine}/{sensor}", {"ts": ts, "value": value})
             sent += 1
-        for at, _, fm, kind, state in events:  # faults that end at or after the stream's end
-            doc = {"machine": fm, "fault": kind, "state": state, "ts": start + at}
+        # Faults still running when the stream stops end with it (no truth from the future).
+        for at, _, fm, kind, state in events:
+            doc = {"machine": fm, "fault": kind, "state": state, "ts": start + min(at, t_end)}
             publish(f"sim/truth/{fm}", doc)
         for info in pending:
             info.wait_for_publish(30)

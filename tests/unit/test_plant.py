@@ -224,3 +224,17 @@ def test_start_timestamp_keeps_readings_out_of_the_future() -> None:
         # possible) and carries start + 599: never ahead of the wall clock.
         sent_at = now if speed == 0 else now + 599 / speed
         assert start + 599 <= sent_at + 1e-6
+
+
+def test_cli_options_parse() -> None:
+    from simulators.plant import build_parser
+
+    args = build_parser().parse_args(
+        "--port 1884 --machines 3 --seed 2 --speed 0 --duration 60 "
+        "--fault pump-1:bearing_wear:120:300 --fault fan-1:spikes:0:5:current "
+        "--payload per-sensor".split()
+    )
+    assert (args.port, args.machines, args.seed, args.speed, args.duration) == (1884, 3, 2, 0, 60)
+    assert [f.kind for f in args.fault] == ["bearing_wear", "spikes"]
+    assert args.fault[1].sensor == "current"
+    assert args.payload == "per-sensor"
