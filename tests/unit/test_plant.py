@@ -230,9 +230,24 @@ def test_cli_options_parse() -> None:
     from simulators.plant import build_parser
 
     args = build_parser().parse_args(
-        "--port 1884 --machines 3 --seed 2 --speed 0 --duration 60 "
-        "--fault pump-1:bearing_wear:120:300 --fault fan-1:spikes:0:5:current "
-        "--payload per-sensor".split()
+        [
+            "--port",
+            "1884",
+            "--machines",
+            "3",
+            "--seed",
+            "2",
+            "--speed",
+            "0",
+            "--duration",
+            "60",
+            "--fault",
+            "pump-1:bearing_wear:120:300",
+            "--fault",
+            "fan-1:spikes:0:5:current",
+            "--payload",
+            "per-sensor",
+        ]
     )
     assert (args.port, args.machines, args.seed, args.speed, args.duration) == (1884, 3, 2, 0, 60)
     assert [f.kind for f in args.fault] == ["bearing_wear", "spikes"]
