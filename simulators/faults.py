@@ -139,9 +139,12 @@ class ActiveFault:
     """One fault on one machine while a stream runs: it draws its randomness every step of
     its window and only then, so the machine's own draws stay the same."""
 
-    def __init__(self, spec: FaultSpec, seed: int, sensor: SensorSpec | None) -> None:
+    def __init__(
+        self, spec: FaultSpec, seed: int, sensor: SensorSpec | None = None, scale: float = 1.0
+    ) -> None:
         self.spec = spec
         self.sensor = sensor  # the target of a sensor fault, None for a physical one
+        self.scale = scale  # the target's typical magnitude (its value at rated load)
         self.rng = fault_rng(seed, spec)
         self.frozen: float | None = None
 
@@ -182,16 +185,18 @@ class ActiveFault:
     def measure(self, t: float, value: float, last: float) -> float:
         """This sensor fault applied to one reading; `last` is the sensor's previous value."""
         assert self.sensor is not None
-        kind, sev, span = self.spec.kind, self.spec.severity, self.sensor.span
+        kind, sev, sensor = self.spec.kind, self.spec.severity, self.sensor
         if kind is FaultKind.STUCK_SENSOR:
             if self.frozen is None:
                 self.frozen = last
             return self.frozen
-        if kind is FaultKind.SENSOR_DRIFT:  # calibration walks off linearly
-            value += 0.08 * sev * span * self.spec.progress(t)
-        else:  # spikes: about one reading in twenty jumps by 15-40 % of the range
+        if kind is FaultKind.SENSOR_DRIFT:  # calibration walks off linearly, 40 % by the end
+            value += 0.4 * sev * self.scale * self.spec.progress(t)
+        else:  # spikes: about one reading in twenty jumps most of the way to a range end,
+            # as a glitching 4-20 mA loop does
             u = self.rng.random(3)
             if u[0] < 0.05:
-                sign = 1.0 if u[1] < 0.7 else -1.0
-                value += sign * sev * span * (0.15 + 0.25 * float(u[2]))
-        return min(self.sensor.high, max(self.sensor.low, value))
+                reach = min(1.0, sev * (0.5 + 0.5 * float(u[2])))
+                end = sensor.high if u[1] < 0.7 else sensor.low
+                value += reach * (end - value)
+        return min(sensor.high, max(sensor.low, value))

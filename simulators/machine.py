@@ -128,26 +128,30 @@ class MachineSim:
         )
         self.ambient0 = 18.0 + 8.0 * float(self.process.random())
         self.ambient_dev = self.voltage_dev = 0.0
+        # Sensor faults are sized by each sensor's value at rated load, not by its range.
+        self.rated = self._settled(OpPoint(OpMode.RUN, 1.0))
         self.faults = [self._activate(f, seed) for f in faults]
         self.speed = self.schedule.first.speed
-        self.lagged = self._equilibrium(OpPoint(self.schedule.first.mode, self.speed))
+        settled = self._settled(OpPoint(self.schedule.first.mode, self.speed))
+        self.lagged = {name: settled[name] for name in self.model.lags}
         self.last: dict[str, float] = {}
 
     def _activate(self, fault: FaultSpec, seed: int) -> ActiveFault:
         check_fault(self.spec, fault)
         if not fault.kind.is_sensor_fault:
-            return ActiveFault(fault, seed, None)
-        name = fault.sensor or self.model.fault_sensor[fault.kind]
-        return ActiveFault(fault, seed, self.model.sensor(name))
+            return ActiveFault(fault, seed)
+        sensor = self.model.sensor(fault.sensor or self.model.fault_sensor[fault.kind])
+        scale = max(abs(self.rated[sensor.name]), 0.05 * sensor.span)
+        return ActiveFault(fault, seed, sensor, scale)
 
-    def _equilibrium(self, op: OpPoint) -> dict[str, float]:
-        """The lagged values settled at `op`: a run starts warm, not from a cold plant."""
+    def _settled(self, op: OpPoint) -> dict[str, float]:
+        """Every sensor's value settled at `op`: a run starts warm, not from a cold plant."""
         env = Env(self.ambient0, 0.0)
         lagged = {name: env.ambient for name in self.model.lags}
         for _ in range(20):  # current and temperature are coupled: iterate to a fixed point
             values = self.model.physics(op, Modifiers(), env, lagged)
             lagged = {name: values[name] for name in self.model.lags}
-        return lagged
+        return values
 
     def step(self, t: float, dt: float) -> tuple[float, dict[str, float]]:
         """Advances to `t` seconds after the start: (timestamp jitter in s, the readings that

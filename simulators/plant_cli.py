@@ -116,6 +116,7 @@ def default_start(now: float, duration: float, speed: float) -> float:
     >>> [default_start(1000.0, 100.0, s) for s in (0.0, 4.0, 1.0, 0.5)]
     [900.0, 925.0, 1000.0, 1000.0]
     """
+    now = float(math.floor(now))  # whole seconds: the sampling grid falls on round times
     if speed == 0:
         return now - duration
     return now - duration * (1.0 - 1.0 / speed) if speed > 1 else now
