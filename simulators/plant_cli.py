@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish a simulated plant (pumps, fans, compressors) to MQTT, with "
         "injected faults and their ground truth on sim/truth/<machine>.",
     )
+    _plant_options(p)
+    _timing_options(p)
+    _output_options(p)
+    return p
+
+
+def _plant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machines", type=int, default=6, help="number of machines (default 6)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same stream (default 0)")
     p.add_argument(
@@ -55,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.toml",
         help="faults as [[fault]] tables (machine, kind, start_s, duration_s, sensor, severity)",
     )
+    p.add_argument("--missing", type=float, default=0.002, help="probability of a lost reading")
+    p.add_argument("--steady", action="store_true", help="no operating-point changes")
+    p.add_argument("--no-stops", action="store_true", help="no stop or idle segments")
+
+
+def _timing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--duration",
         type=float,
@@ -75,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed 1, else now - duration so no reading is in the future)",
     )
     p.add_argument("--period", type=float, default=1.0, help="sample period, s (default 1)")
+    p.add_argument("--jitter", type=float, default=0.02, help="timestamp jitter, periods (1 sd)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--payload",
         choices=("per-machine", "per-sensor"),
@@ -86,13 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", type=int, choices=(0, 1), default=0, help="QoS of the readings")
     p.add_argument("--prefix", default="plant", help="topic prefix (default plant)")
     p.add_argument("--client-id", default="", help="MQTT client id (default: random)")
-    p.add_argument("--missing", type=float, default=0.002, help="probability of a lost reading")
-    p.add_argument("--jitter", type=float, default=0.02, help="timestamp jitter, periods (1 sd)")
-    p.add_argument("--steady", action="store_true", help="no operating-point changes")
-    p.add_argument("--no-stops", action="store_true", help="no stop or idle segments")
     p.add_argument("--stdout", action="store_true", help="print `topic payload` lines instead")
     p.add_argument("--list", action="store_true", help="print machines, sensors, faults; exit")
-    return p
 
 
 def _fault_arg(text: str) -> FaultSpec:

@@ -103,19 +103,21 @@ class MqttSink:
         self.pending.append(info)
         while self.pending and self.pending[0].is_published():
             self.pending.popleft()
-        while len(self.pending) > self.max_pending:
-            self._wait(self.pending.popleft())
+        while len(self.pending) > self.max_pending:  # backpressure: wait for the oldest
+            self._wait(self.pending.popleft(), self.timeout)
 
-    def _wait(self, info: paho.MQTTMessageInfo) -> None:
-        try:
-            info.wait_for_publish(self.timeout)
-        except (RuntimeError, ValueError):
-            self.failed += 1  # the message was dropped from paho's queue
+    def _wait(self, info: paho.MQTTMessageInfo, timeout: float) -> None:
+        # Raises when paho dropped the message from its queue: counted as lost below.
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(max(timeout, 0.0))
+        if not info.is_published():
+            self.failed += 1
 
     def close(self) -> None:
-        """Waits for what is queued (each at most `timeout`), then disconnects."""
+        """Waits up to `timeout` in all for what is queued, then disconnects."""
+        deadline = time.monotonic() + self.timeout
         while self.pending:
-            self._wait(self.pending.popleft())
+            self._wait(self.pending.popleft(), deadline - time.monotonic())
         self.client.disconnect()
         self.client.loop_stop()
         if self.failed:
