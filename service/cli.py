@@ -1,4 +1,4 @@
-"""`aemon run`, `aemon check-config`: parse, call, print."""
+"""`aemon run`, `aemon evaluate`, `aemon check-config`: parse, call, print."""
 
 from __future__ import annotations
 
@@ -24,10 +24,31 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
+    _add_evaluate(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_daemon(args.config)
+    if args.command == "evaluate":
+        settings = _load(args.config)
+        if settings is None:
+            return 2
+        configure_logging(settings.log.level, settings.log.format)
+        from service.evaluate import run_evaluate
+
+        return run_evaluate(settings, args)
     return check_config(args.file)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = commands.add_parser(
+        "evaluate", help="replay labelled SKAB-format CSV files, print metrics"
+    )
+    ev.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
+    ev.add_argument("--warmup", type=int, default=400, help="rows per file fitted as normal")
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    ev.add_argument("--base", type=Path, help="normal history to pre-train on first")
+    ev.add_argument("csv", type=Path, nargs="+")
 
 
 def _load(path: Path | None) -> Settings | None:
