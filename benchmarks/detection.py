@@ -11,6 +11,7 @@ not causal; see `shared/datasets/skab/README.md`) are printed beside for orienta
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -95,7 +96,7 @@ def detectors(settings: Settings) -> dict[str, Callable[[], ScorerFactory]]:
     for kind in family_names():
         model = settings.model.model_copy(update={"kind": kind})
         chosen = settings.model_copy(update={"model": model})
-        out[f"aemon {kind}"] = lambda s=chosen: default_factory(s)
+        out[f"aemon {kind}"] = functools.partial(default_factory, chosen)
     out["PCA T²+Q"] = lambda: PcaT2Q
     out["always alarm"] = lambda: AlwaysAlarm
     return out
