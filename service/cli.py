@@ -47,6 +47,7 @@ def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
     ev.add_argument("--warmup", type=int, default=400, help="rows per file fitted as normal")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    ev.add_argument("--plot", type=Path, help="write a PNG of every file (needs the [bench] extra)")
     ev.add_argument("--base", type=Path, help="normal history to pre-train on first")
     ev.add_argument("csv", type=Path, nargs="+")
 

@@ -104,6 +104,8 @@ class FileResult:
     predicted: BoolArray
     changepoints: list[float]
     threshold: float
+    sensors: tuple[str, ...] = field(repr=False)
+    values: FloatArray = field(repr=False)  # test rows' sensor values, for plots
     score_ts: TimeArray = field(repr=False)  # scored windows' end times and scores, for plots
     scores: FloatArray = field(repr=False)
 
@@ -185,6 +187,8 @@ def evaluate_file(
         predicted.astype(bool),
         [float(t) for t in test_ts[data.changepoint[warmup:]]],
         detector.threshold,
+        data.sensors,
+        data.values[warmup:],
         end_ts,
         scores,
     )
@@ -270,7 +274,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         factory = default_factory(settings, base)
         with _progress(len(args.csv)) as advance:
             results = evaluate_paths(args.csv, settings, args.warmup, factory, advance)
-    except (OSError, ValueError) as exc:
+        if args.plot:
+            from service.evaluate_plot import plot_results
+
+            plot_results(results, args.plot)
+    except (OSError, ValueError, ImportError) as exc:
         print(f"aemon: evaluate: {exc}", file=sys.stderr)
         return 2
     summary = summarise(results)

@@ -139,3 +139,15 @@ def test_evaluate_refuses_an_unknown_model(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "nope" in done.stderr
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from service.evaluate_plot import plot_results
+
+    path = tmp_path / "1.csv"
+    write_skab(path, 700, (500, 600))
+    result = evaluate_file(read_skab(path), Settings(), 400, LastValueScorer)
+    png = tmp_path / "out.png"
+    plot_results([result, result], png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
