@@ -43,7 +43,9 @@ def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ev = commands.add_parser(
         "evaluate", help="replay labelled SKAB-format CSV files, print metrics"
     )
-    ev.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    ev.add_argument(
+        "--config", type=Path, help="TOML config (default: $AEMON_CONFIG, else the defaults)"
+    )
     ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
     ev.add_argument("--warmup", type=int, default=400, help="rows per file fitted as normal")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
