@@ -1,4 +1,4 @@
-"""`aemon run`, `aemon check-config`: parse, call, print."""
+"""`aemon run`, `aemon evaluate`, `aemon models`, `aemon check-config`: parse, call, print."""
 
 from __future__ import annotations
 
@@ -32,12 +32,25 @@ def main(argv: list[str] | None = None) -> int:
     rollback = actions.add_parser("rollback", help="make an older version current")
     rollback.add_argument("machine")
     rollback.add_argument("version", type=int, nargs="?", help="default: the previous one")
+    _add_evaluate(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_daemon(args.config)
     if args.command == "models":
         return manage_models(args)
+    if args.command == "evaluate":
+        return evaluate(args)
     return check_config(args.file)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+    from service.evaluate import run_evaluate
+
+    return run_evaluate(settings, args)
 
 
 def manage_models(args: argparse.Namespace) -> int:
@@ -63,6 +76,21 @@ def manage_models(args: argparse.Namespace) -> int:
             line = [f"{mark} {machine}", f"v{info.version}", f"{created}Z"]
             print("\t".join([*line, f"threshold={info.threshold:.4g}", str(info.facts)]))
     return 0
+
+
+def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = commands.add_parser(
+        "evaluate", help="replay labelled SKAB-format CSV files, print metrics"
+    )
+    ev.add_argument(
+        "--config", type=Path, help="TOML config (default: $AEMON_CONFIG, else the defaults)"
+    )
+    ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
+    ev.add_argument("--warmup", type=int, default=400, help="rows per file fitted as normal")
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    ev.add_argument("--plot", type=Path, help="write a PNG of every file (needs the [bench] extra)")
+    ev.add_argument("--base", type=Path, help="normal history to pre-train on first")
+    ev.add_argument("csv", type=Path, nargs="+")
 
 
 def _load(path: Path | None) -> Settings | None:

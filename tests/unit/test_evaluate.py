@@ -1,0 +1,153 @@
+"""`aemon evaluate` on small SKAB-format files generated here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.config import Settings, ThresholdSettings
+from service.evaluate import evaluate_file, read_skab, summarise
+from service.types import FloatArray
+
+SENSORS = ("Accelerometer1RMS", "Current", "Pressure", "Volume Flow RateRMS")
+START = datetime(2020, 3, 9, 10, 0, 0)
+
+
+def write_skab(
+    path: Path,
+    rows: int,
+    anomaly: tuple[int, int],
+    seed: int = 0,
+    steps: list[int] | None = None,
+    fault: float = 5.0,
+) -> None:
+    """One row a second (or `steps`), a level shift of every sensor over `anomaly` rows,
+    written the way SKAB writes its files (`;`, float labels, CRLF)."""
+    rng = np.random.default_rng(seed)
+    t = START
+    lines = [";".join(("datetime", *SENSORS, "anomaly", "changepoint"))]
+    for i in range(rows):
+        inside = anomaly[0] <= i < anomaly[1]
+        values = 1.0 + 0.1 * np.sin(i / 7 + np.arange(len(SENSORS))) + rng.normal(0, 0.01, 4)
+        if inside:
+            values = values + fault
+        cp = i in anomaly
+        cells = [t.strftime("%Y-%m-%d %H:%M:%S"), *(f"{v:.6f}" for v in values)]
+        lines.append(";".join([*cells, f"{float(inside):.1f}", f"{float(cp):.1f}"]))
+        t += timedelta(seconds=steps[i] if steps else 1)
+    path.write_text("\r\n".join(lines) + "\r\n")
+
+
+class LastValueScorer:
+    """Scores a window by its last row's first sensor: no model, so the test is exact."""
+
+    version = 0
+
+    def __init__(self, sensors: tuple[str, ...]) -> None:
+        self.threshold = float("inf")
+
+    def fit(self, windows: FloatArray, threshold: ThresholdSettings) -> object:
+        self.threshold = float(windows[:, -1, 0].max()) + 1.0
+        return None
+
+    def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
+        errors = windows[:, -1, :].astype(np.float32)
+        return errors[:, 0].copy(), errors
+
+
+def test_read_skab_reads_labels_and_naive_time_as_utc(tmp_path: Path) -> None:
+    path = tmp_path / "0.csv"
+    write_skab(path, 10, (4, 6))
+    data = read_skab(path)
+    assert data.sensors == SENSORS
+    assert data.ts[0] == START.replace(tzinfo=UTC).timestamp()
+    assert data.values.shape == (10, 4)
+    assert data.anomaly.tolist() == [False] * 4 + [True] * 2 + [False] * 4
+    assert np.flatnonzero(data.changepoint).tolist() == [4, 6]
+
+
+def test_rows_are_flagged_while_the_daemons_alert_fires(tmp_path: Path) -> None:
+    path = tmp_path / "1.csv"
+    write_skab(path, 700, (500, 600))
+    settings = Settings()  # k=3 of n=5 raise, m=10 clean windows resolve
+    result = evaluate_file(read_skab(path), settings, 400, LastValueScorer)
+    flagged = np.flatnonzero(result.predicted) + 400
+    # Raised by the third anomalous window (row 502); the first clean window (row 600)
+    # starts the run of 10 that resolves at row 609.
+    assert flagged.tolist() == list(range(502, 609))
+    assert result.confusion.tp == 98
+    assert result.confusion.fp == 9
+    assert result.changepoints == [result.ts[100], result.ts[200]]
+
+
+def test_rows_in_a_sampling_gap_keep_the_current_state(tmp_path: Path) -> None:
+    path = tmp_path / "2.csv"
+    steps = [1] * 700
+    steps[549] = 30  # a 30 s hole inside the anomaly: longer than max_stale
+    write_skab(path, 700, (500, 600), steps=steps)
+    result = evaluate_file(read_skab(path), Settings(), 400, LastValueScorer)
+    assert result.predicted[550 - 400]  # the row after the hole is still flagged
+    assert summarise([result])["files"] == 1
+
+
+def test_too_short_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "3.csv"
+    write_skab(path, 300, (200, 250))
+    with pytest.raises(ValueError, match="warmup"):
+        evaluate_file(read_skab(path), Settings(), 400, LastValueScorer)
+
+
+def test_evaluate_json_end_to_end(tmp_path: Path) -> None:
+    files = []
+    for seed in (1, 2):
+        path = tmp_path / f"{seed}.csv"
+        write_skab(path, 700, (500, 620), seed=seed)
+        files.append(str(path))
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "evaluate", "--json", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"AEMON_MODEL__EPOCHS": "20", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    keys = {"f1", "precision", "recall", "far", "mar", "nab_standard", "nab_low_fp"}
+    assert keys | {"nab_low_fn", "files", "rows"} == set(summary)
+    assert summary["files"] == 2
+    assert summary["rows"] == 600
+    # A shift of 50 standard deviations in every sensor is found.
+    assert summary["recall"] > 0.8
+
+
+def test_evaluate_refuses_an_unknown_model(tmp_path: Path) -> None:
+    path = tmp_path / "1.csv"
+    write_skab(path, 450, (420, 440))
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "evaluate", "--model", "nope", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "nope" in done.stderr
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from service.evaluate_plot import plot_results
+
+    path = tmp_path / "1.csv"
+    write_skab(path, 700, (500, 600))
+    result = evaluate_file(read_skab(path), Settings(), 400, LastValueScorer)
+    png = tmp_path / "out.png"
+    plot_results([result, result], png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
