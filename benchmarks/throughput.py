@@ -1,0 +1,326 @@
+"""Throughput through a real Mosquitto: the raw ceiling, then the daemon, in one run.
+
+    python -m benchmarks.throughput [--machines 200] [--sensors 8] [--rows 40] [--batch-rows 150]
+
+Everything runs on 127.0.0.1: a Mosquitto of its own (free port, nothing dropped), the
+daemon as a process (`python -m service run`), and the load generator in another process.
+
+(a) ceiling: a paho subscriber that only counts receives a burst of per-sensor messages;
+(b) the daemon, all machines already past learning: per-sensor messages `plant/<m>/<s>`
+    (`{"ts", "value"}`), then per-machine batches `plant/<m>` (a list of records). The
+    rate is readings accepted (from /metrics) over the time from the first publish to the
+    last reading accepted; windows scored are read the same way.
+
+Prints a table and one JSON line. Each phase has a deadline, so a run stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support import Daemon, Mosquitto, metric_value, running, wait_until
+
+SENSOR_NAMES = tuple(f"s{i}" for i in range(32))
+# Fast learning with the production code paths (as tests/integration/conftest.py), fewer
+# epochs so that hundreds of machines fit within the time box.
+BENCH_CONFIG: dict[str, dict[str, Any]] = {
+    "window": {"length": 20, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
+    "learning": {"windows": 60},
+    "discovery": {"period": 3.0},
+    "model": {"epochs": 10},
+    "alert": {"k": 3, "n": 5, "m": 10},
+    "ingest": {"max_payload_bytes": 65536, "queue_size": 100_000},
+    "log": {"level": "warning"},
+}
+LEARN_ROWS = 3 + 20 + 60 + 10  # discovery + first window + learning windows + margin
+
+
+# -- load generator (its own process) ------------------------------------------------------
+Message = tuple[str, bytes]
+
+
+def value(machine: int, sensor: int, t: float, fault: float = 1.0) -> float:
+    """A smooth signal per machine and sensor, with a little noise; `fault` scales it."""
+    base = 10.0 + machine % 7 + sensor
+    noise = 0.1 * (math.sin(t * 12.9898 + machine * 78.233 + sensor * 37.719) * 43758.5453 % 1)
+    return fault * base * (1.0 + 0.1 * math.sin(t / 30.0 + sensor)) + noise
+
+
+def per_sensor_messages(
+    prefix: str, machines: int, sensors: int, t0: float, rows: int
+) -> Iterator[Message]:
+    for r in range(rows):
+        ts = t0 + r
+        for m in range(machines):
+            for s in range(sensors):
+                payload = orjson.dumps({"ts": ts, "value": value(m, s, ts)})
+                yield f"{prefix}/m{m}/{SENSOR_NAMES[s]}", payload
+
+
+def batch_messages(
+    machines: int, sensors: int, t0: float, rows: int, per_message: int
+) -> Iterator[Message]:
+    for start in range(0, rows, per_message):
+        for m in range(machines):
+            records = [
+                {
+                    "ts": t0 + r,
+                    "values": {SENSOR_NAMES[s]: value(m, s, t0 + r) for s in range(sensors)},
+                }
+                for r in range(start, min(rows, start + per_message))
+            ]
+            yield f"plant/m{m}", orjson.dumps(records)
+
+
+def _publish_all(port: int, messages: list[Message], conn: Connection) -> None:
+    """Child process: connects, says ready, waits for go, publishes at QoS 1 as fast as
+    paho allows, waits for every PUBACK, reports (start, end) wall-clock times."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(10_000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    conn.send("ready")
+    conn.recv()
+    started = time.time()
+    info = None
+    for topic, payload in messages:
+        info = client.publish(topic, payload, qos=1)
+    if info is not None:
+        info.wait_for_publish(120)
+    conn.send((started, time.time()))
+    client.loop_stop()
+    client.disconnect()
+
+
+@dataclass
+class Load:
+    """A burst published by a child process; the messages are built before the clock starts."""
+
+    port: int
+    messages: list[Message]
+
+    def __post_init__(self) -> None:
+        self.conn, child = mp.Pipe()
+        self.proc = mp.Process(target=_publish_all, args=(self.port, self.messages, child))
+        self.proc.start()
+        if not self.conn.poll(30):
+            raise RuntimeError("load generator did not connect")
+        self.conn.recv()
+
+    def go(self) -> float:
+        started = time.time()
+        self.conn.send("go")
+        return started
+
+    def finish(self, timeout: float = 150) -> tuple[float, float]:
+        if not self.conn.poll(timeout):
+            self.proc.kill()
+            raise RuntimeError("load generator did not finish")
+        times: tuple[float, float] = self.conn.recv()
+        self.proc.join(10)
+        return times
+
+
+# -- the raw ceiling -----------------------------------------------------------------------
+class Counter:
+    """A paho subscriber that only counts (and notes when the last message came)."""
+
+    def __init__(self, port: int, topic: str, expected: int) -> None:
+        self.count = 0
+        self.expected = expected
+        self.last = 0.0
+        self.done = threading.Event()
+        subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("counter not subscribed")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.last = time.time()
+            self.done.set()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def ceiling(port: int, messages: int, machines: int, sensors: int) -> dict[str, float]:
+    rows = max(1, messages // (machines * sensors))
+    burst = list(per_sensor_messages("ceiling", machines, sensors, time.time(), rows))
+    counter = Counter(port, "ceiling/#", len(burst))
+    load = Load(port, burst)
+    try:
+        started = load.go()
+        counter.done.wait(150)
+        pub_start, pub_end = load.finish()
+    finally:
+        counter.close()
+    seconds = (counter.last or time.time()) - started
+    return {
+        "messages": len(burst),
+        "received": counter.count,
+        "seconds": seconds,
+        "rate": counter.count / seconds,
+        "publish_rate": len(burst) / (pub_end - pub_start),
+    }
+
+
+# -- the daemon ----------------------------------------------------------------------------
+@dataclass
+class Counters:
+    accepted: float
+    rejected: float
+    scored: float
+
+    @classmethod
+    def read(cls, daemon: Daemon) -> Counters:
+        text = daemon.metrics()
+        return cls(
+            metric_value(text, "aemon_readings_accepted_total"),
+            metric_value(text, "aemon_readings_rejected_total"),
+            metric_value(text, "aemon_windows_scored_total"),
+        )
+
+
+def all_scoring(daemon: Daemon, machines: int) -> bool:
+    states = [m["state"] for m in daemon.machines().values()]
+    return len(states) >= machines and all(s == "scoring" for s in states)
+
+
+def learn(daemon: Daemon, port: int, machines: int, sensors: int, t0: float) -> float:
+    """Normal history for every machine (batched, fast), then waits for every model."""
+    started = time.monotonic()
+    load = Load(port, list(batch_messages(machines, sensors, t0, LEARN_ROWS, 10)))
+    load.go()
+    load.finish()
+    wait_until(lambda: all_scoring(daemon, machines), 170, "every machine scoring", 1.0)
+    return time.monotonic() - started
+
+
+def daemon_phase(
+    daemon: Daemon, port: int, messages: list[Message], readings: int
+) -> dict[str, float]:
+    """Publishes `messages` and times the daemon until it has accepted all `readings`."""
+    before = Counters.read(daemon)
+    load = Load(port, messages)
+    started = load.go()
+    pub_start, pub_end = load.finish()
+    now = Counters.read(daemon)
+    deadline = time.monotonic() + 120
+    while now.accepted - before.accepted + now.rejected - before.rejected < readings:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+        now = Counters.read(daemon)
+    accepted_at = time.time()
+    accepted = now.accepted - before.accepted
+    seconds = accepted_at - started
+    return {
+        "messages": len(messages),
+        "readings": readings,
+        "accepted": accepted,
+        "rejected": now.rejected - before.rejected,
+        "scored": now.scored - before.scored,
+        "seconds": seconds,
+        "rate": accepted / seconds,
+        "messages_per_s": len(messages) / seconds,
+        "publish_rate": len(messages) / (pub_end - pub_start),
+    }
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    m, s = args.machines, args.sensors
+    broker = Mosquitto(workdir).start()
+    daemon_dir = workdir / "daemon"
+    daemon_dir.mkdir()
+    daemon = Daemon(daemon_dir, broker.port, BENCH_CONFIG)
+    with running(broker):
+        ceil = ceiling(broker.port, m * s * args.rows, m, s)
+        daemon.start()
+        with running(daemon):
+            t0 = time.time() - (LEARN_ROWS + args.rows + args.batch_rows + 120)
+            learn_seconds = learn(daemon, broker.port, m, s, t0)
+            t1 = t0 + LEARN_ROWS
+            sensor_msgs = list(per_sensor_messages("plant", m, s, t1, args.rows))
+            per_sensor = daemon_phase(daemon, broker.port, sensor_msgs, len(sensor_msgs))
+            t2 = t1 + args.rows
+            batches = list(batch_messages(m, s, t2, args.batch_rows, args.batch_size))
+            batch = daemon_phase(daemon, broker.port, batches, m * s * args.batch_rows)
+    return {
+        "machines": m,
+        "sensors": s,
+        "learn_seconds": learn_seconds,
+        "ceiling": ceil,
+        "per_sensor": per_sensor,
+        "batch": batch,
+        "ratio_per_sensor": per_sensor["rate"] / ceil["rate"],
+        "ratio_batch": batch["rate"] / ceil["rate"],
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"{result['machines']} machines x {result['sensors']} sensors, "
+        f"learning took {result['learn_seconds']:.0f} s"
+    )
+    header = f"{'phase':<28}{'messages':>10}{'readings/s':>12}{'msgs/s':>10}{'pub msgs/s':>12}"
+    print(header + f"{'rejected':>10}{'scored':>9}")
+    c = result["ceiling"]
+    print(
+        f"{'ceiling (count only)':<28}{c['messages']:>10}{c['rate']:>12.0f}{c['rate']:>10.0f}"
+        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}"
+    )
+    for key, label in (
+        ("per_sensor", "daemon, per-sensor"),
+        ("batch", "daemon, per-machine batch"),
+    ):
+        p = result[key]
+        print(
+            f"{label:<28}{p['messages']:>10}{p['rate']:>12.0f}{p['messages_per_s']:>10.0f}"
+            f"{p['publish_rate']:>12.0f}{p['rejected']:>10.0f}{p['scored']:>9.0f}"
+        )
+    print(
+        f"daemon/ceiling: per-sensor {result['ratio_per_sensor']:.2f}, "
+        f"batch {result['ratio_batch']:.2f} (readings/s over ceiling messages/s)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machines", type=int, default=200)
+    parser.add_argument("--sensors", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=40, help="per-sensor phase: seconds of data")
+    parser.add_argument("--batch-rows", type=int, default=150, help="batch phase: seconds")
+    parser.add_argument("--batch-size", type=int, default=10, help="records per batch message")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aemon-bench-") as tmp:
+        result = run(args, Path(tmp))
+    print_table(result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
