@@ -17,9 +17,14 @@ Prints a table and one JSON line. Each phase has a deadline, so a run stays boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -91,7 +96,8 @@ def _publish_all(port: int, messages: list[Message], conn: Connection) -> None:
     """Child process: connects, says ready, waits for go, publishes at QoS 1 as fast as
     paho allows, waits for every PUBACK, reports (start, end) wall-clock times."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(10_000)
+    # paho walks its in-flight table on every PUBACK: a window of thousands costs 10x.
+    client.max_inflight_messages_set(50)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -221,23 +227,29 @@ def learn(daemon: Daemon, port: int, machines: int, sensors: int, t0: float) -> 
 
 
 def daemon_phase(
-    daemon: Daemon, port: int, messages: list[Message], readings: int
+    daemon: Daemon, port: int, messages: list[Message], readings: int, windows: int
 ) -> dict[str, float]:
-    """Publishes `messages` and times the daemon until it has accepted all `readings`."""
+    """Publishes `messages`; times the daemon until it has taken in all `readings` and
+    scored the `windows` they complete."""
     before = Counters.read(daemon)
     load = Load(port, messages)
     started = load.go()
     pub_start, pub_end = load.finish()
-    now = Counters.read(daemon)
     deadline = time.monotonic() + 120
-    while now.accepted - before.accepted + now.rejected - before.rejected < readings:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    accepted_at: float | None = None
+    while True:
         now = Counters.read(daemon)
-    accepted_at = time.time()
+        taken = now.accepted - before.accepted + now.rejected - before.rejected
+        if accepted_at is None and taken >= readings:
+            accepted_at = time.time()
+        if (taken >= readings and now.scored - before.scored >= windows) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.05)
+    done_at = time.time()
     accepted = now.accepted - before.accepted
-    seconds = accepted_at - started
+    seconds = done_at - started
     return {
         "messages": len(messages),
         "readings": readings,
@@ -245,10 +257,48 @@ def daemon_phase(
         "rejected": now.rejected - before.rejected,
         "scored": now.scored - before.scored,
         "seconds": seconds,
+        "accept_seconds": (accepted_at or done_at) - started,
         "rate": accepted / seconds,
         "messages_per_s": len(messages) / seconds,
         "publish_rate": len(messages) / (pub_end - pub_start),
     }
+
+
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy (if asked for and installed) records the daemon's stacks meanwhile."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [spy, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "50"]
+    proc = subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def top_frames(collapsed: Path, n: int = 15) -> list[tuple[str, float, float]]:
+    """(frame, self share, inclusive share) of the busiest frames of a py-spy raw profile."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        k = int(count)
+        total += k
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + k
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    return [(f, k / total, inclusive[f] / total) for f, k in ranked]
+
+
+def batch_profile(profile: Path | None) -> Path | None:
+    return None if profile is None else profile.with_suffix(".batch" + profile.suffix)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -265,10 +315,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             learn_seconds = learn(daemon, broker.port, m, s, t0)
             t1 = t0 + LEARN_ROWS
             sensor_msgs = list(per_sensor_messages("plant", m, s, t1, args.rows))
-            per_sensor = daemon_phase(daemon, broker.port, sensor_msgs, len(sensor_msgs))
+            with profiled(daemon.pid, args.profile):
+                per_sensor = daemon_phase(
+                    daemon, broker.port, sensor_msgs, len(sensor_msgs), m * args.rows
+                )
             t2 = t1 + args.rows
             batches = list(batch_messages(m, s, t2, args.batch_rows, args.batch_size))
-            batch = daemon_phase(daemon, broker.port, batches, m * s * args.batch_rows)
+            with profiled(daemon.pid, batch_profile(args.profile)):
+                batch = daemon_phase(
+                    daemon, broker.port, batches, m * s * args.batch_rows, m * args.batch_rows
+                )
     return {
         "machines": m,
         "sensors": s,
@@ -315,11 +371,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=40, help="per-sensor phase: seconds of data")
     parser.add_argument("--batch-rows", type=int, default=150, help="batch phase: seconds")
     parser.add_argument("--batch-size", type=int, default=10, help="records per batch message")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profile of the per-sensor phase")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aemon-bench-") as tmp:
         result = run(args, Path(tmp))
     print_table(result)
     print(json.dumps(result))
+    for phase, path in (("per-sensor", args.profile), ("batch", batch_profile(args.profile))):
+        if path is not None and path.exists():
+            print(f"py-spy, {phase} phase: self, inclusive, frame")
+            for frame, own, inclusive in top_frames(path):
+                print(f"{own:6.1%} {inclusive:6.1%}  {frame}")
 
 
 if __name__ == "__main__":
