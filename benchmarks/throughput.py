@@ -63,7 +63,7 @@ def value(machine: int, sensor: int, t: float, fault: float = 1.0) -> float:
     """A smooth signal per machine and sensor, with a little noise; `fault` scales it."""
     base = 10.0 + machine % 7 + sensor
     noise = 0.1 * (math.sin(t * 12.9898 + machine * 78.233 + sensor * 37.719) * 43758.5453 % 1)
-    return fault * base * (1.0 + 0.1 * math.sin(t / 30.0 + sensor)) + noise
+    return fault * base * (1.0 + 0.1 * math.sin(t / 5.0 + sensor)) + noise
 
 
 def per_sensor_messages(
@@ -246,7 +246,7 @@ def daemon_phase(
             time.monotonic() > deadline
         ):
             break
-        time.sleep(0.05)
+        time.sleep(0.25)  # a scrape costs the daemon CPU: not too often
     done_at = time.time()
     accepted = now.accepted - before.accepted
     seconds = done_at - started
