@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +55,7 @@ class Pipeline(Worker):
         self._installs: queue.Queue[tuple[str, Detector | None]] = queue.Queue()
         self._stopping = threading.Event()
         self._drain_until = 0.0
-        # Machines whose state may have changed this cycle: only these are advanced and
-        # described again (a cycle must not cost O(all machines) when few had readings).
-        self._dirty: set[str] = set()
-        self._descriptions: dict[str, dict[str, Any]] = {}
+        self._snapshot: list[dict[str, Any]] = []
         self._snapshot_lock = threading.Lock()
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
@@ -82,7 +79,7 @@ class Pipeline(Worker):
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._snapshot_lock:
-            return list(self._descriptions.values())
+            return list(self._snapshot)
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
@@ -100,18 +97,12 @@ class Pipeline(Worker):
         """One round: take in new models, drain the queue, score what is complete."""
         self._take_installs()
         batches = self._drain(timeout)
-        accepted: Counter[str] = Counter()
+        windows: dict[str, list[Window]] = defaultdict(list)
         for batch in batches:
             for reading in batch.readings:
-                if self._route(reading):
-                    accepted[reading.machine] += 1
-        # One increment per machine and cycle, not one `labels()` lookup per reading.
-        for name, count in accepted.items():
-            self.metrics.readings_accepted.labels(machine=name).inc(count)
-        windows: dict[str, list[Window]] = defaultdict(list)
-        # A machine without new readings has nothing to advance: its watermark is unchanged.
-        for name in self._dirty:
-            windows[name].extend(self.machines[name].advance())
+                self._route(reading, windows)
+        for runtime in self.machines.values():
+            windows[runtime.name].extend(runtime.advance())
         self._score(windows)
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
@@ -131,20 +122,18 @@ class Pipeline(Worker):
                 break
         return batches
 
-    def _route(self, reading: Reading) -> bool:
-        """Puts a reading on its machine's grid; True when it was accepted."""
+    def _route(self, reading: Reading, windows: dict[str, list[Window]]) -> None:
         runtime = self.machines.get(reading.machine)
         if runtime is None:
             if len(self.machines) >= self.settings.ingest.max_machines:
                 self._count_rejection(Rejection(RejectReason.UNKNOWN_TOPIC, "machine limit"))
-                return False
+                return
             runtime = self._add_machine(reading.machine, None, None)
-        self._dirty.add(runtime.name)
         rejection = runtime.add(reading)
         if rejection is not None:
             self._count_rejection(rejection)
-            return False
-        return True
+        else:
+            self.metrics.readings_accepted.labels(machine=runtime.name).inc()
 
     def _count_rejection(self, rejection: Rejection) -> None:
         self.rejections.record(rejection, rejection.machine)
@@ -154,7 +143,6 @@ class Pipeline(Worker):
     ) -> MachineRuntime:
         runtime = MachineRuntime(name, self.settings, sensors, period)
         self.machines[name] = runtime
-        self._dirty.add(name)
         log.info("machine_added", machine=name, sensors=sensors, state=runtime.state.value)
         return runtime
 
@@ -162,7 +150,6 @@ class Pipeline(Worker):
         while not self._installs.empty():
             machine, detector = self._installs.get_nowait()
             runtime = self.machines[machine]
-            self._dirty.add(machine)
             backlog = runtime.install(detector)
             if detector is not None:
                 self.metrics.model_version.labels(machine=machine).set(detector.version)
@@ -214,13 +201,8 @@ class Pipeline(Worker):
         self.metrics.alert_firing.labels(machine=name).set(runtime.firing)
 
     def _publish_snapshot(self) -> None:
-        """Describes (for /api/machines) and exports the machines changed this cycle."""
-        changed = [self.machines[name] for name in self._dirty]
-        self._dirty = set()
-        if not changed:
-            return
-        descriptions = {runtime.name: runtime.describe() for runtime in changed}
-        for runtime in changed:
+        snapshot = [runtime.describe() for runtime in self.machines.values()]
+        for runtime in self.machines.values():
             if runtime.published_state != runtime.state:
                 self.metrics.set_machine_state(runtime.name, runtime.state)
                 runtime.published_state = runtime.state
@@ -229,4 +211,4 @@ class Pipeline(Worker):
                     runtime.newest_ts
                 )
         with self._snapshot_lock:
-            self._descriptions.update(descriptions)
+            self._snapshot = snapshot
