@@ -31,7 +31,16 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.throughput import BENCH_CONFIG, SENSOR_NAMES, all_scoring, learn, value
+from benchmarks.throughput import (
+    BENCH_CONFIG,
+    SENSOR_NAMES,
+    all_scoring,
+    box_busy,
+    box_share,
+    learn,
+    loadavg,
+    value,
+)
 from tests.support import Daemon, Mosquitto, metric_value, running, wait_until
 
 LATENESS = float(BENCH_CONFIG["window"]["lateness"])
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             assert all_scoring(daemon, m)
             proc = ProcStats(daemon.pid)
             before_text, cpu0, wall0 = daemon.metrics(), proc.cpu_seconds(), time.time()
+            busy0, load0 = box_busy(), loadavg()
             conn, child = mp.Pipe()
             spec = {"machines": m, "sensors": s, "seconds": args.seconds, "faults": faults}
             gen = mp.Process(target=_paced, args=(broker.port, spec, child))
@@ -215,6 +225,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             )
             time.sleep(LATENESS + 3)  # the last alerts: a window waits for the watermark
             after_text, cpu1, wall1 = daemon.metrics(), proc.cpu_seconds(), time.time()
+            box = {"box_cpu_busy": box_share(busy0), "loadavg_1m": [load0, loadavg()]}
             memory = proc.memory_mib()
             with alerts.lock:
                 raised = list(alerts.raised)
@@ -255,6 +266,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_mib": memory["rss_mib"],
         "rss_peak_mib": max(rss_peak, memory["rss_mib"]),
         "rss_hwm_mib": memory["hwm_mib"],
+        **box,
     }
 
 
@@ -274,6 +286,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("windows scored", f"{r['windows_scored']:.0f}"),
         ("daemon CPU", f"{r['cpu_cores']:.2f} cores ({r['cpu_cores'] / 2:.0%} of 2)"),
         ("daemon RSS end / peak", f"{r['rss_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB"),
+        ("box CPU busy (all processes)", f"{r['box_cpu_busy']:.0%}"),
+        ("load average 1 min (start, end)", f"{r['loadavg_1m']}"),
     ]
     for label, text in rows:
         print(f"{label:<34}{text:>20}")

@@ -301,8 +301,27 @@ def batch_profile(profile: Path | None) -> Path | None:
     return None if profile is None else profile.with_suffix(".batch" + profile.suffix)
 
 
+def box_busy() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole box, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def box_share(before: tuple[float, float]) -> float:
+    """Share of the box's CPU busy since `before` (others' processes included: a shared box
+    makes the figures lower than a quiet one would)."""
+    busy, total = box_busy()
+    return (busy - before[0]) / max(1.0, total - before[1])
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     m, s = args.machines, args.sensors
+    busy0, load0 = box_busy(), loadavg()
     broker = Mosquitto(workdir).start()
     daemon_dir = workdir / "daemon"
     daemon_dir.mkdir()
@@ -334,6 +353,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "batch": batch,
         "ratio_per_sensor": per_sensor["rate"] / ceil["rate"],
         "ratio_batch": batch["rate"] / ceil["rate"],
+        "box_cpu_busy": box_share(busy0),
+        "loadavg_1m": [load0, loadavg()],
     }
 
 
@@ -358,6 +379,10 @@ def print_table(result: dict[str, Any]) -> None:
             f"{label:<28}{p['messages']:>10}{p['rate']:>12.0f}{p['messages_per_s']:>10.0f}"
             f"{p['publish_rate']:>12.0f}{p['rejected']:>10.0f}{p['scored']:>9.0f}"
         )
+    print(
+        f"box CPU busy {result['box_cpu_busy']:.0%}, load average {result['loadavg_1m']} "
+        "(start, end; other processes on the box lower every figure)"
+    )
     print(
         f"daemon/ceiling: per-sensor {result['ratio_per_sensor']:.2f}, "
         f"batch {result['ratio_batch']:.2f} (readings/s over ceiling messages/s)"
