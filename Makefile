@@ -16,7 +16,7 @@ install: $(VENV)/.installed system-deps
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	set -o pipefail; \
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_FILTER)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]' 2>&1 | $(PIP_FILTER)
 	touch $@
 
 # Mosquitto for the broker, Prometheus for promtool and the demo's scrape.

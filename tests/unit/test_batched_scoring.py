@@ -95,7 +95,7 @@ def _pipeline(detectors: dict[str, Detector]) -> tuple[Pipeline, list[Score]]:
     score its alert trackers see."""
     settings = Settings(window={"length": WINDOW})
     metrics = Metrics(CollectorRegistry())
-    finetuner = FineTuner(settings, metrics, lambda machine, detector: None)
+    finetuner = FineTuner(settings, metrics, lambda machine, detector: None, None)
     publisher = Publisher(_Sink(), "aemon", metrics)
     pipeline = Pipeline(settings, metrics, RejectionLog(metrics), publisher, finetuner)
     seen: list[Score] = []
