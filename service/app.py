@@ -109,8 +109,10 @@ class App:
     def ready(self) -> dict[str, Any]:
         states = Counter(m["state"] for m in self.pipeline.snapshot())
         connected = self.mqtt.connected.is_set()
+        healthy = self.health()["healthy"]
         report = {
-            "ready": connected and self.health()["healthy"],
+            "ready": connected and healthy,
+            "healthy": healthy,
             "broker_connected": connected,
             "broker_error": self.mqtt.last_error,
             "machines": {s.value: states.get(s.value, 0) for s in MachineState},
@@ -133,7 +135,9 @@ class App:
         notify("READY=1")
         interval = watchdog_interval()
         while not stop.wait(interval or 1.0):
-            if interval and self.health()["healthy"]:
+            # Also refreshes aemon_ready: a scrape must not depend on someone probing /readyz.
+            ready = self.ready()
+            if interval and ready["healthy"]:
                 notify("WATCHDOG=1")
         notify("STOPPING=1")
         self.shutdown()

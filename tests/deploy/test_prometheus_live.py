@@ -221,7 +221,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 30,
                 f"a firing alert on {ALERT_TOPIC}",
             )
-            # aemon_ready is refreshed when /readyz is asked, as probes do.
             wait_until(daemon.ready, 30, "the daemon's /readyz")
         finally:
             pub.close()

@@ -23,7 +23,9 @@ def test_bad_input_is_counted_by_reason_while_scoring_goes_on(
         for ts, values in rows[:320]:
             pub.send(f"plant/{MACHINE}", {"ts": ts, "values": values})
         pub.flush()
-        wait_until(lambda: daemon.machines()[MACHINE]["state"] == "scoring", 60, "model fit")
+        wait_until(
+            lambda: daemon.machines().get(MACHINE, {}).get("state") == "scoring", 60, "model fit"
+        )
         scored_before = daemon.metric("aemon_windows_scored_total", machine=MACHINE)
 
         bad = {

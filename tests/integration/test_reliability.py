@@ -78,6 +78,8 @@ def test_paho_thread_death_turns_healthz_red(tmp_path: Path, broker: Mosquitto) 
         assert report["threads"]["pipeline"] is True
         failed = wait_until(lambda: log_events(daemon, "thread_failed"), 5, "thread_failed log")
         assert failed[0]["thread"] == "mqtt"
+        # Nobody asks /readyz here: the gauge a Prometheus rule watches must drop by itself.
+        wait_until(lambda: daemon.metric("aemon_ready") == 0, 5, "aemon_ready 0 on /metrics")
         assert daemon.get("/readyz")[0] == 503
 
 
