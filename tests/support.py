@@ -30,6 +30,18 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Small enough to learn in seconds, through the production code paths: 250 learning windows
+# of 20 one-second steps, after 5 s of discovery.
+FAST_CONFIG: dict[str, dict[str, Any]] = {
+    "window": {"length": 20, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
+    "learning": {"windows": 250},
+    "discovery": {"period": 5.0},
+    "model": {"epochs": 60},
+    "alert": {"k": 3, "n": 5, "m": 10},
+    "ingest": {"max_payload_bytes": 4096},
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from tests.support import (
+    FAST_CONFIG,
     REPO,
     Daemon,
     Mosquitto,
@@ -52,15 +53,6 @@ RULES = DEPLOY / "prometheus" / "aemon-rules.yml"
 UNIT = DEPLOY / "systemd" / "aemon.service"
 MACHINE = "pump-7"
 ALERT_TOPIC = f"aemon/alerts/{MACHINE}"
-# Small enough to learn in seconds, through the production code paths (as the integration
-# tests do): 250 learning windows of 20 one-second steps, after 5 s of discovery.
-FAST_CONFIG: dict[str, dict[str, Any]] = {
-    "window": {"length": 20, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
-    "learning": {"windows": 250},
-    "discovery": {"period": 5.0},
-    "model": {"epochs": 60},
-    "alert": {"k": 3, "n": 5, "m": 10},
-}
 LEARN_ROWS = 320
 FAULT_ROWS = 60
 # Grafana's variables, as a dashboard viewer picking the machine would have them.

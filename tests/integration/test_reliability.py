@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from tests.integration.conftest import FAST_CONFIG
 from tests.support import (
+    FAST_CONFIG,
     Daemon,
     Mosquitto,
     Publisher,

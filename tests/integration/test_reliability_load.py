@@ -10,8 +10,15 @@ from typing import Any
 
 import orjson
 
-from tests.integration.conftest import FAST_CONFIG
-from tests.support import Daemon, Mosquitto, Publisher, metric_value, running, wait_until
+from tests.support import (
+    FAST_CONFIG,
+    Daemon,
+    Mosquitto,
+    Publisher,
+    metric_value,
+    running,
+    wait_until,
+)
 from tests.synthetic import machine_rows
 
 MACHINE = "pump-7"

@@ -20,8 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.integration.conftest import FAST_CONFIG
-from tests.support import Daemon, Mosquitto, find_binary, running, wait_until
+from tests.support import FAST_CONFIG, Daemon, Mosquitto, find_binary, running, wait_until
 from tests.synthetic import machine_rows
 
 PASSWORD = "s3cret-Pa55-zq7"  # distinctive, so that a leak is found by a plain search
