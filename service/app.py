@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 class App:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        self.accepting = threading.Event()
+        self.accepting.set()
         self.metrics = Metrics(registry or CollectorRegistry())
         self.rejections = RejectionLog(self.metrics)
         self.ingestor = Ingestor(
@@ -77,6 +79,10 @@ class App:
     ) -> None:
         """Parse and enqueue, nothing else: a slow callback gets the client dropped. `ack`
         goes with the readings, so the message is acknowledged once they are taken in."""
+        if not self.accepting.is_set():
+            # Shutting down: what is still in flight stays unacknowledged, so the broker
+            # redelivers it to the next session, and parsing it would only starve the drain.
+            return
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
@@ -142,14 +148,21 @@ class App:
         notify("STOPPING=1")
         self.shutdown()
 
+    def stop_input(self) -> None:
+        """First step of shutdown: readings still arriving are neither parsed nor acked."""
+        self.accepting.clear()
+        self.mqtt.pause_input()
+
     def shutdown(self) -> None:
         """Stop input, drain, stop the fitter, say offline, disconnect, close HTTP."""
         started = time.monotonic()
         log.info("aemon_stopping")
-        self.mqtt.pause_input()
+        self.stop_input()
+        # A fit in progress is abandoned (the machine learns again at restart); cancelling
+        # it first keeps it from competing with the drain for the GIL.
+        self.finetuner.stop()
         self.pipeline.stop(self.settings.pipeline.drain_timeout)
         self.pipeline.join(self.settings.pipeline.drain_timeout + 2)
-        self.finetuner.stop()
         self.finetuner.join(5)
         self.mqtt.stop()
         self.http.stop()

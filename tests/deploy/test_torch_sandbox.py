@@ -27,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "aemon.service"
+TMP_DIRS = ("/tmp", "/var/tmp")  # where Python's tempfile looks once $TMPDIR is unset
 
 # Fits and scores one small model with the daemon's own Detector.
 PROBE = textwrap.dedent(
@@ -68,15 +69,13 @@ def run_read_only(writable_tmp: bool) -> subprocess.CompletedProcess[str]:
         pytest.skip("a private read-only mount namespace needs root (make install runs as root)")
     unshare = shutil.which("unshare")
     assert unshare, "unshare (util-linux) is missing"
-    steps = [
-        "mount --make-rprivate /",
-        "mount -o remount,bind,ro /",
-        # Also hide the writable temporary directories the host has.
-        "mount -t tmpfs -o ro tmpfs /tmp",
-        "mount -t tmpfs -o ro tmpfs /var/tmp",
-    ]
+    steps = ["mount --make-rprivate /", "mount -o remount,bind,ro /"]
+    # The host's temporary directories become read-only too (they may hold this checkout,
+    # so they are not hidden); a writable one is a fresh tmpfs, as PrivateTmp= gives.
+    steps += [f"if mountpoint -q {d}; then mount -o remount,bind,ro {d}; fi" for d in TMP_DIRS]
     if writable_tmp:
-        steps.append("mount -o remount,rw /tmp")
+        scratch = next(d for d in TMP_DIRS if not REPO.is_relative_to(d))
+        steps.append(f"mount -t tmpfs tmpfs {scratch}")
     steps.append('cd / && exec "$0" -c "$1"')
     return subprocess.run(
         [unshare, "--mount", "sh", "-ec", " && ".join(steps), sys.executable, probe()],
