@@ -50,6 +50,7 @@ class MachineRuntime:
         self.period = period or settings.window.period
         self.sensors: tuple[str, ...] = ()
         self.windower: MachineWindower | None = None
+        self._gaps_counted = 0
         self.state = MachineState.DISCOVERING
         self.published_state: MachineState | None = None
         self.detector: Detector | None = None
@@ -120,6 +121,13 @@ class MachineRuntime:
         if self.windower is None:
             return []
         return self.windower.advance()
+
+    def new_gaps(self) -> int:
+        """Gaps that restarted the window since the last call."""
+        if self.windower is None:
+            return 0
+        new, self._gaps_counted = self.windower.gaps - self._gaps_counted, self.windower.gaps
+        return new
 
     def collect(self, windows: list[Window]) -> FloatArray | None:
         """Learning: keeps windows as normal; returns the training set once it is complete.

@@ -141,6 +141,13 @@ class Metrics:
             "Exceptions caught in MQTT callbacks (kept from killing paho's network thread).",
             registry=r,
         )
+        self.window_gaps = Counter(
+            "aemon_window_gaps_total",
+            "Times a machine's window restarted because a sensor went silent past max_stale: "
+            "lost readings (e.g. a broker's queue limit dropping QoS 0 bursts) or a dead sensor.",
+            ["machine"],
+            registry=r,
+        )
         self.alerts_published = Counter(
             "aemon_alert_messages_published_total",
             "Alert messages handed to the MQTT client (QoS 1).",

@@ -123,6 +123,8 @@ class Pipeline(Worker):
                 batch.ack()
         for runtime in self.machines.values():
             windows[runtime.name].extend(runtime.advance())
+            if gaps := runtime.new_gaps():
+                self.metrics.window_gaps.labels(machine=runtime.name).inc(gaps)
         self._score(windows)
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)

@@ -45,3 +45,16 @@ def test_after_stop_input_messages_are_left_for_the_broker_to_redeliver(app: App
     assert acks == []
     assert app.pipeline.queue.empty()
     assert app.metrics.registry.get_sample_value("aemon_messages_received_total") == 0
+
+
+def test_a_sensor_silent_past_max_stale_is_counted_as_a_window_gap(app: App) -> None:
+    start = NOW - 3600
+    silent = range(40, 60)  # 20 s without readings, max_stale is 5 s
+    for step in (s for s in range(100) if s not in silent):
+        values = {"force": 1.0 + step % 3, "stroke": 2.0}
+        app.on_message("plant/press-1", orjson.dumps({"ts": start + step, "values": values}), NOW)
+    while not app.pipeline.queue.empty():
+        app.pipeline.cycle(timeout=0)
+
+    gaps = app.metrics.registry.get_sample_value("aemon_window_gaps_total", {"machine": "press-1"})
+    assert gaps == 1
