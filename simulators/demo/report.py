@@ -21,7 +21,13 @@ def render_report(report: Report, start_ts: float) -> RenderableType:
         table.add_column(column)
     for f in report.faults:
         span = f"+{elapsed(f.start - start_ts)} .. +{elapsed(f.end - start_ts)}"
-        found = Text("yes", "green") if f.detected else Text("NO", "bold red")
+        found = (
+            Text("yes", "green")
+            if f.detected
+            else Text("not yet", "yellow")
+            if f.open
+            else Text("NO", "bold red")
+        )
         table.add_row(
             f.machine,
             f.fault,

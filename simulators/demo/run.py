@@ -43,7 +43,8 @@ SETTLE_TIMEOUT_S = 20.0
 
 @dataclass(frozen=True)
 class Options:
-    """From the environment: `DEMO_SECONDS` (wall seconds, default: the whole schedule),
+    """From the environment: `DEMO_SECONDS` (wall seconds of the plant's run, start-up not
+    counted; default: the whole schedule),
     `DEMO_SPEED` (plant seconds per wall second, 150), `DEMO_GRACE` (event seconds after a
     fault in which an alert is still that fault's, 600: motors and oil cool with time
     constants of 3 to 5 minutes, so an overheated machine is back to normal after about
@@ -175,13 +176,14 @@ class Demo:
     def run(self, stack: Stack, view: View) -> str:
         """Until the schedule is over, `DEMO_SECONDS`, or a child dies; says which."""
         daemon = stack.daemon.proc
+        stop_at = time.monotonic() + (self.options.seconds or math.inf)
         while True:
             view.update(stack.watch.look(self.wall_s()))
             if stack.plant.poll() is not None:
                 return "schedule over" if stack.plant.returncode == 0 else "plant failed"
             if daemon is None or daemon.poll() is not None:
                 return "daemon exited"
-            if self.options.seconds is not None and self.wall_s() >= self.options.seconds:
+            if time.monotonic() >= stop_at:
                 return "DEMO_SECONDS"
             time.sleep(POLL_S)
 
