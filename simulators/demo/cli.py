@@ -14,8 +14,8 @@ import structlog
 from rich.console import Console
 
 from simulators.demo.episodes import Report
-from simulators.demo.report import render_report, summary, write_report
-from simulators.demo.run import Demo, Options, Stack
+from simulators.demo.report import render_report, write_report
+from simulators.demo.run import Demo, Options
 from simulators.demo.scenario import Scenario
 from simulators.demo.view import Context, LiveView, LogView, Screen, View
 
@@ -61,7 +61,7 @@ def main(env: dict[str, str] | None = None) -> int:
     console.print(f"demo ended ({ended}); every process it started has exited")
     if report is None:
         return 1
-    finish(console, options, demo.stack, report)
+    finish(console, options, report)
     return 1 if ended in FAILURES else 0
 
 
@@ -88,12 +88,11 @@ def show(demo: Demo, console: Console, tty: bool) -> str:
             screen.save(demo.options.screen)
 
 
-def finish(console: Console, options: Options, stack: Stack | None, report: Report) -> None:
-    console.print(render_report(report, stack.start_ts if stack else report.end_ts))
+def finish(console: Console, options: Options, report: Report) -> None:
+    console.print(render_report(report, report.start_ts))
     paths = [options.workdir / "report.json", *([options.report] if options.report else [])]
     write_report(report, *paths)
     console.print(f"report: {paths[-1]}")
-    log.info("demo_report", summary=summary(report))
 
 
 def configure_logging() -> None:

@@ -74,6 +74,7 @@ class Report:
     false_alerts: list[Episode]
     grace_s: float
     end_ts: float
+    start_ts: float = 0.0  # the plant's first reading, for times relative to it
     not_reached: list[str] = field(default_factory=list)  # scheduled, after the run's end
     prometheus_fired: list[str] = field(default_factory=list)  # AemonMachineAnomalous
 
@@ -88,6 +89,7 @@ class Report:
             "detected": len(self.detected),
             "injected": len(self.faults),
             "grace_s": self.grace_s,
+            "start_ts": self.start_ts,
             "end_ts": self.end_ts,
             "not_reached": self.not_reached,
             "prometheus_fired": self.prometheus_fired,

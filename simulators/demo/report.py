@@ -34,7 +34,7 @@ def render_report(report: Report, start_ts: float) -> RenderableType:
             span + (" (run ended)" if f.open else ""),
             found,
             "" if f.delay_s is None else f"{f.delay_s:.0f} s",
-            ", ".join(f.top_sensors),
+            ", ".join(f.top_sensors[:2]),
         )
     lines: list[RenderableType] = [table if report.faults else Text("no fault injected yet")]
     for e in report.false_alerts:

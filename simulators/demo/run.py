@@ -211,6 +211,7 @@ class Demo:
     def report(self, stack: Stack, state: RunState) -> Report:
         end_ts = state.newest_ts or stack.start_ts
         report = build_report(state.truth, state.events, self.options.grace, end_ts)
+        report.start_ts = stack.start_ts
         started = {(t["machine"], t["fault"]) for t in state.truth}
         report.not_reached = [
             f"{f.machine} {f.kind.value}"
