@@ -66,8 +66,9 @@ class TrainingBuffer:
     Windows wait in a holding line of `margin` admissions before they are admitted, so
     when an alert starts, the windows that led up to it are dropped too; after an episode
     the next `margin` windows are dropped as well. Admitted windows go to a bounded recent
-    buffer; those it evicts are reservoir-sampled, so older normal operation is not
-    forgotten. Anomalous windows of episodes are kept for the gate.
+    buffer; the learning windows and those the recent buffer evicts are reservoir-sampled,
+    so older normal operation is not forgotten. Anomalous windows of episodes are kept for
+    the gate.
     """
 
     def __init__(self, settings: FinetuneSettings, seed: int = 0) -> None:
@@ -106,6 +107,13 @@ class TrainingBuffer:
         self._holding.append(values)
         if len(self._holding) > self._hold:
             self._admit(self._holding.popleft())
+
+    def seed(self, windows: FloatArray) -> None:
+        """The learning windows are the first older normal windows: without them, the
+        fine-tunes before the recent buffer first overflows train on the latest windows
+        alone and forget the operating points the machine has not visited since learning."""
+        for values in windows:
+            self._keep_in_reservoir(values.copy())  # a view would keep the whole set alive
 
     def split(self, holdout_share: float) -> tuple[FloatArray, FloatArray]:
         """Training windows, and the newest block of recent ones held out: windows next to

@@ -141,6 +141,7 @@ class MachineRuntime:
         self._fitting = True
         training = np.stack(self._learning)
         self._learning = []
+        self.buffer.seed(training)
         return training
 
     def tuned(self, detector: Detector | None) -> None:

@@ -25,8 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from simulators.stack import RULES, Prometheus, with_for
 from tests.support import (
     FAST_CONFIG,
     REPO,
@@ -42,14 +41,12 @@ from tests.support import (
     Publisher,
     Subscriber,
     find_binary,
-    free_port,
     wait_until,
 )
 from tests.synthetic import Fault, machine_rows
 
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "aemon.json"
-RULES = DEPLOY / "prometheus" / "aemon-rules.yml"
 UNIT = DEPLOY / "systemd" / "aemon.service"
 MACHINE = "pump-7"
 ALERT_TOPIC = f"aemon/alerts/{MACHINE}"
@@ -97,74 +94,6 @@ class TracedDaemon(Daemon):
         return self.proc.wait(timeout)
 
 
-class Prometheus:
-    """Debian's prometheus on a free loopback port, scraping the daemon every second."""
-
-    def __init__(self, workdir: Path, target_port: int) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        rules = workdir / "aemon-rules.yml"
-        rules.write_text(re.sub(r"^(\s*)for: \S+$", r"\1for: 1s", RULES.read_text(), flags=re.M))
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {rules}\n"
-            "scrape_configs:\n  - job_name: aemon\n    static_configs:\n"
-            f'      - targets: ["127.0.0.1:{target_port}"]\n'
-        )
-        self.log_path = workdir / "prometheus.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Prometheus:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    find_binary("prometheus"),
-                    f"--config.file={self.config}",
-                    f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        wait_until(self.ready, 30, "prometheus /-/ready")
-        return self
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{self.log_path.read_text()[-3000:]}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(self.url("/-/ready"), timeout=2) as response,
-        ):
-            return bool(response.status == 200)
-        return False
-
-    def url(self, path: str, **params: str) -> str:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        return f"http://127.0.0.1:{self.port}{path}{query}"
-
-    def api(self, path: str, **params: str) -> Any:
-        with urllib.request.urlopen(self.url(path, **params), timeout=5) as response:
-            body = json.loads(response.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.api("/api/v1/query", query=expr)["result"]
-        return result
-
-    def alerts(self) -> list[dict[str, Any]]:
-        alerts: list[dict[str, Any]] = self.api("/api/v1/alerts")["alerts"]
-        return alerts
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-
-
 @dataclass
 class Stack:
     broker: Mosquitto
@@ -189,7 +118,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.append(broker)
         daemon = TracedDaemon(root / "daemon", broker.port)
         # Prometheus first: it then has samples from the daemon's first second on.
-        prometheus = Prometheus(root, daemon.http_port).start()
+        prometheus = Prometheus(root, daemon.http_port, with_for(RULES.read_text(), "1s")).start()
         started.append(prometheus)
         started.append(daemon)
         daemon.start()

@@ -1,0 +1,3 @@
+from simulators.demo.cli import main
+
+raise SystemExit(main())

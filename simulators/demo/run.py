@@ -1,0 +1,227 @@
+"""`make demo`: Mosquitto, the daemon, Prometheus and the plant simulator, watched live.
+
+Every child runs on 127.0.0.1 on a free port with its own config in the demo's directory,
+in a process group of its own, and is stopped by its PID, newest first, however the demo
+ends: the plant's schedule is over, `DEMO_SECONDS` have passed, Ctrl-C, SIGTERM, or an
+error. `pids.json` in the directory names each child (PID and start time) once it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import structlog
+
+from simulators.clients import wait_for
+from simulators.demo.episodes import Report, build_report
+from simulators.demo.scenario import Scenario, faults_toml
+from simulators.demo.view import View
+from simulators.demo.watch import PROMETHEUS_ALERT, RunState, Watch
+from simulators.stack import (
+    RULES,
+    Daemon,
+    Mosquitto,
+    Prometheus,
+    spawn,
+    start_ticks,
+    terminate,
+    with_for,
+)
+
+log = structlog.get_logger("simulators.demo")
+POLL_S = 0.5
+SETTLE_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """From the environment: `DEMO_SECONDS` (wall seconds of the plant's run, start-up not
+    counted; default: the whole schedule),
+    `DEMO_SPEED` (plant seconds per wall second, 150), `DEMO_GRACE` (event seconds after a
+    fault in which an alert is still that fault's, 600: motors and oil cool with time
+    constants of 3 to 5 minutes, so an overheated machine is back to normal after about
+    ten), `DEMO_DIR` (the working directory, default a new temporary one), `DEMO_REPORT`
+    (one more path for the JSON report), `DEMO_SCREEN` (a path for the run's busiest frame
+    of the live view, as text)."""
+
+    seconds: float | None
+    speed: float
+    grace: float
+    workdir: Path
+    report: Path | None
+    screen: Path | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Options:
+        seconds = float(env["DEMO_SECONDS"]) if env.get("DEMO_SECONDS") else None
+        workdir = env.get("DEMO_DIR") or tempfile.mkdtemp(prefix="aemon-demo-")
+        return cls(
+            seconds,
+            float(env.get("DEMO_SPEED") or 150.0),
+            float(env.get("DEMO_GRACE") or 600.0),
+            Path(workdir),
+            Path(env["DEMO_REPORT"]) if env.get("DEMO_REPORT") else None,
+            Path(env["DEMO_SCREEN"]) if env.get("DEMO_SCREEN") else None,
+        )
+
+
+class Children:
+    """The processes started so far, written to `pids.json` as each starts, and stopped by
+    PID newest first (the plant, Prometheus, the daemon, then the broker)."""
+
+    def __init__(self, pids_file: Path) -> None:
+        self.pids_file = pids_file
+        self.procs: list[tuple[str, subprocess.Popen[bytes], float]] = []
+        self.before_last: list[Callable[[], None]] = []  # run before the broker stops
+
+    def add(self, name: str, proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+        if proc is None:
+            return
+        self.procs.append((name, proc, timeout))
+        pids = {n: [p.pid, start_ticks(p.pid)] for n, p, _ in self.procs}
+        self.pids_file.write_bytes(orjson.dumps(pids))
+
+    def stop(self) -> None:
+        for i, (_, proc, timeout) in enumerate(reversed(self.procs)):
+            if i == len(self.procs) - 1:
+                for hook in self.before_last:
+                    hook()
+            terminate(proc, timeout)
+
+
+@dataclass
+class Stack:
+    broker: Mosquitto
+    daemon: Daemon
+    prometheus: Prometheus
+    watch: Watch
+    plant: subprocess.Popen[bytes]
+    start_ts: float  # event time of the plant's first reading
+
+    def addresses(self) -> dict[str, str]:
+        return {
+            "status page": self.daemon.url("/"),
+            "metrics": self.daemon.url("/metrics"),
+            "healthz": self.daemon.url("/healthz"),
+            "readyz": self.daemon.url("/readyz"),
+            "prometheus": self.prometheus.url("/alerts"),
+            "broker": f"mqtt://127.0.0.1:{self.broker.port}",
+            "logs": str(self.daemon.workdir.parent),
+        }
+
+
+class Demo:
+    def __init__(self, options: Options, scenario: Scenario) -> None:
+        self.options, self.scenario = options, scenario
+        self.workdir = options.workdir
+        self.children = Children(self.workdir / "pids.json")
+        self.stack: Stack | None = None
+        self.started = time.monotonic()
+
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- starting -----------------------------------------------------------------------
+    def start(self) -> Stack:
+        broker = Mosquitto(self.workdir)
+        try:
+            broker.start()
+        finally:
+            self.children.add("mosquitto", broker.proc)
+        daemon = Daemon(_mkdir(self.workdir / "daemon"), broker.port, self.scenario.config)
+        try:
+            daemon.start()
+        finally:
+            self.children.add("daemon", daemon.proc, 30)
+        anomalous_for = self.scenario.anomalous_for(self.options.speed)
+        rules = with_for(RULES.read_text(), anomalous_for, {PROMETHEUS_ALERT})
+        prometheus = Prometheus(_mkdir(self.workdir / "prometheus"), daemon.http_port, rules)
+        try:
+            prometheus.start()
+        finally:
+            self.children.add("prometheus", prometheus.proc, 30)
+        watch = Watch(broker.port, daemon, prometheus)
+        self.children.before_last.append(watch.close)
+        start_ts, plant = self._start_plant(broker.port)
+        self.stack = Stack(broker, daemon, prometheus, watch, plant, start_ts)
+        return self.stack
+
+    def _start_plant(self, port: int) -> tuple[float, subprocess.Popen[bytes]]:
+        s, speed = self.scenario, self.options.speed
+        faults = self.workdir / "faults.toml"
+        faults.write_text(faults_toml(s.faults))
+        # The last reading is due now: event time never runs ahead of the wall clock.
+        start_ts = float(math.floor(time.time() - s.duration_s + s.wall_s(speed)))
+        command = [
+            sys.executable, "-m", "simulators.plant",
+            "--machines", str(s.machines), "--seed", str(s.seed),
+            "--period", f"{s.period_s:g}", "--speed", f"{speed:g}",
+            "--duration", f"{s.duration_s:g}", "--start", f"{start_ts:.0f}",
+            "--faults", str(faults), "--host", "127.0.0.1", "--port", str(port),
+            "--qos", "1", "--client-id", "aemon-demo-plant",
+        ]  # fmt: skip
+        plant = spawn(command, self.workdir / "plant.log")
+        self.children.add("plant", plant)
+        return start_ts, plant
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, stack: Stack, view: View) -> str:
+        """Until the schedule is over, `DEMO_SECONDS`, or a child dies; says which."""
+        daemon = stack.daemon.proc
+        stop_at = time.monotonic() + (self.options.seconds or math.inf)
+        while True:
+            view.update(stack.watch.look(self.wall_s()))
+            if stack.plant.poll() is not None:
+                return "schedule over" if stack.plant.returncode == 0 else "plant failed"
+            if daemon is None or daemon.poll() is not None:
+                return "daemon exited"
+            if time.monotonic() >= stop_at:
+                return "DEMO_SECONDS"
+            time.sleep(POLL_S)
+
+    def settle(self, stack: Stack) -> RunState:
+        """Stops the plant, then waits until the daemon has scored what it received."""
+        terminate(stack.plant)
+        previous: list[tuple[object, object]] = []
+
+        def steady() -> bool:
+            nonlocal previous
+            state = stack.watch.look(self.wall_s())
+            now = [(m["newest_ts"], m["scored_until"]) for m in state.machines]
+            done, previous = now == previous and state.daemon_error is None, now
+            return done
+
+        daemon = stack.daemon.proc
+        if daemon is None or daemon.poll() is not None:
+            return stack.watch.look(self.wall_s())
+        try:
+            wait_for(steady, SETTLE_TIMEOUT_S, "the daemon to score what it received", 1.0)
+        except TimeoutError:
+            log.warning("daemon_still_busy", after_s=SETTLE_TIMEOUT_S)
+        return stack.watch.look(self.wall_s())
+
+    def report(self, stack: Stack, state: RunState) -> Report:
+        end_ts = state.newest_ts or stack.start_ts
+        report = build_report(state.truth, state.events, self.options.grace, end_ts)
+        report.start_ts = stack.start_ts
+        started = {(t["machine"], t["fault"]) for t in state.truth}
+        report.not_reached = [
+            f"{f.machine} {f.kind.value}"
+            for f in self.scenario.faults
+            if (f.machine, f.kind.value) not in started
+        ]
+        report.prometheus_fired = stack.watch.prometheus_fired(self.wall_s() + 5)
+        return report
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
