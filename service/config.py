@@ -126,7 +126,12 @@ class ThresholdSettings(Section):
     quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
     margin: float = Field(1.5, ge=1, description="Threshold = quantile x margin.")
     holdout: float = Field(
-        0.25, gt=0, lt=1, description="Share of learning windows kept out of training to calibrate."
+        0.25,
+        gt=0,
+        lt=1,
+        description="Newest share of the learning windows, held out from a first model (with "
+        "a gap of one window length) to calibrate the threshold on; the model kept then "
+        "trains on all of them.",
     )
     spot_risk: float = Field(
         1e-4, gt=0, lt=0.5, description="spot: chance that a normal window scores above z_q."
@@ -145,7 +150,11 @@ class ThresholdSettings(Section):
 
 class LearningSettings(Section):
     windows: int = Field(
-        300, ge=20, description="Windows of a new machine taken as normal to fit its first model."
+        600,
+        ge=20,
+        description="Windows of a new machine taken as normal to fit its first model. The "
+        "newest threshold.holdout of them calibrate the threshold, so they should span the "
+        "machine's operating points several times over.",
     )
 
 

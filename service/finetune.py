@@ -109,10 +109,14 @@ class TrainingBuffer:
 
     def split(self, holdout_share: float) -> tuple[FloatArray, FloatArray]:
         """Training windows, and the newest block of recent ones held out: windows next to
-        a training window are near copies of it and would calibrate too low a threshold."""
+        a training window are near copies of it and would calibrate too low a threshold,
+        so the admissions between the two that could share a step with both are dropped
+        (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
         recent = list(self.recent)
         cut = len(recent) - max(1, round(len(recent) * holdout_share))
-        return np.stack([*recent[:cut], *self.reservoir]), np.stack(recent[cut:])
+        gap = -(-(recent[0].shape[0] - 1) // self.s.admit_every)
+        train = recent[: max(1, cut - gap)]
+        return np.stack([*train, *self.reservoir]), np.stack(recent[cut:])
 
     def _admit(self, values: FloatArray) -> None:
         if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
