@@ -53,6 +53,9 @@ class Detector:
     std: FloatArray
     threshold: float = float("inf")
     version: int = 0
+    # The threshold of the fit from scratch this model descends from: fine-tunes keep
+    # theirs within bounds of it (`threshold.promoted_threshold`).
+    base_threshold: float | None = None
 
     @classmethod
     def new(cls, sensors: tuple[str, ...], window: int, settings: ModelSettings) -> Detector:
@@ -79,7 +82,9 @@ class Detector:
         if mean.shape != (len(sensors),) or std.shape != (len(sensors),):
             raise ValueError(f"scaler of {mean.shape}/{std.shape} for {len(sensors)} sensors")
         threshold = float(meta["threshold"])
-        return cls(sensors, window, settings, model, mean, std, threshold, int(meta["version"]))
+        base = float(meta.get("base_threshold") or threshold)
+        version = int(meta["version"])
+        return cls(sensors, window, settings, model, mean, std, threshold, version, base)
 
     def fit(
         self,
@@ -103,13 +108,16 @@ class Detector:
         progress = _Progress(on_epoch, first + then)
         train_model(self.model, self.scaled(train), self.settings, first, cancel, progress.at(0))
         holdout_scores, _ = self.score_many(holdout)
-        self.threshold = calibrate(holdout_scores, threshold)
+        # A learning period shorter than the machine's cycle leaves the newest block short
+        # of some operating points: the threshold is never below the calibration on all
+        # the learning windows.
+        self.threshold = max(
+            calibrate(holdout_scores, threshold),
+            calibrate(self.score_many(windows)[0], threshold),
+        )
+        self.base_threshold = self.threshold
         x = self.scaled(windows)
         loss = train_model(self.model, x, self.settings, then, cancel, progress.at(first))
-        # A learning period shorter than the machine's cycle leaves the newest block short
-        # of some operating points; a threshold that the learning windows themselves would
-        # exceed is too low for certain.
-        self.threshold = max(self.threshold, calibrate(self.score_many(windows)[0], threshold))
         return FitReport(len(windows), len(holdout), loss, self.threshold, holdout_scores)
 
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -133,6 +141,7 @@ class Detector:
             self.std.copy(),
             self.threshold,
             self.version,
+            self.base_threshold,
         )
 
     def meta(self) -> dict[str, Any]:
@@ -145,6 +154,7 @@ class Detector:
             "std": self.std.tolist(),
             "threshold": self.threshold,
             "version": self.version,
+            "base_threshold": self.base_threshold,
         }
 
     def _fit_scaler(self, windows: FloatArray) -> None:

@@ -21,7 +21,7 @@ import structlog
 from service.config import Settings
 from service.detector import Detector
 from service.finetune import FineTuner, FitJob, FitResult
-from service.machines import MachineRuntime, TooFewWindowsError
+from service.machines import DriftEvent, MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
@@ -237,6 +237,9 @@ class Pipeline(Worker):
             runtime.buffer.observe(
                 window.values, result.score, detector.threshold, runtime.alert_active
             )
+            drift = runtime.observe_drift(result.score)
+            if drift is not None:
+                self._count_drift(runtime, drift, window.end_ts)
         runtime.last_score = float(scores[-1])
         runtime.scored_until = windows[-1].end_ts
         self.metrics.windows_scored.labels(machine=name).inc(len(windows))
@@ -244,6 +247,17 @@ class Pipeline(Worker):
         self.metrics.alert_firing.labels(machine=name).set(runtime.firing)
         self._count_excluded(runtime)
         self._maybe_finetune(runtime)
+
+    def _count_drift(self, runtime: MachineRuntime, drift: DriftEvent, ts: float) -> None:
+        self.metrics.drift_events.labels(machine=runtime.name).inc()
+        log.info(
+            "score_drift",
+            machine=runtime.name,
+            ts=ts,
+            level_before=round(drift.level_before, 4),
+            level_after=round(drift.level_after, 4),
+            finetune_requested=drift.requested,
+        )
 
     def _count_excluded(self, runtime: MachineRuntime) -> None:
         if runtime.buffer.excluded:
@@ -260,7 +274,12 @@ class Pipeline(Worker):
             log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
             return
         if job is not None:
-            log.info("finetune_submitted", machine=runtime.name, windows=len(job.train))
+            log.info(
+                "finetune_submitted",
+                machine=runtime.name,
+                reason=job.reason,
+                windows=len(job.train),
+            )
             self.finetuner.submit(job)
 
     def _publish_snapshot(self) -> None:

@@ -76,13 +76,14 @@ class DetectorMeta(BaseModel):
     std: list[float]
     threshold: float
     version: int
+    base_threshold: float | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectorMeta:
         n = len(self.sensors)
         if len(self.mean) != n or len(self.std) != n:
             raise ValueError(f"scaler has {len(self.mean)}/{len(self.std)} values, {n} sensors")
-        values = [*self.mean, *self.std, self.threshold]
+        values = [*self.mean, *self.std, self.threshold, self.base_threshold or 0.0]
         if not all(abs(v) < float("inf") for v in values):
             raise ValueError("scaler and threshold must be finite")
         if min(self.std) <= 0:

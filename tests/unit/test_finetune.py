@@ -97,7 +97,7 @@ def runs(metrics: Metrics, outcome: str) -> float:
 @pytest.mark.parametrize("finetune", [False, True])
 def test_slow_drift_alerts_without_finetuning_and_not_with_it(finetune: bool) -> None:
     # Fluid temperature +10 °C over four hours of event time.
-    rows = machine_rows(0.0, 4 * 3600, seed=11, temperature_drift=10 / (4 * 3600))
+    rows = machine_rows(0.0, 4 * 3600, seed=12, temperature_drift=10 / (4 * 3600))
     sink, metrics = run(settings(finetune), rows)
     raised = [e for e in sink.events if e["event"] == "raised"]
     if finetune:
