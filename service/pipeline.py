@@ -161,7 +161,8 @@ class Pipeline(Worker):
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
     ) -> MachineRuntime:
-        detector = self.store.load_current(name) if self.store is not None else None
+        self.metrics.add_machine(name)
+        detector = self._load_saved(name)
         if detector is not None and sensors is not None and detector.sensors != sensors:
             log.warning("saved_model_ignored", machine=name, reason="sensors changed in config")
             detector = None
@@ -178,6 +179,15 @@ class Pipeline(Worker):
             model_version=detector.version if detector else None,
         )
         return runtime
+
+    def _load_saved(self, name: str) -> Detector | None:
+        if self.store is None:
+            return None
+        failures = self.store.unusable[name]
+        detector = self.store.load_current(name)
+        failed = self.store.unusable[name] - failures
+        self.metrics.model_load_failures.labels(machine=name).inc(failed)
+        return detector
 
     def _take_installs(self) -> None:
         while not self._installs.empty():
