@@ -99,8 +99,8 @@ class Detector:
         the older ones only (`split_holdout`); the model then trains on for a third of its
         epochs on all the windows, so the newest operating points are learnt too. Having
         seen more, it scores unseen windows no worse, typically: the threshold errs high
-        rather than low. It is never below the calibration on all the learning windows'
-        own scores. `on_epoch(done, total)` follows both trainings; setting `cancel`
+        rather than low. Nor is it below that first model's calibration on all the
+        learning windows. `on_epoch(done, total)` follows both trainings; setting `cancel`
         stops them at the next batch with `FitCancelledError`."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(windows)
