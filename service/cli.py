@@ -1,4 +1,5 @@
-"""`aemon run`, `aemon evaluate`, `aemon models`, `aemon check-config`: parse, call, print."""
+"""`aemon run`, `aemon train`, `aemon evaluate`, `aemon models`, `aemon check-config`: parse,
+call, print."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("machine")
     rollback.add_argument("version", type=int, nargs="?", help="default: the previous one")
     _add_evaluate(commands)
+    _add_train(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_daemon(args.config)
+    if args.command == "train":
+        return train(args)
     if args.command == "models":
         return manage_models(args)
     if args.command == "evaluate":
@@ -51,6 +56,33 @@ def evaluate(args: argparse.Namespace) -> int:
     from service.evaluate import run_evaluate
 
     return run_evaluate(settings, args)
+
+
+def train(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+    from service.train import run_train  # imports torch
+
+    return run_train(settings, args)
+
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tr = commands.add_parser(
+        "train",
+        help="fit machines' models from history CSV files into the state directory "
+        "(stop the daemon first; it loads them when it starts)",
+    )
+    tr.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
+    tr.add_argument("--machine", help="the machine of every file (default: each file's stem)")
+    tr.add_argument(
+        "--max-windows",
+        type=int,
+        default=20000,
+        help="windows per machine at most, evenly spread over its history (default 20000)",
+    )
+    tr.add_argument("csv", type=Path, nargs="+", help="SKAB-format or ts,<sensor>... CSV")
 
 
 def manage_models(args: argparse.Namespace) -> int:
@@ -74,8 +106,20 @@ def manage_models(args: argparse.Namespace) -> int:
             mark = "*" if info.current else " "
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_at))
             line = [f"{mark} {machine}", f"v{info.version}", f"{created}Z"]
-            print("\t".join([*line, f"threshold={info.threshold:.4g}", str(info.facts)]))
+            print("\t".join([*line, f"threshold={info.threshold:.4g}", *_facts(info.facts)]))
     return 0
+
+
+def _facts(facts: dict[str, Any]) -> list[str]:
+    """`reason=finetune  parent=v2  windows=493  loss=0.0351`, in that order."""
+    shown = [f"reason={facts.get('reason', 'unspecified')}"]
+    if facts.get("parent") is not None:
+        shown.append(f"parent=v{facts['parent']}")
+    if facts.get("windows") is not None:
+        shown.append(f"windows={facts['windows']}")
+    if facts.get("final_loss") is not None:
+        shown.append(f"loss={facts['final_loss']:.4g}")
+    return shown
 
 
 def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

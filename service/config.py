@@ -126,7 +126,12 @@ class ThresholdSettings(Section):
     quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
     margin: float = Field(1.5, ge=1, description="Threshold = quantile x margin.")
     holdout: float = Field(
-        0.25, gt=0, lt=1, description="Share of learning windows kept out of training to calibrate."
+        0.25,
+        gt=0,
+        lt=1,
+        description="Newest share of the learning windows, held out from a first model (with "
+        "a gap of one window length) to calibrate the threshold on; the model kept then "
+        "trains on all of them.",
     )
     spot_risk: float = Field(
         1e-4, gt=0, lt=0.5, description="spot: chance that a normal window scores above z_q."
@@ -145,7 +150,11 @@ class ThresholdSettings(Section):
 
 class LearningSettings(Section):
     windows: int = Field(
-        300, ge=20, description="Windows of a new machine taken as normal to fit its first model."
+        600,
+        ge=20,
+        description="Windows of a new machine taken as normal to fit its first model. The "
+        "newest threshold.holdout of them calibrate the threshold, so they should span the "
+        "machine's operating points several times over.",
     )
 
 
@@ -184,6 +193,43 @@ class FinetuneSettings(Section):
     )
     episode_recall: float = Field(
         0.9, gt=0, le=1, description="Gate: share of episode windows the candidate must flag."
+    )
+    drift_detection: bool = Field(
+        True,
+        description="Watch each machine's scores (in units of its threshold) with ADWIN; a "
+        "rise in their level requests a fine-tune ahead of the interval. The request waits "
+        "margin_windows windows and is dropped if an alert starts meanwhile (the rise was a "
+        "fault), as is one made during an alert episode or its margin.",
+    )
+    drift_min_spacing: float = Field(
+        900.0,
+        gt=0,
+        description="Event-time seconds from a machine's last fine-tune before a drift may "
+        "request the next one.",
+    )
+    drift_delta: float = Field(
+        0.002,
+        gt=0,
+        lt=1,
+        description="ADWIN's confidence: smaller detects fewer, larger changes.",
+    )
+    threshold_step: float = Field(
+        1.25,
+        ge=1,
+        description="A promoted model's threshold is calibrated like a first fit's (the "
+        "quantile of its held-out recent clean windows, never below that of its training "
+        "windows) and may rise above the current one by at most this factor per promotion. "
+        "It never falls: clean windows are those that scored under the current threshold, a "
+        "sample cut off at it, so their quantile is biased low; and normal drift goes on "
+        "between fine-tunes. Only a fit from scratch (learning, aemon train) lowers it.",
+    )
+    threshold_ceiling: float = Field(
+        2.0,
+        ge=1,
+        description="A promoted threshold never exceeds this multiple of the threshold of "
+        "the fit from scratch the model descends from, so successive fine-tunes cannot "
+        "ratchet it up without bound (a slow fault that raised it would let more of itself "
+        "in as clean). Reaching it is logged (finetune_threshold_capped).",
     )
 
 

@@ -22,11 +22,17 @@ import numpy as np
 import structlog
 
 from service.config import FinetuneSettings, Settings
-from service.detector import Detector, FitCancelledError, train_model
+from service.detector import (
+    Detector,
+    EpochCallback,
+    FitCancelledError,
+    FitReport,
+    train_model,
+)
 from service.metrics import Metrics
-from service.store import ModelStore
+from service.store import ModelStore, TrainingFacts
 from service.threads import Worker
-from service.threshold import calibrate
+from service.threshold import calibrate, promoted_threshold
 from service.types import FloatArray
 
 log = structlog.get_logger(__name__)
@@ -58,6 +64,7 @@ class FineTuneJob:
     train: FloatArray
     holdout: FloatArray
     episodes: FloatArray
+    reason: str = "finetune"  # or "drift": requested early by a drift in the scores
 
 
 class TrainingBuffer:
@@ -115,12 +122,21 @@ class TrainingBuffer:
         for values in windows:
             self._keep_in_reservoir(values.copy())  # a view would keep the whole set alive
 
+    @property
+    def cooling(self) -> bool:
+        """Within the margin after an alert episode."""
+        return self._cooldown > 0
+
     def split(self, holdout_share: float) -> tuple[FloatArray, FloatArray]:
         """Training windows, and the newest block of recent ones held out: windows next to
-        a training window are near copies of it and would calibrate too low a threshold."""
+        a training window are near copies of it and would calibrate too low a threshold,
+        so the admissions between the two that could share a step with both are dropped
+        (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
         recent = list(self.recent)
         cut = len(recent) - max(1, round(len(recent) * holdout_share))
-        return np.stack([*recent[:cut], *self.reservoir]), np.stack(recent[cut:])
+        gap = -(-(recent[0].shape[0] - 1) // self.s.admit_every)
+        train = recent[: max(1, cut - gap)]
+        return np.stack([*train, *self.reservoir]), np.stack(recent[cut:])
 
     def _admit(self, values: FloatArray) -> None:
         if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
@@ -172,58 +188,56 @@ class FineTuner(Worker):
         started = time.perf_counter()
         initial = isinstance(job, FitJob)
         try:
-            detector, outcome = self._fit(job) if isinstance(job, FitJob) else self._tune(job)
+            result = self._fit(job) if isinstance(job, FitJob) else self._tune(job)
         except FitCancelledError:
             log.info("model_fit_cancelled", machine=job.machine)
             return
         except Exception:
             log.exception("model_fit_failed", machine=job.machine)
-            detector, outcome = None, "error"
+            result = Trained(None, "error")
         self.metrics.finetune_duration.observe(time.perf_counter() - started)
-        if detector is not None and self.store is not None:
-            detector, outcome = self._persist(job.machine, detector, outcome)
-        self.metrics.finetune_runs.labels(machine=job.machine, outcome=outcome).inc()
-        self.install(FitResult(job.machine, detector, initial))
+        if result.detector is not None and self.store is not None:
+            result = self._persist(job.machine, result)
+        self.metrics.finetune_runs.labels(machine=job.machine, outcome=result.outcome).inc()
+        self.install(FitResult(job.machine, result.detector, initial))
 
-    def _persist(
-        self, machine: str, detector: Detector, outcome: str
-    ) -> tuple[Detector | None, str]:
+    def _persist(self, machine: str, result: Trained) -> Trained:
         """A model is used only once it is on disk, so a restart resumes with it."""
         assert self.store is not None
+        assert result.detector is not None
         try:
-            detector.version = self.store.save(machine, detector, {"reason": outcome})
+            result.detector.version = self.store.save(machine, result.detector, result.facts)
         except OSError:
             log.exception("model_save_failed", machine=machine)
-            return None, "error"
-        return detector, outcome
+            return Trained(None, "error")
+        return result
 
-    def _fit(self, job: FitJob) -> tuple[Detector, str]:
-        detector = Detector.new(job.sensors, self.settings.window.length, self.settings.model)
-        report = detector.fit(job.windows, self.settings.threshold, self.cancel)
-        detector.version = 1
+    def _fit(self, job: FitJob) -> Trained:
+        detector, report = fit_new(self.settings, job.sensors, job.windows, self.cancel)
         log.info(
             "model_fitted",
             machine=job.machine,
-            windows_train=report.windows_train,
+            windows=report.windows_train,
+            windows_holdout=report.windows_holdout,
             loss=round(report.final_loss, 5),
             threshold=round(report.threshold, 5),
         )
-        return detector, "initial"
+        facts = TrainingFacts(
+            reason="learned", windows=report.windows_train, final_loss=report.final_loss
+        )
+        return Trained(detector, "initial", facts)
 
-    def _tune(self, job: FineTuneJob) -> tuple[Detector | None, str]:
+    def _tune(self, job: FineTuneJob) -> Trained:
         """Trains a clone of the current model (same scaler, so errors stay comparable)
         and promotes it only through the gate."""
         s = self.settings
-        holdout = job.holdout
         candidate = job.current.clone()
         x = candidate.scaled(job.train)
-        train_model(candidate.model, x, s.model, s.finetune.epochs, self.cancel)
-        current_error = float(np.mean(job.current.score_many(holdout)[0]))
-        candidate_scores = candidate.score_many(holdout)[0]
+        loss = train_model(candidate.model, x, s.model, s.finetune.epochs, self.cancel)
+        current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
+        candidate_scores = candidate.score_many(job.holdout)[0]
         candidate_error = float(np.mean(candidate_scores))
-        # A few hundred recent windows underestimate the tail that the initial fit saw
-        # (load transitions, rare states): a fine-tune may raise the threshold, never lower it.
-        threshold = max(calibrate(candidate_scores, s.threshold), job.current.threshold)
+        threshold = self._promoted_threshold(job, candidate, candidate_scores)
         caught = 1.0
         if len(job.episodes):
             caught = float(np.mean(candidate.score_many(job.episodes)[0] > threshold))
@@ -233,15 +247,67 @@ class FineTuner(Worker):
         log.info(
             "finetune_gate",
             machine=job.machine,
+            reason=job.reason,
             passed=passed,
             current_error=round(current_error, 5),
             candidate_error=round(candidate_error, 5),
             episode_windows=len(job.episodes),
             episodes_flagged=round(caught, 3),
             windows=len(job.train),
+            threshold=round(job.current.threshold, 5),
+            candidate_threshold=round(threshold, 5),
         )
         if not passed:
-            return None, "rejected_gate"
+            return Trained(None, "rejected_gate")
         candidate.threshold = threshold
         candidate.version = job.current.version + 1
-        return candidate, "promoted"
+        parent = job.current.version or None
+        facts = TrainingFacts(
+            reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent
+        )
+        return Trained(candidate, "promoted", facts)
+
+    def _promoted_threshold(
+        self, job: FineTuneJob, candidate: Detector, holdout_scores: FloatArray
+    ) -> float:
+        """Calibrated as a first fit is (held-out scores, floored by the training windows'
+        own), then bounded by `promoted_threshold`; reaching the ceiling is logged."""
+        t, f = self.settings.threshold, self.settings.finetune
+        train_scores = candidate.score_many(job.train)[0]
+        calibrated = max(calibrate(holdout_scores, t), calibrate(train_scores, t))
+        current = job.current.threshold
+        base = job.current.base_threshold or current
+        threshold = promoted_threshold(current, base, calibrated, f)
+        if calibrated > threshold >= base * f.threshold_ceiling:
+            log.warning(
+                "finetune_threshold_capped",
+                machine=job.machine,
+                calibrated=round(calibrated, 5),
+                threshold=round(threshold, 5),
+                base=round(base, 5),
+            )
+        return threshold
+
+
+@dataclass
+class Trained:
+    """What a fit or fine-tune came to: a detector to install (None: keep the current one),
+    the outcome counted, and the facts saved with the version."""
+
+    detector: Detector | None
+    outcome: str
+    facts: TrainingFacts | None = None
+
+
+def fit_new(
+    settings: Settings,
+    sensors: tuple[str, ...],
+    windows: FloatArray,
+    cancel: threading.Event | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Detector, FitReport]:
+    """A detector fitted from scratch on normal `windows` (in time order), as version 1."""
+    detector = Detector.new(sensors, settings.window.length, settings.model)
+    report = detector.fit(windows, settings.threshold, cancel, on_epoch)
+    detector.version = 1
+    return detector, report

@@ -9,6 +9,7 @@ accepted is lost.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from service.alert import AlertTracker
 from service.config import Settings
 from service.detector import Detector
 from service.finetune import FineTuneJob, TrainingBuffer
+from service.threshold import ScoreDrift
 from service.types import (
     AlertState,
     FloatArray,
@@ -34,6 +36,15 @@ MAX_DISCOVERY_READINGS = 100_000
 
 class TooFewWindowsError(Exception):
     """A fine-tune was due, but too few clean windows had come in since the last one."""
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """ADWIN saw the level of a machine's scores (in units of its threshold) change."""
+
+    level_before: float
+    level_after: float
+    requested: bool  # an early fine-tune was requested
 
 
 class MachineRuntime:
@@ -65,6 +76,9 @@ class MachineRuntime:
         self.buffer = TrainingBuffer(settings.finetune, settings.model.seed)
         self.last_fit_ts: float | None = None
         self.tuning = False
+        self.drift: ScoreDrift | None = None
+        # Windows an early fine-tune request still waits; None: no request.
+        self._drift_wait: int | None = None
         a = settings.alert
         self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
         if detector is not None:
@@ -84,18 +98,34 @@ class MachineRuntime:
         return self.tracker.state in {AlertState.PENDING, AlertState.FIRING}
 
     def finetune_job(self) -> FineTuneJob | None:
-        """A fine-tune job when one is due by event time and enough clean windows are new;
-        None otherwise. Raises `TooFewWindows` when due but the buffer is too thin."""
+        """A fine-tune job when one is due by event time (or requested by a drift) and
+        enough clean windows are new; None otherwise. Raises `TooFewWindowsError` when due
+        by the interval but the buffer is too thin; a drift request waits for windows."""
         s = self.settings.finetune
         if not s.enabled or self.tuning or self.detector is None or self.scored_until is None:
             return None
         if self.last_fit_ts is None:
             self.last_fit_ts = self.scored_until
-        if self.scored_until - self.last_fit_ts < s.interval:
+        elapsed = self.scored_until - self.last_fit_ts
+        enough = self.buffer.new_since_fit >= s.min_windows
+        if elapsed >= s.interval:
+            reason = "finetune"
+        elif self._drift_due(elapsed) and enough:
+            reason = "drift"
+        else:
             return None
         self.last_fit_ts = self.scored_until
-        if self.buffer.new_since_fit < s.min_windows:
+        self._drift_wait = None
+        if not enough:
             raise TooFewWindowsError(self.buffer.new_since_fit)
+        return self._job(reason)
+
+    def _drift_due(self, elapsed: float) -> bool:
+        spaced = elapsed >= self.settings.finetune.drift_min_spacing
+        return self._drift_wait == 0 and spaced and not self._near_alert
+
+    def _job(self, reason: str) -> FineTuneJob:
+        assert self.detector is not None
         self.buffer.new_since_fit = 0
         self.tuning = True
         window_shape = (0, self.settings.window.length, len(self.sensors))
@@ -107,7 +137,37 @@ class MachineRuntime:
             train,
             holdout,
             np.stack(episodes) if episodes else np.empty(window_shape, np.float32),
+            reason,
         )
+
+    def observe_drift(self, score: float) -> DriftEvent | None:
+        """Feeds one score to the drift detector; a detected change in the scores' level is
+        returned. A rise requests an early fine-tune unless an alert fires or its margin
+        runs. The request waits `margin_windows` windows outside any alert, and an alert
+        that fires meanwhile drops it: the onset of a fault is not drift to learn."""
+        if self.firing:
+            self._drift_wait = None
+        elif self._drift_wait and not self._near_alert:
+            self._drift_wait -= 1
+        if self.drift is None:
+            return None
+        before = self.drift.level
+        if not self.drift.update(score):
+            return None
+        requested = self.drift.level > before and not (self.firing or self.buffer.cooling)
+        if requested and self._drift_wait is None:
+            self._drift_wait = self.settings.finetune.margin_windows
+        return DriftEvent(before, self.drift.level, requested)
+
+    @property
+    def _near_alert(self) -> bool:
+        return self.alert_active or self.buffer.cooling
+
+    def _watch_drift(self, detector: Detector) -> None:
+        """A new model scores on a new scale: its drift is watched afresh."""
+        s = self.settings.finetune
+        if s.enabled and s.drift_detection and 0 < detector.threshold < float("inf"):
+            self.drift = ScoreDrift(scale=detector.threshold, delta=s.drift_delta)
 
     def add(self, reading: Reading) -> Rejection | None:
         if self.windower is None:
@@ -149,6 +209,7 @@ class MachineRuntime:
         self.tuning = False
         if detector is not None:
             self.detector = detector
+            self._watch_drift(detector)
 
     def install(self, detector: Detector | None) -> list[Window]:
         """Takes a fitted model (None: the fit failed, learn again); returns the backlog."""
@@ -159,6 +220,7 @@ class MachineRuntime:
             self.state = MachineState.LEARNING
             return []
         self.detector = detector
+        self._watch_drift(detector)
         self.state = MachineState.SCORING
         return backlog
 

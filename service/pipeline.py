@@ -21,7 +21,7 @@ import structlog
 from service.config import Settings
 from service.detector import Detector
 from service.finetune import FineTuner, FitJob, FitResult
-from service.machines import MachineRuntime, TooFewWindowsError
+from service.machines import DriftEvent, MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
@@ -163,7 +163,8 @@ class Pipeline(Worker):
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
     ) -> MachineRuntime:
-        detector = self.store.load_current(name) if self.store is not None else None
+        self.metrics.add_machine(name)
+        detector = self._load_saved(name)
         if detector is not None and sensors is not None and detector.sensors != sensors:
             log.warning("saved_model_ignored", machine=name, reason="sensors changed in config")
             detector = None
@@ -180,6 +181,15 @@ class Pipeline(Worker):
             model_version=detector.version if detector else None,
         )
         return runtime
+
+    def _load_saved(self, name: str) -> Detector | None:
+        if self.store is None:
+            return None
+        failures = self.store.unusable[name]
+        detector = self.store.load_current(name)
+        failed = self.store.unusable[name] - failures
+        self.metrics.model_load_failures.labels(machine=name).inc(failed)
+        return detector
 
     def _take_installs(self) -> None:
         while not self._installs.empty():
@@ -239,6 +249,9 @@ class Pipeline(Worker):
             runtime.buffer.observe(
                 window.values, result.score, detector.threshold, runtime.alert_active
             )
+            drift = runtime.observe_drift(result.score)
+            if drift is not None:
+                self._count_drift(runtime, drift, window.end_ts)
         runtime.last_score = float(scores[-1])
         runtime.scored_until = windows[-1].end_ts
         self.metrics.windows_scored.labels(machine=name).inc(len(windows))
@@ -246,6 +259,17 @@ class Pipeline(Worker):
         self.metrics.alert_firing.labels(machine=name).set(runtime.firing)
         self._count_excluded(runtime)
         self._maybe_finetune(runtime)
+
+    def _count_drift(self, runtime: MachineRuntime, drift: DriftEvent, ts: float) -> None:
+        self.metrics.drift_events.labels(machine=runtime.name).inc()
+        log.info(
+            "score_drift",
+            machine=runtime.name,
+            ts=ts,
+            level_before=round(drift.level_before, 4),
+            level_after=round(drift.level_after, 4),
+            finetune_requested=drift.requested,
+        )
 
     def _count_excluded(self, runtime: MachineRuntime) -> None:
         if runtime.buffer.excluded:
@@ -262,7 +286,12 @@ class Pipeline(Worker):
             log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
             return
         if job is not None:
-            log.info("finetune_submitted", machine=runtime.name, windows=len(job.train))
+            log.info(
+                "finetune_submitted",
+                machine=runtime.name,
+                reason=job.reason,
+                windows=len(job.train),
+            )
             self.finetuner.submit(job)
 
     def _publish_snapshot(self) -> None:

@@ -47,12 +47,15 @@ class StoreError(OSError):
     """A version cannot be written, read or used. An `OSError`, so that callers that handle
     a failed write (a full disk) handle a refused one the same way."""
 
-    def __init__(self, machine: str, version: int | None, reason: str) -> None:
+    def __init__(
+        self, machine: str, version: int | None, reason: str, path: Path | None = None
+    ) -> None:
         where = machine if version is None else f"{machine} version {version}"
         super().__init__(f"{where}: {reason}")
         self.machine = machine
         self.version = version
         self.reason = reason
+        self.path = path  # the file (or version folder) at fault
 
 
 class TrainingFacts(BaseModel):
@@ -76,13 +79,14 @@ class DetectorMeta(BaseModel):
     std: list[float]
     threshold: float
     version: int
+    base_threshold: float | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectorMeta:
         n = len(self.sensors)
         if len(self.mean) != n or len(self.std) != n:
             raise ValueError(f"scaler has {len(self.mean)}/{len(self.std)} values, {n} sensors")
-        values = [*self.mean, *self.std, self.threshold]
+        values = [*self.mean, *self.std, self.threshold, self.base_threshold or 0.0]
         if not all(abs(v) < float("inf") for v in values):
             raise ValueError("scaler and threshold must be finite")
         if min(self.std) <= 0:
@@ -220,19 +224,25 @@ class ModelStore:
     def load(self, machine: str, version: int) -> Detector:
         """That version, or `StoreError` saying why it cannot be used."""
         folder = self.machine_dir(machine) / str(version)
+        meta_path, weights_path = folder / META, folder / WEIGHTS
         try:
-            meta = VersionMeta.model_validate(orjson.loads((folder / META).read_bytes()))
-            data = (folder / WEIGHTS).read_bytes()
+            meta = VersionMeta.model_validate(orjson.loads(meta_path.read_bytes()))
         except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
-            raise StoreError(machine, version, _describe(exc)) from exc
+            raise StoreError(machine, version, _describe(exc), meta_path) from exc
         if (meta.machine, meta.version) != (machine, version):
-            raise StoreError(machine, version, f"meta.json is {meta.machine} v{meta.version}")
+            reason = f"meta.json is {meta.machine} v{meta.version}"
+            raise StoreError(machine, version, reason, meta_path)
+        try:
+            data = weights_path.read_bytes()
+        except OSError as exc:
+            raise StoreError(machine, version, _describe(exc), weights_path) from exc
         if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
-            raise StoreError(machine, version, f"{WEIGHTS} does not match its SHA-256 (corrupt)")
+            reason = f"{WEIGHTS} does not match its SHA-256 (corrupt)"
+            raise StoreError(machine, version, reason, weights_path)
         try:
             return Detector.from_state(meta.detector.model_dump(), load_tensors(data))
         except Exception as exc:  # whatever fails to decode makes the version unusable
-            raise StoreError(machine, version, _describe(exc)) from exc
+            raise StoreError(machine, version, _describe(exc), folder) from exc
 
     def load_current(self, machine: str) -> Detector | None:
         """The current version; if it cannot be used, the newest older one that can (each
@@ -247,7 +257,11 @@ class ModelStore:
             except StoreError as exc:
                 self.unusable[machine] += 1
                 log.error(
-                    "model_version_unusable", machine=machine, version=version, reason=exc.reason
+                    "model_version_unusable",
+                    machine=machine,
+                    version=version,
+                    reason=exc.reason,
+                    path=str(exc.path),
                 )
                 continue
             if version != current:

@@ -24,7 +24,7 @@ For exponential scores the tail is exactly a GPD with shape 0, and the quantile 
 
 Too few scores for a tail fit: `calibrate` falls back to the quantile and logs why.
 
->>> from service.config import ThresholdSettings
+>>> from service.config import FinetuneSettings, ThresholdSettings
 >>> spot = ThresholdSettings(method="spot", quantile=0.99, margin=1.0)
 >>> from structlog.testing import capture_logs
 >>> with capture_logs() as logs:
@@ -43,7 +43,7 @@ import numpy.typing as npt
 import structlog
 from river.drift import ADWIN
 
-from service.config import ThresholdSettings
+from service.config import FinetuneSettings, ThresholdSettings
 
 log = structlog.get_logger(__name__)
 
@@ -211,6 +211,29 @@ def calibrate(scores: npt.ArrayLike, settings: ThresholdSettings) -> float:
         else:
             return z * settings.margin
     return quantile_threshold(scores, settings.quantile, settings.margin)
+
+
+def promoted_threshold(
+    current: float, base: float, calibrated: float, settings: FinetuneSettings
+) -> float:
+    """The threshold of a promoted fine-tune: its own `calibrated` one, but never below
+    `current`, at most `threshold_step` times it, and at most `threshold_ceiling` times
+    `base`, the threshold of the fit from scratch (see `FinetuneSettings`).
+
+    >>> from service.config import FinetuneSettings
+    >>> s = FinetuneSettings(threshold_step=1.25, threshold_ceiling=2.0)
+    >>> promoted_threshold(1.0, 1.0, 1.1, s), promoted_threshold(1.0, 1.0, 0.5, s)
+    (1.1, 1.0)
+    >>> promoted_threshold(1.0, 1.0, 3.0, s), promoted_threshold(1.9, 1.0, 3.0, s)
+    (1.25, 2.0)
+
+    Above the ceiling already (`threshold_ceiling` was lowered): it stays where it is.
+
+    >>> promoted_threshold(2.5, 1.0, 3.0, s)
+    2.5
+    """
+    raised = min(calibrated, current * settings.threshold_step, base * settings.threshold_ceiling)
+    return max(current, raised)
 
 
 class ScoreDrift:

@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "AemonReadingsRejectedHigh",
     "AemonSensorStale",
     "AemonFinetuneFailing",
+    "AemonModelVersionUnusable",
     "AemonNotReady",
     "AemonOverloaded",
     "AemonThreadDied",

@@ -6,22 +6,27 @@ between pipeline cycles, so event time alone decides when they run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from structlog.testing import capture_logs
 
-from service.config import Settings
-from service.finetune import FineTuner
+from service.config import ModelSettings, Settings
+from service.detector import Detector
+from service.finetune import FineTuneJob, FineTuner, FitResult, fit_new
 from service.metrics import Metrics
 from service.pipeline import Batch, Pipeline
 from service.publish import Publisher
 from service.rejections import RejectionLog
-from service.types import Reading
+from service.store import ModelStore
+from service.types import FloatArray, Reading
 from tests.support import metric_value
-from tests.synthetic import Fault, machine_rows
+from tests.synthetic import SENSORS, Fault, machine_rows
 
 MACHINE = "pump-3"
 
@@ -35,7 +40,7 @@ class Sink:
             self.events.append(orjson.loads(payload))
 
 
-def settings(finetune: bool, interval: float = 900.0) -> Settings:
+def settings(finetune: bool, interval: float = 900.0, drift_detection: bool = True) -> Settings:
     return Settings.model_validate(
         {
             "window": {"length": 20, "lateness": 0.0},
@@ -48,19 +53,22 @@ def settings(finetune: bool, interval: float = 900.0) -> Settings:
                 "admit_every": 3,
                 "min_windows": 100,
                 "margin_windows": 60,
+                "drift_detection": drift_detection,
             },
         }
     )
 
 
-def run(s: Settings, rows: Iterable[tuple[float, dict[str, float]]]) -> tuple[Sink, Metrics]:
+def run(
+    s: Settings, rows: Iterable[tuple[float, dict[str, float]]], store: ModelStore | None = None
+) -> tuple[Sink, Metrics]:
     metrics = Metrics(CollectorRegistry())
     sink = Sink()
     pipeline: Pipeline
     # Late binding: the pipeline is built after the fine-tuner it is given.
-    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
+    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), store)  # noqa: PLW0108
     pipeline = Pipeline(
-        s, metrics, RejectionLog(metrics), Publisher(sink, "aemon", metrics), finetuner
+        s, metrics, RejectionLog(metrics), Publisher(sink, "aemon", metrics), finetuner, store
     )
     chunk: list[Reading] = []
     for ts, values in rows:
@@ -97,7 +105,7 @@ def runs(metrics: Metrics, outcome: str) -> float:
 @pytest.mark.parametrize("finetune", [False, True])
 def test_slow_drift_alerts_without_finetuning_and_not_with_it(finetune: bool) -> None:
     # Fluid temperature +10 °C over four hours of event time.
-    rows = machine_rows(0.0, 4 * 3600, seed=11, temperature_drift=10 / (4 * 3600))
+    rows = machine_rows(0.0, 4 * 3600, seed=12, temperature_drift=10 / (4 * 3600))
     sink, metrics = run(settings(finetune), rows)
     raised = [e for e in sink.events if e["event"] == "raised"]
     if finetune:
@@ -141,3 +149,98 @@ def test_fine_tunes_keep_the_operating_points_seen_while_learning() -> None:
     sink, metrics = run(settings(True, interval=900.0), [*learnt, *low, *cycle])
     assert runs(metrics, "promoted") >= 2
     assert [e for e in sink.events if e["event"] == "raised"] == []
+
+
+# -- drift on the scores ------------------------------------------------------------------
+NO_INTERVAL = 36000.0  # ten hours: no fine-tune is due by the interval in these streams
+
+
+def shifted(
+    rows: Iterable[tuple[float, dict[str, float]]], at: float, sensor: str, offset: float
+) -> Iterator[tuple[float, dict[str, float]]]:
+    """The stream with `offset` added to `sensor` from `at` on: a new normal."""
+    for ts, values in rows:
+        yield ts, {**values, sensor: values[sensor] + offset} if ts >= at else values
+
+
+@pytest.mark.parametrize("drift_detection", [True, False])
+def test_a_rise_in_the_scores_requests_an_early_fine_tune(
+    drift_detection: bool, tmp_path: Path
+) -> None:
+    # Temperature 2 °C higher from 20 minutes on (a recalibrated sensor, a warmer season):
+    # scores rise, still under the threshold.
+    rows = shifted(machine_rows(0.0, 2400, seed=21), 1200, "temperature", 2.0)
+    store = ModelStore(tmp_path)
+    sink, metrics = run(settings(True, NO_INTERVAL, drift_detection), rows, store)
+    drifts = metric_value(generate(metrics), "aemon_drift_events_total", machine=MACHINE)
+    assert [e for e in sink.events if e["event"] == "raised"] == []
+    facts = [v.facts for v in store.versions(MACHINE)]
+    if drift_detection:
+        assert drifts >= 1
+        assert runs(metrics, "promoted") == 1
+        assert facts[0]["reason"] == "learned"
+        assert facts[1]["reason"] == "drift"
+        assert facts[1]["parent"] == 1
+        assert facts[1]["windows"] >= 100
+    else:
+        assert drifts == 0
+        assert len(facts) == 1
+        assert runs(metrics, "promoted") + runs(metrics, "too_few_windows") == 0
+
+
+def test_the_rise_of_a_fault_requests_no_fine_tune() -> None:
+    fault = Fault(start=900, end=1800, sensor="vibration", factor=3.0)
+    with capture_logs() as logs:
+        sink, metrics = run(
+            settings(True, NO_INTERVAL), machine_rows(0.0, 2000, seed=21, fault=fault)
+        )
+    drifts = [e for e in logs if e["event"] == "score_drift"]
+    assert [e["event"] for e in sink.events if e["event"] != "updated"] == ["raised", "resolved"]
+    # Up when the fault starts (the alert fires first), down when it ends: counted, and
+    # neither asks for a fine-tune.
+    assert [d["level_after"] > d["level_before"] for d in drifts] == [True, False]
+    assert not any(d["finetune_requested"] for d in drifts)
+    assert metric_value(generate(metrics), "aemon_drift_events_total", machine=MACHINE) == 2
+    assert runs(metrics, "promoted") + runs(metrics, "rejected_gate") == 0
+    assert runs(metrics, "too_few_windows") == 0
+
+
+# -- the threshold of a promoted model ----------------------------------------------------
+def tune_job(current: Detector, seed: int) -> FineTuneJob:
+    windows = window_stack(machine_rows(0.0, 700, seed=seed), length=20)[::3]
+    empty = np.empty((0, 20, len(SENSORS)), np.float32)
+    return FineTuneJob(MACHINE, current.clone(), windows[:150], windows[150:], empty)
+
+
+def window_stack(rows: Iterable[tuple[float, dict[str, float]]], length: int) -> FloatArray:
+    values = np.array([[v[s] for s in sorted(SENSORS)] for _, v in rows], np.float32)
+    return np.stack([values[i : i + length] for i in range(len(values) - length + 1)])
+
+
+def promote(tuner: FineTuner, installed: list[FitResult], job: FineTuneJob) -> Detector:
+    tuner.handle(job)
+    detector = installed[-1].detector
+    assert detector is not None, "the candidate should have passed the gate"
+    return detector
+
+
+def test_a_promotion_never_lowers_the_threshold_and_raises_it_in_bounded_steps() -> None:
+    s = settings(True).model_copy(update={"model": ModelSettings(epochs=20)})
+    installed: list[FitResult] = []
+    tuner = FineTuner(s, Metrics(CollectorRegistry()), installed.append, None)
+    current = fit_new(s, tuple(sorted(SENSORS)), window_stack(machine_rows(0.0, 400), 20))[0]
+    calibrated = current.threshold
+    # Far above what the candidate calibrates: it must not fall (halve, say) with a promotion.
+    current.threshold = current.base_threshold = 10 * calibrated
+    assert promote(tuner, installed, tune_job(current, 1)).threshold == 10 * calibrated
+    # Far below: it rises by threshold_step per promotion, up to threshold_ceiling times
+    # the first fit's threshold, and no further.
+    current.threshold = current.base_threshold = calibrated / 100
+    thresholds = []
+    with capture_logs() as logs:
+        for seed in range(2, 7):
+            current = promote(tuner, installed, tune_job(current, seed))
+            thresholds.append(current.threshold / (calibrated / 100))
+    assert thresholds == pytest.approx([1.25, 1.25**2, 1.25**3, 2.0, 2.0])
+    assert [e["event"] for e in logs].count("finetune_threshold_capped") == 2
+    assert current.base_threshold == calibrated / 100

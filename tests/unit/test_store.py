@@ -187,6 +187,7 @@ def test_corrupt_weights_fall_back_to_the_previous_version(
     error = next(e for e in logs if e["event"] == "model_version_unusable")
     assert (error["log_level"], error["machine"], error["version"]) == ("error", "m", 2)
     assert reason in error["reason"]
+    assert error["path"] == str(version_dir(store, "m", 2) / "weights.safetensors")
     fallback = next(e for e in logs if e["event"] == "model_version_fallback")
     assert (fallback["current"], fallback["loaded"]) == (2, 1)
     assert store.unusable["m"] == 1

@@ -1,0 +1,272 @@
+"""`aemon train`: fits machines' models offline from history, into the state directory.
+
+A new machine then needs no learning period: a daemon started on the same state directory
+loads the version written here and scores at once. Every file is streamed through the
+daemon's own windower (`MachineRuntime`), the model is fitted as the fine-tuner fits a
+learning machine's (`fit_new`), and written as the machine's next version by `ModelStore`,
+with `reason = "train"`. Windows that a row labelled anomalous (or held on from one, up to
+`window.max_stale`) reaches are left out.
+
+Two CSV formats, told apart by their header:
+
+- SKAB: `;`-separated, `datetime` (`%Y-%m-%d %H:%M:%S`, read as UTC) first, then sensors,
+  optionally `anomaly` and `changepoint` (1 marks the row anomalous).
+- Simple: `,`-separated, `ts` (Unix seconds or RFC 3339) first, then sensors, optionally
+  the same label columns. An empty cell is no reading.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = Path(d) / "pump-7.csv"
+...     _ = path.write_text("ts,pressure,current\\n0,3.2,1.1\\n1,3.3,\\n2,3.1,1.2\\n")
+...     history = read_history(path)
+>>> history.sensors, history.ts.tolist(), [round(float(v), 2) for v in history.values[1]]
+(('pressure', 'current'), [0.0, 1.0, 2.0], [3.3, nan])
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from service.config import Settings
+from service.evaluate import LABEL_COLUMNS, TIME_COLUMN, BoolArray, TimeArray, read_skab
+from service.finetune import fit_new
+from service.machines import MachineRuntime
+from service.store import ModelStore, TrainingFacts
+from service.types import FloatArray, Reading
+
+log = structlog.get_logger(__name__)
+
+SIMPLE_TIME_COLUMN = "ts"
+# Progress of one machine's fit: (epochs done, epochs in all).
+Progress = Callable[[int, int], None]
+
+
+class TrainError(ValueError):
+    """The history cannot train a model; the message says why."""
+
+
+@dataclass(frozen=True)
+class History:
+    path: Path
+    sensors: tuple[str, ...]
+    ts: TimeArray
+    values: FloatArray  # [rows, sensors]; NaN where a row has no reading
+    anomalous: BoolArray
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    machine: str
+    version: int
+    windows: int
+    holdout: int
+    excluded: int
+    final_loss: float
+    threshold: float
+
+
+def read_history(path: Path) -> History:
+    """One CSV file of either format."""
+    with path.open(newline="") as f:
+        first = f.readline()
+    if first.split(";")[0].strip() == TIME_COLUMN:
+        skab = read_skab(path)
+        return History(path, skab.sensors, skab.ts, skab.values, skab.anomaly | skab.changepoint)
+    if first.split(",")[0].strip() == SIMPLE_TIME_COLUMN:
+        return _read_simple(path)
+    raise TrainError(
+        f"{path}: the header must start with {TIME_COLUMN!r} (SKAB, ';') "
+        f"or {SIMPLE_TIME_COLUMN!r} (',')"
+    )
+
+
+def _read_simple(path: Path) -> History:
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    header = [h.strip() for h in rows[0]]
+    sensors = tuple(h for h in header[1:] if h not in LABEL_COLUMNS)
+    index = {h: i for i, h in enumerate(header)}
+    body = rows[1:]
+    try:
+        ts = np.array([_parse_ts(r[0]) for r in body], dtype=np.float64)
+        values = np.array([[_cell(r, index[s]) for s in sensors] for r in body], np.float32)
+        labels = [
+            np.array([_cell(r, index[c]) > 0.5 for r in body]) for c in LABEL_COLUMNS if c in index
+        ]
+    except (ValueError, IndexError) as exc:
+        raise TrainError(f"{path}: {exc}") from exc
+    anomalous = np.logical_or.reduce([np.zeros(len(body), bool), *labels])
+    if np.any(np.diff(ts) <= 0):
+        raise TrainError(f"{path}: timestamps must increase strictly")
+    return History(path, sensors, ts, values, anomalous)
+
+
+def _parse_ts(text: str) -> float:
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _cell(row: Sequence[str], i: int) -> float:
+    text = row[i].strip() if i < len(row) else ""
+    return float(text) if text else math.nan
+
+
+def machine_sensors(
+    machine: str, histories: Sequence[History], settings: Settings
+) -> tuple[str, ...]:
+    """The model's sensor order: the config's for a declared machine, else sorted, as the
+    daemon's discovery fixes it. Every file must hold them all."""
+    declared = settings.machines.get(machine)
+    sensors = declared.sensors if declared else tuple(sorted(histories[0].sensors))
+    for history in histories:
+        missing = set(sensors) - set(history.sensors)
+        if missing or (declared is None and set(history.sensors) != set(sensors)):
+            raise TrainError(
+                f"{history.path}: sensors {sorted(history.sensors)} differ from "
+                f"{machine}'s {sorted(sensors)}"
+            )
+    return sensors
+
+
+def normal_windows(
+    machine: str, history: History, sensors: tuple[str, ...], settings: Settings
+) -> tuple[list[FloatArray], int]:
+    """The windows the daemon would cut from `history` that no anomalous row reaches, and
+    how many were left out."""
+    declared = settings.machines.get(machine)
+    runtime = MachineRuntime(machine, settings, sensors, declared.period if declared else None)
+    columns = [history.sensors.index(s) for s in sensors]
+    span = (settings.window.length - 1) * runtime.period + settings.window.max_stale
+    bad_ts = history.ts[history.anomalous]
+    kept: list[FloatArray] = []
+    excluded = rejected = 0
+    for t, row in zip(history.ts, history.values[:, columns], strict=True):
+        for sensor, value in zip(sensors, row, strict=True):
+            if math.isfinite(value):
+                rejected += (
+                    runtime.add(Reading(machine, sensor, float(t), float(value))) is not None
+                )
+        for window in runtime.advance():
+            first_bad = np.searchsorted(bad_ts, window.end_ts - span)
+            if first_bad < len(bad_ts) and bad_ts[first_bad] <= window.end_ts:
+                excluded += 1
+            else:
+                kept.append(window.values)
+    if rejected:
+        log.warning("history_readings_rejected", file=str(history.path), readings=rejected)
+    return kept, excluded
+
+
+def train_machine(
+    machine: str,
+    histories: Sequence[History],
+    settings: Settings,
+    max_windows: int,
+    on_epoch: Progress | None = None,
+) -> TrainResult:
+    """Fits `machine`'s model on the normal windows of its files (in the order given) and
+    saves it as its next version."""
+    sensors = machine_sensors(machine, histories, settings)
+    windows: list[FloatArray] = []
+    excluded = 0
+    for history in histories:
+        kept, left_out = normal_windows(machine, history, sensors, settings)
+        windows += kept
+        excluded += left_out
+    needed = settings.learning.windows
+    if len(windows) < needed:
+        raise TrainError(
+            f"{machine}: {len(windows)} normal windows, fewer than learning.windows = {needed}"
+        )
+    stacked = _evenly(np.stack(windows), max_windows)
+    detector, report = fit_new(settings, sensors, stacked, on_epoch=on_epoch)
+    facts = TrainingFacts(reason="train", windows=len(stacked), final_loss=report.final_loss)
+    version = ModelStore(settings.state.dir).save(machine, detector, facts)
+    log.info("model_trained", machine=machine, version=version, windows=len(stacked))
+    return TrainResult(
+        machine,
+        version,
+        report.windows_train,
+        report.windows_holdout,
+        excluded,
+        report.final_loss,
+        report.threshold,
+    )
+
+
+def _evenly(windows: FloatArray, limit: int) -> FloatArray:
+    """At most `limit` windows, evenly spread over the history and in time order."""
+    if len(windows) <= limit:
+        return windows
+    chosen: FloatArray = windows[np.linspace(0, len(windows) - 1, limit).round().astype(int)]
+    return chosen
+
+
+def group_by_machine(paths: Sequence[Path], machine: str | None) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(machine or path.stem, []).append(path)
+    return groups
+
+
+def run_train(settings: Settings, args: argparse.Namespace) -> int:
+    """The `aemon train` command: one line per machine trained."""
+    import torch
+
+    torch.set_num_threads(settings.model.torch_threads)
+    groups = group_by_machine(args.csv, args.machine)
+    failed = False
+    with _progress() as track:
+        for machine, paths in groups.items():
+            try:
+                histories = [read_history(p) for p in paths]
+                result = train_machine(
+                    machine, histories, settings, args.max_windows, track(machine)
+                )
+            except (TrainError, OSError, ValueError) as exc:
+                print(f"aemon: train: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            print(describe(result), flush=True)
+    return 1 if failed else 0
+
+
+def describe(r: TrainResult) -> str:
+    return (
+        f"{r.machine}: version {r.version}, {r.windows} windows ({r.holdout} held out to "
+        f"calibrate, {r.excluded} left out as anomalous), loss {r.final_loss:.4g}, "
+        f"threshold {r.threshold:.4g}"
+    )
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str], Progress | None]]:
+    """A rich bar per machine on a terminal; nothing otherwise (each machine still prints
+    its line when done)."""
+    if not sys.stdout.isatty():
+        yield lambda machine: None
+        return
+    from rich.progress import Progress as Bars
+
+    with Bars() as bars:
+
+        def track(machine: str) -> Progress:
+            task = bars.add_task(machine, total=None)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield track
