@@ -3,6 +3,10 @@
 The MQTT callback only parses and enqueues; all per-machine state lives on this thread, so
 it needs no locks. Results of the fine-tuner arrive through `install` and are taken in at
 the start of a cycle.
+
+A cycle costs what its readings cost, not what the plant costs: only machines that took
+readings are advanced, counted and described again, and all their windows are scored
+together (`service.stacked`: one model call per group of like-shaped models).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +29,10 @@ from service.machines import MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
+from service.stacked import StackedScorer
 from service.store import ModelStore
 from service.threads import InjectedFaultError, Worker
-from service.types import MachineState, Reading, Rejection, RejectReason, Score, Window
+from service.types import FloatArray, MachineState, Reading, Rejection, RejectReason, Score, Window
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +64,13 @@ class Pipeline(Worker):
         self.finetuner = finetuner
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=settings.ingest.queue_size)
         self.machines: dict[str, MachineRuntime] = {}
+        self.scorer = StackedScorer()
         self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
         self._drain_until = 0.0
-        self._snapshot: list[dict[str, Any]] = []
+        # Machines whose description or gauges may have changed since the last cycle.
+        self._changed: dict[str, MachineRuntime] = {}
+        self._snapshot: dict[str, dict[str, Any]] = {}
         self._snapshot_lock = threading.Lock()
         self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
         self.stall_armed = False  # test-only: take nothing from the queue
@@ -92,7 +100,7 @@ class Pipeline(Worker):
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._snapshot_lock:
-            return list(self._snapshot)
+            return list(self._snapshot.values())
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
@@ -115,15 +123,18 @@ class Pipeline(Worker):
         batches = self._drain(timeout)
         if batches and self.fault_armed:
             raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
-        windows: dict[str, list[Window]] = defaultdict(list)
+        touched: dict[str, MachineRuntime] = {}
+        accepted: Counter[str] = Counter()
         for batch in batches:
             for reading in batch.readings:
-                self._route(reading, windows)
+                self._route(reading, touched, accepted)
             if batch.ack is not None:
                 batch.ack()
-        for runtime in self.machines.values():
-            windows[runtime.name].extend(runtime.advance())
-        self._score(windows)
+        for name, count in accepted.items():
+            self.metrics.readings_accepted.labels(machine=name).inc(count)
+        # Only a new reading moves a machine's watermark, so only these can have windows.
+        self._score({name: runtime.advance() for name, runtime in touched.items()})
+        self._changed.update(touched)
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
@@ -142,7 +153,9 @@ class Pipeline(Worker):
                 break
         return batches
 
-    def _route(self, reading: Reading, windows: dict[str, list[Window]]) -> None:
+    def _route(
+        self, reading: Reading, touched: dict[str, MachineRuntime], accepted: Counter[str]
+    ) -> None:
         runtime = self.machines.get(reading.machine)
         if runtime is None:
             if len(self.machines) >= self.settings.ingest.max_machines:
@@ -153,7 +166,8 @@ class Pipeline(Worker):
         if rejection is not None:
             self._count_rejection(rejection)
         else:
-            self.metrics.readings_accepted.labels(machine=runtime.name).inc()
+            accepted[runtime.name] += 1
+            touched[runtime.name] = runtime
 
     def _count_rejection(self, rejection: Rejection) -> None:
         self.rejections.record(rejection, rejection.machine)
@@ -167,6 +181,7 @@ class Pipeline(Worker):
             detector = None
         runtime = MachineRuntime(name, self.settings, sensors, period, detector)
         self.machines[name] = runtime
+        self._changed[name] = runtime
         if detector is not None:
             self.metrics.model_version.labels(machine=name).set(detector.version)
             self.metrics.anomaly_threshold.labels(machine=name).set(detector.threshold)
@@ -183,6 +198,7 @@ class Pipeline(Worker):
         while not self._installs.empty():
             result = self._installs.get_nowait()
             runtime = self.machines[result.machine]
+            self._changed[runtime.name] = runtime
             detector = result.detector
             if result.initial:
                 backlog = runtime.install(detector)
@@ -197,6 +213,8 @@ class Pipeline(Worker):
                 self._score({result.machine: backlog})
 
     def _score(self, windows: dict[str, list[Window]]) -> None:
+        """Learning machines collect their windows; the others' are scored all at once."""
+        work: dict[str, tuple[Detector, FloatArray]] = {}
         for name, machine_windows in windows.items():
             if not machine_windows:
                 continue
@@ -204,7 +222,15 @@ class Pipeline(Worker):
             if runtime.state == MachineState.LEARNING:
                 self._learn(runtime, machine_windows)
             elif runtime.detector is not None:
-                self._score_machine(runtime, runtime.detector, machine_windows)
+                values = np.stack([w.values for w in machine_windows])
+                work[name] = (runtime.detector, values)
+        if not work:
+            return
+        started = time.perf_counter()
+        scored = self.scorer.score(work)
+        self.metrics.scoring_latency.observe(time.perf_counter() - started)
+        for name, (scores, errors) in scored.items():
+            self._take_scores(self.machines[name], work[name][0], windows[name], scores, errors)
 
     def _learn(self, runtime: MachineRuntime, windows: list[Window]) -> None:
         job = runtime.collect(windows)
@@ -212,12 +238,15 @@ class Pipeline(Worker):
             log.info("machine_learning_complete", machine=runtime.name, windows=len(job))
             self.finetuner.submit(FitJob(runtime.name, runtime.sensors, job))
 
-    def _score_machine(
-        self, runtime: MachineRuntime, detector: Detector, windows: list[Window]
+    def _take_scores(
+        self,
+        runtime: MachineRuntime,
+        detector: Detector,
+        windows: list[Window],
+        scores: FloatArray,
+        errors: FloatArray,
     ) -> None:
-        started = time.perf_counter()
-        scores, errors = detector.score_many(np.stack([w.values for w in windows]))
-        self.metrics.scoring_latency.observe(time.perf_counter() - started)
+        """Alerts, fine-tuning buffer and gauges from one machine's scored windows."""
         name = runtime.name
         for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
             result = Score(
@@ -264,14 +293,18 @@ class Pipeline(Worker):
             self.finetuner.submit(job)
 
     def _publish_snapshot(self) -> None:
-        snapshot = [runtime.describe() for runtime in self.machines.values()]
-        for runtime in self.machines.values():
+        """Describes again (for /api/machines) and updates the gauges of the machines that
+        changed this cycle."""
+        if not self._changed:
+            return
+        described = {}
+        for name, runtime in self._changed.items():
+            described[name] = runtime.describe()
             if runtime.published_state != runtime.state:
-                self.metrics.set_machine_state(runtime.name, runtime.state)
+                self.metrics.set_machine_state(name, runtime.state)
                 runtime.published_state = runtime.state
             if runtime.newest_ts is not None:
-                self.metrics.last_reading_timestamp.labels(machine=runtime.name).set(
-                    runtime.newest_ts
-                )
+                self.metrics.last_reading_timestamp.labels(machine=name).set(runtime.newest_ts)
+        self._changed = {}
         with self._snapshot_lock:
-            self._snapshot = snapshot
+            self._snapshot.update(described)

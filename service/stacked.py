@@ -1,0 +1,261 @@
+"""Scoring many machines' windows in one model call per group of like-shaped models.
+
+Under load every torch call has to win the GIL back from paho's network thread, so scoring
+costs per *call*, not per window: one call per machine per cycle does not keep up with a
+plant. Machines whose models have one shape (family, family parameters, window length,
+sensor count) form a group, and a cycle's windows of a group are scored in one call: the
+members' weights are gathered with one `index_select` and the family's own `forward` runs
+under `torch.vmap` through `torch.func.functional_call`.
+
+A group owns its members' numbers: one float32 tensor `[capacity, n_weights]` holds every
+member's weights, one row each, and two arrays hold the scalers. Each member detector's
+parameters, `mean` and `std` are views into its row, so the stack costs no memory of its
+own and cannot go stale: whatever changes a member's weights in place changes the stack.
+A member whose detector is replaced (a first fit, a promoted fine-tune) has its row
+overwritten; the outgoing detector first gets its own copy of the numbers, so whoever
+still holds it keeps a working model. Rows are reallocated only when a group outgrows
+its capacity (which doubles).
+
+A family `vmap` cannot batch (the LSTM: there is no batching rule for `aten::lstm`), and a
+group with windows of one machine only in a cycle, are scored by the detector alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+import torch
+from torch.func import functional_call
+
+from service.detector import Detector, sensor_errors, window_scores
+from service.models import Autoencoder, build_model
+from service.types import FloatArray
+
+log = structlog.get_logger(__name__)
+
+# Families whose forward runs under torch.vmap (tests/unit/test_stacked_scoring.py).
+STACKABLE = frozenset({"conv", "dense", "vae"})
+# Windows per model call: bounds the memory of one call (inputs, gathered weights).
+MAX_CALL_WINDOWS = 4096
+MAX_CALL_MODELS = 256
+
+Scored = tuple[FloatArray, FloatArray]  # scores [windows], per-sensor errors [windows, sensors]
+GroupKey = tuple[str, tuple[tuple[str, float], ...], int, int]
+
+
+def group_key(detector: Detector) -> GroupKey | None:
+    """What makes two detectors' models stackable; None for a family that is not."""
+    settings = detector.settings
+    if settings.kind not in STACKABLE:
+        return None
+    params = tuple(sorted((k, float(v)) for k, v in settings.params.items()))
+    return settings.kind, params, detector.window, len(detector.sensors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Weight:
+    """Where one parameter of the family lives in a row."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    machine: str
+    slot: int
+    windows: FloatArray
+
+
+class StackedGroup:
+    """The members of one group key, and scoring any of them in one call."""
+
+    def __init__(self, key: GroupKey, template: Detector) -> None:
+        self.key = key
+        kind, _, window, n_sensors = key
+        with torch.device("meta"):
+            self.base: Autoencoder = build_model(
+                kind, window, n_sensors, dict(template.settings.params)
+            )
+        self.base.eval()
+        self.layout = _layout(self.base)
+        self.width = self.layout[-1].stop if self.layout else 0
+        self.shape = (window, n_sensors)
+        self.machines: list[str] = []
+        self.members: list[Detector] = []
+        self.weights = torch.zeros((0, self.width))
+        self.mean = np.zeros((0, n_sensors), np.float32)
+        self.std = np.ones((0, n_sensors), np.float32)
+        self._forward = torch.vmap(self._forward_one)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    # -- membership -------------------------------------------------------------------------
+    def add(self, machine: str, detector: Detector) -> int:
+        """Takes `machine`'s `detector` in; returns its slot."""
+        slot = len(self.members)
+        if slot == len(self.weights):
+            self._grow(max(4, 2 * slot))
+        self.machines.append(machine)
+        self.members.append(detector)
+        self._bind(slot, detector)
+        return slot
+
+    def replace(self, slot: int, detector: Detector) -> None:
+        """`detector` takes over `slot` (its weights are copied in)."""
+        _release(self.members[slot])
+        self.members[slot] = detector
+        self._bind(slot, detector)
+
+    def remove(self, slot: int) -> str | None:
+        """Frees `slot` by moving the last member into it; returns the moved machine."""
+        _release(self.members[slot])
+        last, last_machine = self.members.pop(), self.machines.pop()
+        if slot == len(self.members):
+            return None
+        self.members[slot], self.machines[slot] = last, last_machine
+        self._bind(slot, last)
+        return last_machine
+
+    def _bind(self, slot: int, detector: Detector) -> None:
+        """Copies `detector`'s numbers into `slot`, then makes them views of it."""
+        with torch.no_grad():
+            for weight, param in zip(self.layout, detector.model.parameters(), strict=True):
+                view = self.weights[slot, weight.start : weight.stop].view(weight.shape)
+                view.copy_(param)
+                param.data = view
+        self.mean[slot] = detector.mean
+        self.std[slot] = detector.std
+        detector.mean = self.mean[slot]
+        detector.std = self.std[slot]
+
+    def _grow(self, capacity: int) -> None:
+        n = len(self.members)
+        # empty, not zeros: the pages of rows not yet used are never touched, so not resident.
+        weights = torch.empty((capacity, self.width))
+        weights[:n] = self.weights[:n]
+        mean = np.zeros((capacity, self.shape[1]), np.float32)
+        std = np.ones((capacity, self.shape[1]), np.float32)
+        mean[:n], std[:n] = self.mean[:n], self.std[:n]
+        self.weights, self.mean, self.std = weights, mean, std
+        for slot, detector in enumerate(self.members):
+            self._bind(slot, detector)
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score(self, work: list[_Work]) -> dict[str, Scored]:
+        """Scores every machine's windows, in as few calls as the size limits allow."""
+        per_item = min(MAX_CALL_WINDOWS, math.ceil(sum(len(w.windows) for w in work) / len(work)))
+        items = [
+            (k, start) for k, w in enumerate(work) for start in range(0, len(w.windows), per_item)
+        ]
+        per_call = max(1, min(MAX_CALL_MODELS, MAX_CALL_WINDOWS // per_item))
+        errors: list[list[FloatArray]] = [[] for _ in work]
+        for first in range(0, len(items), per_call):
+            chunk = items[first : first + per_call]
+            for (k, start), e in zip(chunk, self._call(work, chunk, per_item), strict=True):
+                errors[k].append(e[: len(work[k].windows) - start])
+        out: dict[str, Scored] = {}
+        for w, parts in zip(work, errors, strict=True):
+            machine_errors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            out[w.machine] = window_scores(machine_errors), machine_errors
+        return out
+
+    def _call(self, work: list[_Work], items: list[tuple[int, int]], per_item: int) -> FloatArray:
+        """One vmapped model call: per-sensor errors `[items, per_item, sensors]`."""
+        slots = np.fromiter((work[k].slot for k, _ in items), np.int64, len(items))
+        x = np.zeros((len(items), per_item, *self.shape), np.float32)
+        for i, (k, start) in enumerate(items):
+            part = work[k].windows[start : start + per_item]
+            x[i, : len(part)] = part
+        scaled = (x - self.mean[slots][:, None, None]) / self.std[slots][:, None, None]
+        with torch.inference_mode():
+            xt = torch.from_numpy(scaled)
+            rows = self.weights.index_select(0, torch.from_numpy(slots))
+            recon = self._forward(rows, xt)
+            errors = sensor_errors(recon, xt)
+        return errors.numpy()
+
+    def _forward_one(self, row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        weights = {w.name: row[w.start : w.stop].view(w.shape) for w in self.layout}
+        recon: torch.Tensor = functional_call(self.base, weights, (x,)).recon
+        return recon
+
+
+class StackedScorer:
+    """Scores a cycle's windows of many machines: one call per group, the rest alone."""
+
+    def __init__(self) -> None:
+        self.groups: dict[GroupKey, StackedGroup] = {}
+        self._placed: dict[str, tuple[StackedGroup, int]] = {}
+
+    def score(self, work: Mapping[str, tuple[Detector, FloatArray]]) -> dict[str, Scored]:
+        """`work` maps a machine to its current detector and windows `[n, time, sensors]`."""
+        out: dict[str, Scored] = {}
+        grouped: dict[GroupKey, list[_Work]] = {}
+        for machine, (detector, windows) in work.items():
+            placed = self._place(machine, detector)
+            if placed is None:
+                out[machine] = detector.score_many(windows)
+            else:
+                grouped.setdefault(placed[0].key, []).append(_Work(machine, placed[1], windows))
+        for key, group_work in grouped.items():
+            if len(group_work) == 1:
+                machine = group_work[0].machine
+                out[machine] = work[machine][0].score_many(group_work[0].windows)
+            else:
+                out.update(self.groups[key].score(group_work))
+        return out
+
+    def _place(self, machine: str, detector: Detector) -> tuple[StackedGroup, int] | None:
+        """The group and slot of `machine`, after taking in `detector` if it is new."""
+        placed = self._placed.get(machine)
+        if placed is not None and placed[0].members[placed[1]] is detector:
+            return placed
+        key = group_key(detector)
+        if placed is not None:
+            if placed[0].key == key:
+                placed[0].replace(placed[1], detector)
+                log.debug("stack_member_replaced", machine=machine, members=len(placed[0]))
+                return placed
+            self._remove(machine)
+        if key is None:
+            return None
+        if key not in self.groups:
+            self.groups[key] = StackedGroup(key, detector)
+        group = self.groups[key]
+        self._placed[machine] = (group, group.add(machine, detector))
+        log.debug("stack_member_added", machine=machine, members=len(group), kind=key[0])
+        return self._placed[machine]
+
+    def _remove(self, machine: str) -> None:
+        group, slot = self._placed.pop(machine)
+        moved = group.remove(slot)
+        if moved is not None:
+            self._placed[moved] = (group, slot)
+        if not group.members:
+            del self.groups[group.key]
+
+
+def _layout(model: Autoencoder) -> list[_Weight]:
+    layout: list[_Weight] = []
+    start = 0
+    for name, param in model.named_parameters():
+        layout.append(_Weight(name, tuple(param.shape), start, start + param.numel()))
+        start += param.numel()
+    return layout
+
+
+def _release(detector: Detector) -> None:
+    """Gives an outgoing member its own copy of its numbers, leaving its row free."""
+    with torch.no_grad():
+        for param in detector.model.parameters():
+            param.data = param.data.clone()
+    detector.mean = detector.mean.copy()
+    detector.std = detector.std.copy()
