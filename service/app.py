@@ -80,19 +80,25 @@ class App:
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
-        per_machine = Counter(r.machine for r in result.readings)
+        # A message's readings are all of its topic's machine.
+        received = {result.machine: len(result.readings)} if result.readings else {}
         for rejection in result.rejections:
             label = rejection.machine if rejection.machine in known else ""
-            per_machine[label] += 1
+            received[label] = received.get(label, 0) + 1
             self.rejections.record(rejection, label, topic)
-        for machine, count in per_machine.items():
-            self.metrics.readings_received.labels(machine=machine).inc(count)
-        if result.readings and self.pipeline.submit(Batch(received_at, result.readings, ack)):
+        for machine, count in received.items():
+            self.metrics.received_of[machine].inc(count)
+        if not result.readings:
+            if ack is not None:
+                ack()
             return
-        for machine, count in Counter(r.machine for r in result.readings).items():
-            label = machine if machine in known else ""
-            overloaded = Rejection(RejectReason.OVERLOADED, "queue full", machine, count)
-            self.rejections.record(overloaded, label, topic)
+        if self.pipeline.submit(Batch(received_at, result.readings, ack)):
+            return
+        label = result.machine if result.machine in known else ""
+        overloaded = Rejection(
+            RejectReason.OVERLOADED, "queue full", result.machine, len(result.readings)
+        )
+        self.rejections.record(overloaded, label, topic)
         if ack is not None:
             ack()
 

@@ -16,6 +16,10 @@ overwritten; the outgoing detector first gets its own copy of the numbers, so wh
 still holds it keeps a working model. Rows are reallocated only when a group outgrows
 its capacity (which doubles).
 
+Adopting a detector frees its own copy of the weights; once a few tens of MB have been
+freed that way (a plant's first fits, say), the heap is trimmed (`service.heap`), or the
+freed holes would stay resident.
+
 A family `vmap` cannot batch (the LSTM: there is no batching rule for `aten::lstm`), and a
 group with windows of one machine only in a cycle, are scored by the detector alone.
 """
@@ -31,6 +35,7 @@ import structlog
 import torch
 from torch.func import functional_call
 
+from service import heap
 from service.detector import Detector, sensor_errors, window_scores
 from service.models import Autoencoder, build_model
 from service.types import FloatArray
@@ -41,7 +46,9 @@ log = structlog.get_logger(__name__)
 STACKABLE = frozenset({"conv", "dense", "vae"})
 # Windows per model call: bounds the memory of one call (inputs, gathered weights).
 MAX_CALL_WINDOWS = 4096
-MAX_CALL_MODELS = 256
+MAX_CALL_MODELS = 64
+# Weights freed by adoptions after which the heap is trimmed (a trim costs ~10-100 ms).
+TRIM_AFTER_BYTES = 32 << 20
 
 Scored = tuple[FloatArray, FloatArray]  # scores [windows], per-sensor errors [windows, sensors]
 GroupKey = tuple[str, tuple[tuple[str, float], ...], int, int]
@@ -92,6 +99,9 @@ class StackedGroup:
         self.weights = torch.zeros((0, self.width))
         self.mean = np.zeros((0, n_sensors), np.float32)
         self.std = np.ones((0, n_sensors), np.float32)
+        # Reused by every call: a fresh allocation of this size per cycle would leave the
+        # allocator's heap at its high-water mark (glibc raises its mmap threshold).
+        self._gathered = torch.empty((0, self.width))
         self._forward = torch.vmap(self._forward_one)
 
     def __len__(self) -> int:
@@ -175,11 +185,13 @@ class StackedGroup:
             part = work[k].windows[start : start + per_item]
             x[i, : len(part)] = part
         scaled = (x - self.mean[slots][:, None, None]) / self.std[slots][:, None, None]
-        with torch.inference_mode():
+        if len(self._gathered) < len(slots):
+            self._gathered = torch.empty((len(slots), self.width))
+        rows = self._gathered[: len(slots)]
+        with torch.no_grad():
+            torch.index_select(self.weights, 0, torch.from_numpy(slots), out=rows)
             xt = torch.from_numpy(scaled)
-            rows = self.weights.index_select(0, torch.from_numpy(slots))
-            recon = self._forward(rows, xt)
-            errors = sensor_errors(recon, xt)
+            errors = sensor_errors(self._forward(rows, xt), xt)
         return errors.numpy()
 
     def _forward_one(self, row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +206,7 @@ class StackedScorer:
     def __init__(self) -> None:
         self.groups: dict[GroupKey, StackedGroup] = {}
         self._placed: dict[str, tuple[StackedGroup, int]] = {}
+        self._freed_bytes = 0
 
     def score(self, work: Mapping[str, tuple[Detector, FloatArray]]) -> dict[str, Scored]:
         """`work` maps a machine to its current detector and windows `[n, time, sensors]`."""
@@ -211,6 +224,9 @@ class StackedScorer:
                 out[machine] = work[machine][0].score_many(group_work[0].windows)
             else:
                 out.update(self.groups[key].score(group_work))
+        if self._freed_bytes >= TRIM_AFTER_BYTES:
+            log.debug("heap_trim", freed_bytes=self._freed_bytes, trimmed=heap.trim())
+            self._freed_bytes = 0
         return out
 
     def _place(self, machine: str, detector: Detector) -> tuple[StackedGroup, int] | None:
@@ -221,6 +237,7 @@ class StackedScorer:
         key = group_key(detector)
         if placed is not None:
             if placed[0].key == key:
+                self._freed_bytes += placed[0].width * 4
                 placed[0].replace(placed[1], detector)
                 log.debug("stack_member_replaced", machine=machine, members=len(placed[0]))
                 return placed
@@ -230,6 +247,7 @@ class StackedScorer:
         if key not in self.groups:
             self.groups[key] = StackedGroup(key, detector)
         group = self.groups[key]
+        self._freed_bytes += group.width * 4
         self._placed[machine] = (group, group.add(machine, detector))
         log.debug("stack_member_added", machine=machine, members=len(group), kind=key[0])
         return self._placed[machine]
