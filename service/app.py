@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -127,6 +128,7 @@ class App:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         torch.set_num_threads(self.settings.model.torch_threads)
+        sys.setswitchinterval(self.settings.pipeline.switch_interval)
         self.http.start()
         self.finetuner.start()
         self.pipeline.start()
