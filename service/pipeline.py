@@ -38,6 +38,11 @@ from service.types import FloatArray, MachineState, Reading, Rejection, RejectRe
 log = structlog.get_logger(__name__)
 
 _MACHINE = attrgetter("machine")
+# Jobs waiting for the fine-tuner beyond which no fine-tune job is built. Machines that
+# learned together fall due together, and each job holds a clone and its training windows:
+# a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
+# queued hundreds of MB.
+MAX_QUEUED_JOBS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +298,8 @@ class Pipeline(Worker):
             runtime.buffer.excluded = 0
 
     def _maybe_finetune(self, runtime: MachineRuntime) -> None:
+        if self.finetuner.jobs.qsize() >= MAX_QUEUED_JOBS:
+            return  # still due: asked again at its next scored window
         try:
             job = runtime.finetune_job()
         except TooFewWindowsError as exc:

@@ -4,8 +4,10 @@ Under load every torch call has to win the GIL back from paho's network thread, 
 costs per *call*, not per window: one call per machine per cycle does not keep up with a
 plant. Machines whose models have one shape (family, family parameters, window length,
 sensor count) form a group, and a cycle's windows of a group are scored in one call: the
-members' weights are gathered with one `index_select` and the family's own `forward` runs
-under `torch.vmap` through `torch.func.functional_call`.
+members' weights are gathered with one `index_select` and run through the family's
+forward batched over models: hand-written batched matmuls for the Linear-stack families
+(`service.batched`: dense, vae), `torch.vmap` over `torch.func.functional_call` for the
+others (conv). A batched forward is checked against vmap when its group forms.
 
 A group owns its members' numbers: one float32 tensor `[capacity, n_weights]` holds every
 member's weights, one row each, and two arrays hold the scalers. Each member detector's
@@ -36,6 +38,7 @@ import torch
 from torch.func import functional_call
 
 from service import heap
+from service.batched import BatchedForward, NotBatchableError, Span, batched_forward
 from service.detector import Detector, sensor_errors, window_scores
 from service.models import Autoencoder, build_model
 from service.types import FloatArray
@@ -64,16 +67,6 @@ def group_key(detector: Detector) -> GroupKey | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Weight:
-    """Where one parameter of the family lives in a row."""
-
-    name: str
-    shape: tuple[int, ...]
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Work:
     machine: str
     slot: int
@@ -91,8 +84,8 @@ class StackedGroup:
                 kind, window, n_sensors, dict(template.settings.params)
             )
         self.base.eval()
-        self.layout = _layout(self.base)
-        self.width = self.layout[-1].stop if self.layout else 0
+        self.spans = _spans(self.base)
+        self.width = max((span.stop for span in self.spans.values()), default=0)
         self.shape = (window, n_sensors)
         self.machines: list[str] = []
         self.members: list[Detector] = []
@@ -102,7 +95,9 @@ class StackedGroup:
         # Reused by every call: a fresh allocation of this size per cycle would leave the
         # allocator's heap at its high-water mark (glibc raises its mmap threshold).
         self._gathered = torch.empty((0, self.width))
-        self._forward = torch.vmap(self._forward_one)
+        self._vmapped: BatchedForward = torch.vmap(self._forward_one)
+        self._forward = self._choose_forward(template)
+        self.uses_vmap = self._forward is self._vmapped
 
     def __len__(self) -> int:
         return len(self.members)
@@ -137,8 +132,9 @@ class StackedGroup:
     def _bind(self, slot: int, detector: Detector) -> None:
         """Copies `detector`'s numbers into `slot`, then makes them views of it."""
         with torch.no_grad():
-            for weight, param in zip(self.layout, detector.model.parameters(), strict=True):
-                view = self.weights[slot, weight.start : weight.stop].view(weight.shape)
+            spans = self.spans.values()
+            for span, param in zip(spans, detector.model.parameters(), strict=True):
+                view = self.weights[slot, span.start : span.stop].view(span.shape)
                 view.copy_(param)
                 param.data = view
         self.mean[slot] = detector.mean
@@ -178,7 +174,7 @@ class StackedGroup:
         return out
 
     def _call(self, work: list[_Work], items: list[tuple[int, int]], per_item: int) -> FloatArray:
-        """One vmapped model call: per-sensor errors `[items, per_item, sensors]`."""
+        """One batched model call: per-sensor errors `[items, per_item, sensors]`."""
         slots = np.fromiter((work[k].slot for k, _ in items), np.int64, len(items))
         x = np.zeros((len(items), per_item, *self.shape), np.float32)
         for i, (k, start) in enumerate(items):
@@ -194,8 +190,28 @@ class StackedGroup:
             errors = sensor_errors(self._forward(rows, xt), xt)
         return errors.numpy()
 
+    def _choose_forward(self, template: Detector) -> BatchedForward:
+        """The family's batched forward if it gives what vmap gives, else vmap."""
+        vmapped = self._vmapped
+        batched = batched_forward(self.base, self.spans)
+        if batched is None:
+            return vmapped
+        row = torch.cat([p.detach().flatten() for p in template.model.parameters()])
+        rows = torch.stack([row, -0.5 * row])
+        x = torch.randn((2, 3, *self.shape), generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                agree = torch.allclose(batched(rows, x), vmapped(rows, x), rtol=1e-4, atol=1e-5)
+        except (NotBatchableError, RuntimeError) as exc:
+            log.warning("stacked_forward_unusable", kind=self.key[0], error=str(exc))
+            return vmapped
+        if not agree:
+            log.warning("stacked_forward_unusable", kind=self.key[0], error="differs from vmap")
+            return vmapped
+        return batched
+
     def _forward_one(self, row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        weights = {w.name: row[w.start : w.stop].view(w.shape) for w in self.layout}
+        weights = {name: row[s.start : s.stop].view(s.shape) for name, s in self.spans.items()}
         recon: torch.Tensor = functional_call(self.base, weights, (x,)).recon
         return recon
 
@@ -261,13 +277,14 @@ class StackedScorer:
             del self.groups[group.key]
 
 
-def _layout(model: Autoencoder) -> list[_Weight]:
-    layout: list[_Weight] = []
+def _spans(model: Autoencoder) -> dict[str, Span]:
+    """Where each parameter goes in a row, in `parameters()` order."""
+    spans: dict[str, Span] = {}
     start = 0
     for name, param in model.named_parameters():
-        layout.append(_Weight(name, tuple(param.shape), start, start + param.numel()))
+        spans[name] = Span(tuple(param.shape), start, start + param.numel())
         start += param.numel()
-    return layout
+    return spans
 
 
 def _release(detector: Detector) -> None:

@@ -8,12 +8,16 @@ per-sensor error must equal the detector's own `score_many` up to float32 roundo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from torch import nn
 
 from service import stacked
 from service.config import ModelSettings
 from service.detector import Detector
+from service.models import Autoencoder, build_model
 from service.stacked import StackedScorer
 from service.types import FloatArray
 
@@ -77,6 +81,12 @@ def test_mixed_groups_score_as_each_machine_alone(plant: dict[str, Detector]) ->
     assert sorted((key[0], key[3], len(group)) for key, group in scorer.groups.items()) == [
         (kind, n, count) for kind in ("conv", "dense", "vae") for n, count in ((3, 6), (4, 5))
     ]
+    # Batched matmuls for the Linear-stack families, vmap for the convolutions.
+    assert {key[0]: group.uses_vmap for key, group in scorer.groups.items()} == {
+        "conv": True,
+        "dense": False,
+        "vae": False,
+    }
     # Different machines give different scores: the comparison is not vacuous.
     firsts = {float(scores[0]) for scores, _ in want.values()}
     assert len(firsts) == len(plant)
@@ -147,3 +157,24 @@ def test_a_clone_trains_apart_from_the_stack(plant: dict[str, Detector]) -> None
         param.data.mul_(3.0)
     clone.mean += 1.0
     assert_same(scorer.score(work), before)
+
+
+def test_a_layer_the_batched_forward_does_not_know_falls_back_to_vmap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def grown(kind: str, window: int, n_sensors: int, params: dict[str, Any]) -> Autoencoder:
+        """The dense family as if it had grown a layer the batched forward cannot run."""
+        model = build_model(kind, window, n_sensors, params)
+        model.encoder.insert(1, nn.Tanh())
+        return model
+
+    monkeypatch.setattr(stacked, "build_model", grown)
+    changed = []
+    for k in range(3):
+        d = detector("dense", 3, seed=k)
+        d.model.encoder.insert(1, nn.Tanh())
+        changed.append(d)
+    work = {f"dense-x{k}": (d, windows(k, 2, 3)) for k, d in enumerate(changed)}
+    scorer = StackedScorer()
+    assert_same(scorer.score(work), alone(work))
+    assert [group.uses_vmap for group in scorer.groups.values()] == [True]
