@@ -18,9 +18,10 @@ overwritten; the outgoing detector first gets its own copy of the numbers, so wh
 still holds it keeps a working model. Rows are reallocated only when a group outgrows
 its capacity (which doubles).
 
-Adopting a detector frees its own copy of the weights; once a few tens of MB have been
-freed that way (a plant's first fits, say), the heap is trimmed (`service.heap`), or the
-freed holes would stay resident.
+Adopting a new member frees its own copy of the weights; once a few tens of MB have been
+freed that way (a plant's first fits), the heap is trimmed (`service.heap`), or the freed
+holes would stay resident. A replaced member's weights are not counted: fine-tunes come
+one at a time and the next one reuses what the last one freed.
 
 A family `vmap` cannot batch (the LSTM: there is no batching rule for `aten::lstm`), and a
 group with windows of one machine only in a cycle, are scored by the detector alone.
@@ -253,7 +254,6 @@ class StackedScorer:
         key = group_key(detector)
         if placed is not None:
             if placed[0].key == key:
-                self._freed_bytes += placed[0].width * 4
                 placed[0].replace(placed[1], detector)
                 log.debug("stack_member_replaced", machine=machine, members=len(placed[0]))
                 return placed
@@ -263,7 +263,7 @@ class StackedScorer:
         if key not in self.groups:
             self.groups[key] = StackedGroup(key, detector)
         group = self.groups[key]
-        self._freed_bytes += group.width * 4
+        self._freed_bytes += group.weights.element_size() * group.width
         self._placed[machine] = (group, group.add(machine, detector))
         log.debug("stack_member_added", machine=machine, members=len(group), kind=key[0])
         return self._placed[machine]
