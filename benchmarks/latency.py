@@ -1,14 +1,23 @@
-"""Alert latency, scoring latency, CPU and memory at 1 Hz in real time.
+"""Alert latency, scoring latency with and without a fine-tune, CPU and memory, at 1 Hz.
 
-    python -m benchmarks.latency [--machines 1000] [--sensors 8] [--seconds 60] [--faults 50]
+    python -m benchmarks.latency [--machines 1000] [--sensors 8] [--seconds 90]
+                                 [--faults 50] [--finetune-after 30] [--burst]
 
 Mosquitto, the daemon and the load generator run as processes of their own on 127.0.0.1.
 After a fast learning phase (batched history), every machine sends one row a second of
-wall-clock time (`plant/<m>`, `{"ts", "values"}`); `--faults` machines get a fault (one
-sensor x3) at staggered times. For every alert raised, the latency runs from the publish of
-the reading that completed its window (the first row at `updated_at + lateness`) to the
-alert's arrival on `aemon/events`. Scoring latency comes from the daemon's histogram; CPU
-and RSS from /proc/<pid>.
+wall-clock time (`plant/<m>`, `{"ts", "values"}`), spread over the second (`--burst`: all
+at its top); `--faults` machines get a fault (one sensor x3) at staggered times. For every
+alert raised, the latency runs from the publish of the reading that completed its window
+(the first row at `updated_at + lateness`) to the alert's arrival on `aemon/events`.
+
+The run has two measured phases. In the first, no fine-tune runs. The generated config
+makes every machine's fine-tune due `--finetune-after` seconds after its first live window
+(with thresholds low enough that the recent windows qualify), so in the second phase the
+fine-tuner works through one job per machine while the pipeline scores. Scoring latency
+(one cycle's model calls) and pipeline lag (a message's arrival to the scores of the
+windows it completed) are `histogram_quantile` over each phase's increase of the daemon's
+histograms; `aemon_finetune_runs_total` and the fine-tunes' summed duration show that the
+fine-tuner was busy. CPU and RSS come from /proc/<pid>.
 """
 
 from __future__ import annotations
@@ -16,68 +25,53 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
-import os
 import tempfile
 import threading
 import time
 from datetime import datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.throughput import (
+from benchmarks.common import (
     BENCH_CONFIG,
-    SENSOR_NAMES,
+    Paced,
+    PacedSpec,
+    ProcStats,
     all_scoring,
     box_busy,
     box_share,
+    counter_delta,
     learn,
     loadavg,
-    value,
+    percentile,
+    quantile_between,
+    sleep_until,
 )
 from tests.support import Daemon, Mosquitto, metric_value, running, wait_until
 
 LATENESS = float(BENCH_CONFIG["window"]["lateness"])
 WARMUP = int(BENCH_CONFIG["window"]["length"]) + 5  # a gap restarts windows: refill first
-FAULT_SENSOR = 0
-FAULT_FACTOR = 3.0
+# The first live window: the gap after the history restarts the windows, which need
+# `length` rows and the lateness watermark.
+FIRST_WINDOW = int(BENCH_CONFIG["window"]["length"] + LATENESS) + 1
+OUTCOMES = ("promoted", "rejected_gate", "too_few_windows", "error")
 
 
-# -- load generator (its own process) ------------------------------------------------------
-def _paced(port: int, args: dict[str, Any], conn: Connection) -> None:
-    """One row per machine each wall-clock second, ts = that second; reports the publish
-    time of every row of a faulty machine."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(50)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    machines, sensors, seconds = args["machines"], args["sensors"], args["seconds"]
-    faults: dict[int, float] = args["faults"]
-    start = math.ceil(time.time()) + 1
-    published: dict[tuple[int, float], float] = {}
-    for i in range(seconds):
-        ts = float(start + i)
-        time.sleep(max(0.0, ts - time.time()))
-        for m in range(machines):
-            onset = faults.get(m)
-            factor = FAULT_FACTOR if onset is not None and i >= onset else 1.0
-            values = {
-                SENSOR_NAMES[s]: value(m, s, ts, factor if s == FAULT_SENSOR else 1.0)
-                for s in range(sensors)
-            }
-            client.publish(f"plant/m{m}", orjson.dumps({"ts": ts, "values": values}), qos=1)
-            if onset is not None:
-                published[(m, ts)] = time.time()
-    conn.send((start, published))
-    client.loop_stop()
-    client.disconnect()
+def finetune_config(after: int) -> dict[str, Any]:
+    """Fine-tunes due `after` seconds after a machine's first live window (the first is
+    too_few_windows and starts the clock), on windows the live phase admits by then."""
+    return {
+        "interval": float(after),
+        "min_windows": 10,
+        "admit_every": 1,
+        "margin_windows": 5,
+        "recent_windows": 60,
+        "reservoir_windows": 20,
+    }
 
 
 # -- the alert subscriber ------------------------------------------------------------------
@@ -104,66 +98,16 @@ class Alerts:
             with self.lock:
                 self.raised.append((arrived, event))
 
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        with self.lock:
+            return list(self.raised)
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
 
 
 # -- figures -------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def histogram(text: str, name: str) -> list[tuple[float, float]]:
-    """Cumulative (upper bound, count) buckets of a histogram in /metrics text."""
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"{name}_bucket":
-                le = float(sample.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + sample.value
-    return sorted(buckets.items())
-
-
-def histogram_quantile(
-    q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]
-) -> float:
-    """Prometheus' histogram_quantile over the increase between two scrapes."""
-    start = dict(before)
-    buckets = [(le, count - start.get(le, 0.0)) for le, count in after]
-    total = buckets[-1][1] if buckets else 0.0
-    if total <= 0:
-        return float("nan")
-    rank, lower, below = q * total, 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):
-                return lower
-            return lower + (le - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = le, count
-    return lower
-
-
-class ProcStats:
-    """CPU seconds and memory of a process, from /proc."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.ticks = float(os.sysconf("SC_CLK_TCK"))
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime, stime
-
-    def memory_mib(self) -> dict[str, float]:
-        status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
-        kib = {k: v.split() for k, _, v in (line.partition(":") for line in status)}
-        return {"rss_mib": int(kib["VmRSS"][0]) / 1024, "hwm_mib": int(kib["VmHWM"][0]) / 1024}
-
-
 def alert_latencies(
     raised: list[tuple[float, dict[str, Any]]], published: dict[tuple[int, float], float]
 ) -> tuple[list[float], int]:
@@ -182,41 +126,52 @@ def alert_latencies(
     return latencies, unmatched
 
 
+def phase_figures(before: str, after: str, seconds: float) -> dict[str, Any]:
+    """Scoring and lag quantiles, and what the fine-tuner did, between two scrapes."""
+    runs = {
+        o: counter_delta(before, after, "aemon_finetune_runs_total", outcome=o) for o in OUTCOMES
+    }
+    busy = counter_delta(before, after, "aemon_finetune_duration_seconds_sum")
+    return {
+        "seconds": seconds,
+        "scoring_p50": quantile_between(before, after, "aemon_scoring_latency_seconds", 0.5),
+        "scoring_p99": quantile_between(before, after, "aemon_scoring_latency_seconds"),
+        "lag_p99": quantile_between(before, after, "aemon_pipeline_lag_seconds"),
+        "scoring_cycles": counter_delta(before, after, "aemon_scoring_latency_seconds_count"),
+        "finetune_runs": runs,
+        "finetuner_busy": busy / seconds,
+    }
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    m, s = args.machines, args.sensors
+    m, s, after = args.machines, args.sensors, args.finetune_after
     n_faults = max(1, min(args.faults, m))
     span = max(1, args.seconds - WARMUP - 15)  # onsets spread, each with 15 s to raise
     faults = {k * (m // n_faults): WARMUP + k * span // n_faults for k in range(n_faults)}
     broker = Mosquitto(workdir).start()
     daemon_dir = workdir / "daemon"
     daemon_dir.mkdir()
-    daemon = Daemon(daemon_dir, broker.port, BENCH_CONFIG)
+    config = BENCH_CONFIG | {"finetune": finetune_config(after)}
+    daemon = Daemon(daemon_dir, broker.port, config)
     with running(broker):
         daemon.start()
         alerts = Alerts(broker.port)
         with running(daemon, alerts):
-            t0 = time.time() - 600
-            learn_seconds = learn(daemon, broker.port, m, s, t0)
+            learn_seconds = learn(daemon, broker.port, m, s, time.time() - 600)
             assert all_scoring(daemon, m)
             proc = ProcStats(daemon.pid)
-            before_text, cpu0, wall0 = daemon.metrics(), proc.cpu_seconds(), time.time()
+            start_text, cpu0, wall0 = daemon.metrics(), proc.cpu_seconds(), time.time()
             busy0, load0 = box_busy(), loadavg()
-            conn, child = mp.Pipe()
-            spec = {"machines": m, "sensors": s, "seconds": args.seconds, "faults": faults}
-            gen = mp.Process(target=_paced, args=(broker.port, spec, child))
-            gen.start()
-            rss_peak = 0.0
-            while not conn.poll(1.0):
-                rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
-                if not gen.is_alive():
-                    raise RuntimeError("load generator died")
-            _start, published = conn.recv()
-            gen.join(10)
+            gen = Paced(broker.port, PacedSpec(m, s, args.seconds, faults, args.burst))
+            try:
+                texts, rss_peak = scrape_phases(daemon, gen, proc, args)
+                published = gen.published()
+            finally:
+                gen.stop()
             expected = m * s * args.seconds
             wait_until(
                 lambda: (
-                    metric_value(daemon.metrics(), "aemon_readings_received_total")
-                    - metric_value(before_text, "aemon_readings_received_total")
+                    counter_delta(start_text, daemon.metrics(), "aemon_readings_received_total")
                     >= expected
                 ),
                 60,
@@ -224,27 +179,21 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 0.5,
             )
             time.sleep(LATENESS + 3)  # the last alerts: a window waits for the watermark
-            after_text, cpu1, wall1 = daemon.metrics(), proc.cpu_seconds(), time.time()
+            end_text, cpu1, wall1 = daemon.metrics(), proc.cpu_seconds(), time.time()
             box = {"box_cpu_busy": box_share(busy0), "loadavg_1m": [load0, loadavg()]}
             memory = proc.memory_mib()
-            with alerts.lock:
-                raised = list(alerts.raised)
+            raised = alerts.events()
     latencies, unmatched = alert_latencies(
         [(t, e) for t, e in raised if int(e["machine"].removeprefix("m")) in faults], published
     )
-    name = "aemon_scoring_latency_seconds"
-    delta = {
-        k: metric_value(after_text, k) - metric_value(before_text, k)
-        for k in (
-            "aemon_readings_accepted_total",
-            "aemon_readings_rejected_total",
-            "aemon_windows_scored_total",
-        )
-    }
+    a0, a1, b0, b1 = texts
+    marks = phase_marks(args)
+    phase_a, phase_b = marks[1] - marks[0], args.seconds - marks[2]
     return {
         "machines": m,
         "sensors": s,
         "seconds": args.seconds,
+        "burst": args.burst,
         "learn_seconds": learn_seconds,
         "faulty_machines": len(faults),
         "alerts_raised": len(raised),
@@ -255,13 +204,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "alert_latency_p50": percentile(latencies, 0.5),
         "alert_latency_p99": percentile(latencies, 0.99),
         "alert_latency_max": max(latencies, default=float("nan")),
-        "scoring_latency_p99": histogram_quantile(
-            0.99, histogram(before_text, name), histogram(after_text, name)
+        "scoring_latency_p99": quantile_between(
+            start_text, end_text, "aemon_scoring_latency_seconds"
         ),
+        "without_finetune": phase_figures(a0, a1, phase_a),
+        "with_finetune": phase_figures(b0, b1, phase_b),
+        "finetune_runs_total": {
+            o: metric_value(end_text, "aemon_finetune_runs_total", outcome=o)
+            for o in ("initial", *OUTCOMES)
+        },
         "readings_per_s": expected / args.seconds,
-        "accepted": delta["aemon_readings_accepted_total"],
-        "rejected": delta["aemon_readings_rejected_total"],
-        "windows_scored": delta["aemon_windows_scored_total"],
+        "accepted": counter_delta(start_text, end_text, "aemon_readings_accepted_total"),
+        "rejected": counter_delta(start_text, end_text, "aemon_readings_rejected_total"),
+        "windows_scored": counter_delta(start_text, end_text, "aemon_windows_scored_total"),
         "cpu_cores": (cpu1 - cpu0) / (wall1 - wall0),
         "rss_mib": memory["rss_mib"],
         "rss_peak_mib": max(rss_peak, memory["rss_mib"]),
@@ -270,10 +225,39 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+def phase_marks(args: argparse.Namespace) -> list[int]:
+    """Seconds into the live run of: the no-fine-tune phase's start and end, the
+    fine-tuning phase's start (it ends with the run). Fine-tunes fall due about
+    `finetune_after` seconds after the first live window."""
+    due = FIRST_WINDOW + args.finetune_after
+    return [FIRST_WINDOW + 3, due - 2, due]
+
+
+def scrape_phases(
+    daemon: Daemon, gen: Paced, proc: ProcStats, args: argparse.Namespace
+) -> tuple[list[str], float]:
+    """/metrics at both ends of both phases (a scrape costs the
+    daemon a few tens of ms at 1,000 machines, so only these); the RSS peak meanwhile."""
+    marks = phase_marks(args)
+    texts: list[str] = []
+    rss_peak = 0.0
+    for mark in marks:
+        while time.time() < gen.start + mark:
+            rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
+            sleep_until(min(gen.start + mark, time.time() + 1.0))
+        texts.append(daemon.metrics())
+    while not gen.done(1.0):
+        rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
+    texts.append(daemon.metrics())
+    return texts, rss_peak
+
+
 def print_table(r: dict[str, Any]) -> None:
+    how = "all at the top of each second" if r["burst"] else "spread over each second"
     print(
-        f"{r['machines']} machines x {r['sensors']} sensors at 1 Hz for {r['seconds']} s "
-        f"({r['readings_per_s']:.0f} readings/s), learning took {r['learn_seconds']:.0f} s"
+        f"{r['machines']} machines x {r['sensors']} sensors at 1 Hz ({how}) for "
+        f"{r['seconds']} s ({r['readings_per_s']:.0f} readings/s), "
+        f"learning took {r['learn_seconds']:.0f} s"
     )
     rows = [
         ("alerts raised / faulty machines", f"{r['alerts_raised']} / {r['faulty_machines']}"),
@@ -281,7 +265,7 @@ def print_table(r: dict[str, Any]) -> None:
         ("alert latency p50", f"{r['alert_latency_p50'] * 1e3:.0f} ms"),
         ("alert latency p99", f"{r['alert_latency_p99'] * 1e3:.0f} ms"),
         ("alert latency max", f"{r['alert_latency_max'] * 1e3:.0f} ms"),
-        ("scoring latency p99 (histogram)", f"{r['scoring_latency_p99'] * 1e3:.2f} ms"),
+        ("scoring latency p99, whole run", f"{r['scoring_latency_p99'] * 1e3:.1f} ms"),
         ("readings accepted / rejected", f"{r['accepted']:.0f} / {r['rejected']:.0f}"),
         ("windows scored", f"{r['windows_scored']:.0f}"),
         ("daemon CPU", f"{r['cpu_cores']:.2f} cores ({r['cpu_cores'] / 2:.0%} of 2)"),
@@ -290,16 +274,44 @@ def print_table(r: dict[str, Any]) -> None:
         ("load average 1 min (start, end)", f"{r['loadavg_1m']}"),
     ]
     for label, text in rows:
-        print(f"{label:<34}{text:>20}")
+        print(f"{label:<34}{text:>22}")
+    print(f"{'':<34}{'no fine-tune':>14}{'fine-tuning':>14}")
+    a, b = r["without_finetune"], r["with_finetune"]
+    for label, key, scale, unit in (
+        ("phase length", "seconds", 1, "s"),
+        ("scoring latency p50", "scoring_p50", 1e3, "ms"),
+        ("scoring latency p99", "scoring_p99", 1e3, "ms"),
+        ("pipeline lag p99", "lag_p99", 1e3, "ms"),
+        ("fine-tuner busy (share of phase)", "finetuner_busy", 100, "%"),
+    ):
+        print(f"{label:<34}{a[key] * scale:>11.1f} {unit:<2}{b[key] * scale:>11.1f} {unit:<2}")
+    for outcome in OUTCOMES:
+        runs = (a["finetune_runs"][outcome], b["finetune_runs"][outcome])
+        print(f"{'fine-tunes ' + outcome:<34}{runs[0]:>14.0f}{runs[1]:>14.0f}")
+    total = ", ".join(f"{k} {v:.0f}" for k, v in r["finetune_runs_total"].items())
+    print(f"fine-tuner runs, whole daemon life: {total}")
+    print(
+        f"scoring p99 while fine-tuning / without: "
+        f"{b['scoring_p99'] / a['scoring_p99']:.2f} (target < 2)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machines", type=int, default=1000)
     parser.add_argument("--sensors", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=60, help="real-time phase, wall seconds")
+    parser.add_argument("--seconds", type=int, default=90, help="real-time phase, wall seconds")
     parser.add_argument("--faults", type=int, default=50, help="machines that get a fault")
+    parser.add_argument(
+        "--finetune-after",
+        type=int,
+        default=30,
+        help="seconds after the first live windows when every machine's fine-tune is due",
+    )
+    parser.add_argument("--burst", action="store_true", help="all machines at once each second")
     args = parser.parse_args()
+    if args.seconds < phase_marks(args)[2] + 10:
+        parser.error(f"--seconds must leave 10 s after {FIRST_WINDOW + 2} + --finetune-after")
     with tempfile.TemporaryDirectory(prefix="aemon-latency-") as tmp:
         result = run(args, Path(tmp))
     print_table(result)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import multiprocessing as mp
 import shutil
 import signal
 import subprocess
@@ -30,7 +28,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +35,23 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support import Daemon, Mosquitto, metric_value, running, wait_until
-
-SENSOR_NAMES = tuple(f"s{i}" for i in range(32))
-# Fast learning with the production code paths (as tests/integration/conftest.py), fewer
-# epochs so that hundreds of machines fit within the time box.
-BENCH_CONFIG: dict[str, dict[str, Any]] = {
-    "window": {"length": 20, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
-    "learning": {"windows": 60},
-    "discovery": {"period": 3.0},
-    "model": {"epochs": 10},
-    "alert": {"k": 3, "n": 5, "m": 10},
-    "ingest": {"max_payload_bytes": 65536, "queue_size": 100_000},
-    "log": {"level": "warning"},
-}
-LEARN_ROWS = 3 + 20 + 60 + 10  # discovery + first window + learning windows + margin
+from benchmarks.common import (
+    BENCH_CONFIG,
+    LEARN_ROWS,
+    SENSOR_NAMES,
+    Load,
+    Message,
+    batch_messages,
+    box_busy,
+    box_share,
+    learn,
+    loadavg,
+    value,
+)
+from tests.support import Daemon, Mosquitto, metric_value, running
 
 
 # -- load generator (its own process) ------------------------------------------------------
-Message = tuple[str, bytes]
-
-
-def value(machine: int, sensor: int, t: float, fault: float = 1.0) -> float:
-    """A smooth signal per machine and sensor, with a little noise; `fault` scales it."""
-    base = 10.0 + machine % 7 + sensor
-    noise = 0.1 * (math.sin(t * 12.9898 + machine * 78.233 + sensor * 37.719) * 43758.5453 % 1)
-    return fault * base * (1.0 + 0.1 * math.sin(t / 5.0 + sensor)) + noise
-
-
 def per_sensor_messages(
     prefix: str, machines: int, sensors: int, t0: float, rows: int
 ) -> Iterator[Message]:
@@ -75,72 +61,6 @@ def per_sensor_messages(
             for s in range(sensors):
                 payload = orjson.dumps({"ts": ts, "value": value(m, s, ts)})
                 yield f"{prefix}/m{m}/{SENSOR_NAMES[s]}", payload
-
-
-def batch_messages(
-    machines: int, sensors: int, t0: float, rows: int, per_message: int
-) -> Iterator[Message]:
-    for start in range(0, rows, per_message):
-        for m in range(machines):
-            records = [
-                {
-                    "ts": t0 + r,
-                    "values": {SENSOR_NAMES[s]: value(m, s, t0 + r) for s in range(sensors)},
-                }
-                for r in range(start, min(rows, start + per_message))
-            ]
-            yield f"plant/m{m}", orjson.dumps(records)
-
-
-def _publish_all(port: int, messages: list[Message], conn: Connection) -> None:
-    """Child process: connects, says ready, waits for go, publishes at QoS 1 as fast as
-    paho allows, waits for every PUBACK, reports (start, end) wall-clock times."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    # paho walks its in-flight table on every PUBACK: a window of thousands costs 10x.
-    client.max_inflight_messages_set(50)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    conn.send("ready")
-    conn.recv()
-    started = time.time()
-    info = None
-    for topic, payload in messages:
-        info = client.publish(topic, payload, qos=1)
-    if info is not None:
-        info.wait_for_publish(120)
-    conn.send((started, time.time()))
-    client.loop_stop()
-    client.disconnect()
-
-
-@dataclass
-class Load:
-    """A burst published by a child process; the messages are built before the clock starts."""
-
-    port: int
-    messages: list[Message]
-
-    def __post_init__(self) -> None:
-        self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_publish_all, args=(self.port, self.messages, child))
-        self.proc.start()
-        if not self.conn.poll(30):
-            raise RuntimeError("load generator did not connect")
-        self.conn.recv()
-
-    def go(self) -> float:
-        started = time.time()
-        self.conn.send("go")
-        return started
-
-    def finish(self, timeout: float = 150) -> tuple[float, float]:
-        if not self.conn.poll(timeout):
-            self.proc.kill()
-            raise RuntimeError("load generator did not finish")
-        times: tuple[float, float] = self.conn.recv()
-        self.proc.join(10)
-        return times
 
 
 # -- the raw ceiling -----------------------------------------------------------------------
@@ -209,21 +129,6 @@ class Counters:
             metric_value(text, "aemon_readings_rejected_total"),
             metric_value(text, "aemon_windows_scored_total"),
         )
-
-
-def all_scoring(daemon: Daemon, machines: int) -> bool:
-    states = [m["state"] for m in daemon.machines().values()]
-    return len(states) >= machines and all(s == "scoring" for s in states)
-
-
-def learn(daemon: Daemon, port: int, machines: int, sensors: int, t0: float) -> float:
-    """Normal history for every machine (batched, fast), then waits for every model."""
-    started = time.monotonic()
-    load = Load(port, list(batch_messages(machines, sensors, t0, LEARN_ROWS, 10)))
-    load.go()
-    load.finish()
-    wait_until(lambda: all_scoring(daemon, machines), 170, "every machine scoring", 1.0)
-    return time.monotonic() - started
 
 
 def daemon_phase(
@@ -299,24 +204,6 @@ def top_frames(collapsed: Path, n: int = 15) -> list[tuple[str, float, float]]:
 
 def batch_profile(profile: Path | None) -> Path | None:
     return None if profile is None else profile.with_suffix(".batch" + profile.suffix)
-
-
-def box_busy() -> tuple[float, float]:
-    """(busy, total) CPU jiffies of the whole box, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def box_share(before: tuple[float, float]) -> float:
-    """Share of the box's CPU busy since `before` (others' processes included: a shared box
-    makes the figures lower than a quiet one would)."""
-    busy, total = box_busy()
-    return (busy - before[0]) / max(1.0, total - before[1])
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -86,19 +87,25 @@ class App:
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
-        per_machine = Counter(r.machine for r in result.readings)
+        # A message's readings are all of its topic's machine.
+        received = {result.machine: len(result.readings)} if result.readings else {}
         for rejection in result.rejections:
             label = rejection.machine if rejection.machine in known else ""
-            per_machine[label] += 1
+            received[label] = received.get(label, 0) + 1
             self.rejections.record(rejection, label, topic)
-        for machine, count in per_machine.items():
-            self.metrics.readings_received.labels(machine=machine).inc(count)
-        if result.readings and self.pipeline.submit(Batch(received_at, result.readings, ack)):
+        for machine, count in received.items():
+            self.metrics.received_of[machine].inc(count)
+        if not result.readings:
+            if ack is not None:
+                ack()
             return
-        for machine, count in Counter(r.machine for r in result.readings).items():
-            label = machine if machine in known else ""
-            overloaded = Rejection(RejectReason.OVERLOADED, "queue full", machine, count)
-            self.rejections.record(overloaded, label, topic)
+        if self.pipeline.submit(Batch(received_at, result.readings, ack)):
+            return
+        label = result.machine if result.machine in known else ""
+        overloaded = Rejection(
+            RejectReason.OVERLOADED, "queue full", result.machine, len(result.readings)
+        )
+        self.rejections.record(overloaded, label, topic)
         if ack is not None:
             ack()
 
@@ -129,6 +136,7 @@ class App:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         torch.set_num_threads(self.settings.model.torch_threads)
+        sys.setswitchinterval(self.settings.pipeline.switch_interval)
         self.http.start()
         self.finetuner.start()
         self.pipeline.start()

@@ -252,6 +252,14 @@ class AlertSettings(Section):
 class PipelineSettings(Section):
     max_batch: int = Field(5000, ge=1, description="Messages taken from the queue per cycle.")
     drain_timeout: float = Field(5.0, ge=0, description="Shutdown: seconds to drain the queue.")
+    switch_interval: float = Field(
+        0.001,
+        gt=0,
+        le=0.1,
+        description="sys.setswitchinterval, seconds: how long a thread keeps the GIL while "
+        "another waits. Python's 5 ms makes each hand-off between paho's thread and the "
+        "pipeline (every torch call, every queue wait) cost up to 5 ms under load.",
+    )
 
 
 class LogSettings(Section):

@@ -126,9 +126,8 @@ class Detector:
         self.model.eval()
         with torch.inference_mode():
             recon = self.model(x).recon
-            sensor_errors = (recon - x).square().mean(dim=1)
-        errors = sensor_errors.numpy().astype(np.float32, copy=False)
-        return errors.mean(axis=1), errors
+            errors = sensor_errors(recon, x).numpy().astype(np.float32, copy=False)
+        return window_scores(errors), errors
 
     def clone(self) -> Detector:
         """An independent copy (its own weights), e.g. for the fine-tuner to train."""
@@ -168,6 +167,18 @@ class Detector:
         """Windows in this detector's scaled units, as the model sees them."""
         scaled = (np.asarray(windows, dtype=np.float32) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
+
+
+def sensor_errors(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sensor mean squared error over a window's time axis: `[..., time, sensors]` ->
+    `[..., sensors]` (shared with `service.stacked`, which scores many machines at once)."""
+    return (recon - x).square().mean(dim=-2)
+
+
+def window_scores(errors: FloatArray) -> FloatArray:
+    """A window's score from its per-sensor errors `[..., sensors]`."""
+    scores: FloatArray = errors.mean(axis=-1)
+    return scores
 
 
 def split_holdout(windows: FloatArray, share: float) -> tuple[FloatArray, FloatArray]:

@@ -76,8 +76,11 @@ class TopicTemplate:
 
 @dataclass
 class IngestResult:
+    """A message's readings (all of the topic's `machine`) and rejections."""
+
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    machine: str = ""
 
     def reject(self, reason: RejectReason, detail: str, machine: str = "") -> IngestResult:
         self.rejections.append(Rejection(reason, detail, machine))
@@ -118,6 +121,7 @@ class Ingestor:
         if match is None:
             return result.reject(RejectReason.UNKNOWN_TOPIC, topic)
         template, machine, sensor = match
+        result.machine = machine
         if machine not in self.declared and not self.allow_undeclared:
             return result.reject(RejectReason.UNKNOWN_TOPIC, f"undeclared machine {machine}")
         try:
@@ -144,8 +148,12 @@ class Ingestor:
     def _sensor_record(
         self, result: IngestResult, machine: str, sensor: str, record: Any, received_at: float
     ) -> None:
-        if isinstance(record, int | float) and not isinstance(record, bool):
+        if type(record) in _NUMBERS:
             self._add(result, machine, sensor, received_at, record, received_at)
+            return
+        if _plain(record, "value"):
+            ts = event_time(record.get("ts"), received_at)
+            self._add(result, machine, sensor, ts, record["value"], received_at)
             return
         try:
             parsed = SensorRecord.model_validate(record)
@@ -158,13 +166,18 @@ class Ingestor:
     def _machine_record(
         self, result: IngestResult, machine: str, record: Any, received_at: float
     ) -> None:
-        try:
-            parsed = MachineRecord.model_validate(record)
-        except ValidationError as exc:
-            result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
-            return
-        ts = event_time(parsed.ts, received_at)
-        for sensor, value in parsed.values.items():
+        if _plain(record, "values") and type(record["values"]) is dict:
+            ts = record.get("ts")
+            values: dict[str, Any] = record["values"]
+        else:
+            try:
+                parsed = MachineRecord.model_validate(record)
+            except ValidationError as exc:
+                result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
+                return
+            ts, values = parsed.ts, parsed.values
+        ts = event_time(ts, received_at)
+        for sensor, value in values.items():
             self._add(result, machine, sensor, ts, value, received_at)
 
     def _add(
@@ -185,7 +198,7 @@ class Ingestor:
     def _check(
         self, machine: str, sensor: str, ts: float, value: Any, received_at: float
     ) -> tuple[RejectReason | None, str]:
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if type(value) not in _NUMBERS:
             return RejectReason.SCHEMA, f"{sensor}: value is {type(value).__name__}, not a number"
         if not _finite(value):
             return RejectReason.NON_FINITE, f"{sensor}: {str(value)[:40]}"
@@ -197,6 +210,27 @@ class Ingestor:
         if known is not None and sensor not in known:
             return RejectReason.UNKNOWN_SENSOR, sensor
         return None, ""
+
+
+# JSON numbers as orjson and json decode them (a bool is no number here).
+_NUMBERS = frozenset({int, float})
+# Integer timestamps beyond this go to pydantic, which refuses what overflows a float.
+_PLAIN_INT_TS = 2**63
+
+
+def _plain(record: Any, field: str) -> bool:
+    """Whether `record` is what pydantic would pass through unchanged (but for `ts`
+    becoming a float): a dict of `field` and at most `ts`, which is absent, null or a
+    JSON number. Anything else goes to pydantic, for its checks and its error message.
+    Most messages are plain, and pydantic costs more than all the rest of their parsing."""
+    if type(record) is not dict or field not in record or len(record) > 2:
+        return False
+    if len(record) == 2 and "ts" not in record:
+        return False
+    ts = record.get("ts")
+    return (
+        ts is None or type(ts) is float or (type(ts) is int and -_PLAIN_INT_TS < ts < _PLAIN_INT_TS)
+    )
 
 
 def _finite(value: int | float) -> bool:

@@ -8,6 +8,7 @@ accepted is lost.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,18 @@ class MachineRuntime:
         if rejection is None:
             self.newest_ts = self.windower.newest_ts
         return rejection
+
+    def add_many(self, readings: list[Reading]) -> list[Rejection]:
+        """`add` for a run of readings; returns the rejections (the rest were taken)."""
+        rejections = []
+        for reading in readings:
+            windower = self.windower
+            rejection = self._discover(reading) if windower is None else windower.add(reading)
+            if rejection is not None:
+                rejections.append(rejection)
+        if self.windower is not None and math.isfinite(self.windower.newest_ts):
+            self.newest_ts = self.windower.newest_ts
+        return rejections
 
     def advance(self) -> list[Window]:
         if self.windower is None:

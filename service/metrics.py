@@ -6,6 +6,8 @@ Names follow Prometheus conventions: prefix `aemon_`, base units, `_total` on co
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from service import __version__
@@ -15,6 +17,24 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FINETUNE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 FINETUNE_OUTCOMES = ("promoted", "rejected_gate", "too_few_windows", "error", "initial")
+
+M = TypeVar("M", Counter, Gauge)
+
+
+class ByMachine(Generic[M]):
+    """A `machine`-labelled metric's child per machine, looked up once. `labels()` takes
+    a lock and builds a key on every call, which on the per-message and per-cycle paths
+    costs more than the counting itself. A child appears on first use, as with `labels()`."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[str, M] = {}
+
+    def __getitem__(self, machine: str) -> M:
+        child = self._children.get(machine)
+        if child is None:
+            child = self._children[machine] = self.metric.labels(machine=machine)
+        return child
 
 
 class Metrics:
@@ -71,7 +91,8 @@ class Metrics:
         )
         self.scoring_latency = Histogram(
             "aemon_scoring_latency_seconds",
-            "Time of one batched model call that scores a machine's windows.",
+            "Time to score one pipeline cycle's windows: one model call per group of machines "
+            "whose models have one shape, one call per machine for the others.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -164,6 +185,14 @@ class Metrics:
             registry=r,
         )
 
+        # The hot paths' per-machine children (see ByMachine).
+        self.received_of = ByMachine(self.readings_received)
+        self.accepted_of = ByMachine(self.readings_accepted)
+        self.scored_of = ByMachine(self.windows_scored)
+        self.score_of = ByMachine(self.anomaly_score)
+        self.firing_of = ByMachine(self.alert_firing)
+        self.last_reading_of = ByMachine(self.last_reading_timestamp)
+
     def add_machine(self, machine: str) -> None:
         """Creates the machine's counters at 0, so that rate() and increase() see their
         first increment (a series that appears at 1 shows no increase)."""
@@ -175,6 +204,7 @@ class Metrics:
             self.finetune_windows_excluded,
             self.drift_events,
             self.model_load_failures,
+            self.window_gaps,
         ):
             counter.labels(machine=machine)
         for outcome in FINETUNE_OUTCOMES:

@@ -39,11 +39,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 
 import numpy as np
 
-from service.types import FloatArray, Reading, Rejection, RejectReason, Window
+from service.types import Reading, Rejection, RejectReason, Window
 
 
 class MachineWindower:
@@ -68,9 +67,15 @@ class MachineWindower:
         self.lateness = lateness
         self._index = {s: i for i, s in enumerate(sensors)}
         self._pending: list[list[tuple[float, float]]] = [[] for _ in sensors]
-        self._held_ts = np.full(len(sensors), -math.inf)
-        self._held_value = np.zeros(len(sensors), dtype=np.float32)
-        self._rows: deque[FloatArray] = deque(maxlen=length)
+        # Plain lists: a machine has a handful of sensors, where numpy's per-call cost
+        # exceeds the work.
+        self._held_ts = [-math.inf] * len(sensors)
+        self._held_value = [0.0] * len(sensors)
+        # The last `length` rows, each written twice (at i and i + length), so that the
+        # newest window is always one contiguous slice: a copy, not a stack of rows.
+        self._ring = np.zeros((2 * length, len(sensors)), dtype=np.float32)
+        self._next_row = 0
+        self._rows = 0  # rows since the last restart, up to `length`
         self._until_next_window = 0
         self._next_tick: float | None = None
         self.last_tick = -math.inf
@@ -83,15 +88,22 @@ class MachineWindower:
         if i is None:
             return Rejection(RejectReason.UNKNOWN_SENSOR, reading.sensor, self.machine)
         pending = self._pending[i]
-        if reading.ts == self._held_ts[i] or _contains_ts(pending, reading.ts):
-            return Rejection(RejectReason.DUPLICATE, f"{reading.sensor}@{reading.ts}", self.machine)
-        if reading.ts <= self.last_tick:
-            behind = self.newest_ts - reading.ts
+        ts = reading.ts
+        # Pending readings are all newer than the held one, so a reading newer than every
+        # pending one (the usual, in-order case) can be a duplicate of neither.
+        in_order = not pending or ts > pending[-1][0]
+        if ts == self._held_ts[i] or (not in_order and _contains_ts(pending, ts)):
+            return Rejection(RejectReason.DUPLICATE, f"{reading.sensor}@{ts}", self.machine)
+        if ts <= self.last_tick:
+            behind = self.newest_ts - ts
             return Rejection(
                 RejectReason.LATE, f"{reading.sensor}: {behind:.1f} s behind", self.machine
             )
-        bisect.insort(pending, (reading.ts, reading.value))
-        self.newest_ts = max(self.newest_ts, reading.ts)
+        if in_order:
+            pending.append((ts, reading.value))
+        else:
+            bisect.insort(pending, (ts, reading.value))
+        self.newest_ts = max(self.newest_ts, ts)
         return None
 
     def advance(self) -> list[Window]:
@@ -106,7 +118,8 @@ class MachineWindower:
         while self._next_tick <= watermark:
             tick = self._next_tick
             self._hold_until(tick)
-            if np.all(tick - self._held_ts <= self.max_stale):
+            oldest = min(self._held_ts, default=math.inf)
+            if tick - oldest <= self.max_stale:
                 window = self._append_row(tick)
                 if window is not None:
                     windows.append(window)
@@ -125,20 +138,23 @@ class MachineWindower:
                 del pending[:taken]
 
     def _append_row(self, tick: float) -> Window | None:
-        self._rows.append(self._held_value.copy())
-        if len(self._rows) < self.length:
+        row = self._next_row
+        self._ring[row] = self._ring[row + self.length] = self._held_value
+        self._next_row = (row + 1) % self.length
+        self._rows = min(self._rows + 1, self.length)
+        if self._rows < self.length:
             return None
         if self._until_next_window > 0:
             self._until_next_window -= 1
             return None
         self._until_next_window = self.stride - 1
-        values = np.stack(self._rows)
+        values = self._ring[self._next_row : self._next_row + self.length].copy()
         return Window(self.machine, tick, self.sensors, values)
 
     def _restart(self) -> None:
         if self._rows:
             self.gaps += 1
-        self._rows.clear()
+        self._rows = 0
         self._until_next_window = 0
 
     def _next_possible_tick(self, tick: float, watermark: float) -> float:

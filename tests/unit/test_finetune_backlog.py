@@ -1,0 +1,99 @@
+"""Machines that fall due together do not queue a plant's worth of fine-tune jobs.
+
+Machines that learned together fall due for fine-tuning together, and each job holds a
+clone of the model and its training windows. The pipeline builds a fine-tune job only
+while fewer than `MAX_QUEUED_JOBS` wait for the fine-tuner; a machine turned away stays
+due and gets its job at a later window, once the fine-tuner has caught up.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from service.config import Settings
+from service.finetune import FineTuneJob, FineTuner
+from service.metrics import Metrics
+from service.pipeline import MAX_QUEUED_JOBS, Batch, Pipeline
+from service.publish import Publisher
+from service.rejections import RejectionLog
+from service.types import MachineState, Reading
+from tests.synthetic import SENSORS, machine_rows
+
+MACHINES = [f"pump-{i}" for i in range(MAX_QUEUED_JOBS + 3)]
+INTERVAL = 30.0
+
+
+class _Sink:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        pass
+
+
+def plant() -> tuple[Pipeline, FineTuner]:
+    s = Settings.model_validate(
+        {
+            "window": {"length": 10, "lateness": 0.0},
+            "learning": {"windows": 20},
+            "model": {"epochs": 2},
+            "machines": {m: {"sensors": list(SENSORS)} for m in MACHINES},
+            "finetune": {
+                "interval": INTERVAL,
+                "admit_every": 1,
+                "min_windows": 10,
+                "margin_windows": 0,
+                "recent_windows": 20,
+                "epochs": 1,
+            },
+        }
+    )
+    metrics = Metrics(CollectorRegistry())
+    pipeline: Pipeline
+    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
+    pipeline = Pipeline(
+        s, metrics, RejectionLog(metrics), Publisher(_Sink(), "aemon", metrics), finetuner
+    )
+    return pipeline, finetuner
+
+
+def feed(
+    pipeline: Pipeline, rows: dict[str, list[tuple[float, dict[str, float]]]], seconds: range
+) -> None:
+    """One cycle per second of event time, every machine's row of that second in it."""
+    for i in seconds:
+        for machine in MACHINES:
+            ts, values = rows[machine][i]
+            assert pipeline.submit(
+                Batch(0.0, [Reading(machine, s, ts, v) for s, v in values.items()])
+            )
+        pipeline.cycle(timeout=0)
+
+
+def handle_all(pipeline: Pipeline, finetuner: FineTuner) -> list[str]:
+    """Runs every queued job here, hands the results back; the fine-tuned machines."""
+    tuned = []
+    while not finetuner.jobs.empty():
+        job = finetuner.jobs.get_nowait()
+        assert job is not None
+        if isinstance(job, FineTuneJob):
+            tuned.append(job.machine)
+        finetuner.handle(job)
+    pipeline.cycle(timeout=0)
+    return tuned
+
+
+def test_fine_tunes_that_fall_due_together_queue_no_more_than_the_limit() -> None:
+    pipeline, finetuner = plant()
+    rows = {m: list(machine_rows(0.0, 200, seed=k)) for k, m in enumerate(MACHINES)}
+    feed(pipeline, rows, range(40))  # 10 rows to the first window, 20 learning windows
+    handle_all(pipeline, finetuner)
+    assert all(r.state == MachineState.SCORING for r in pipeline.machines.values())
+
+    # Well past the interval: every machine is due, but only the limit's worth is built.
+    feed(pipeline, rows, range(40, 40 + int(2 * INTERVAL)))
+    assert finetuner.jobs.qsize() == MAX_QUEUED_JOBS
+    first = handle_all(pipeline, finetuner)
+    assert len(first) == MAX_QUEUED_JOBS
+
+    # The others stay due: their jobs come at their next windows, once there is room.
+    feed(pipeline, rows, range(100, 102))
+    second = handle_all(pipeline, finetuner)
+    assert sorted(first + second) == sorted(MACHINES)
