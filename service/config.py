@@ -81,7 +81,13 @@ class IngestSettings(Section):
 
 class WindowSettings(Section):
     period: float = Field(1.0, gt=0, description="Default sample period of the grid, seconds.")
-    length: int = Field(30, ge=2, description="Grid steps in one window.")
+    length: int = Field(
+        20,
+        ge=2,
+        description="Grid steps in one window. 20 s at 1 Hz: a closed valve or a blockage "
+        "shows on a pump's flow within seconds, and a few hundred learning windows fit a "
+        "small window's model without learning its noise by heart.",
+    )
     stride: int = Field(1, ge=1, description="Grid steps between consecutive windows.")
     max_stale: float = Field(
         5.0, gt=0, description="A sensor's last value is held this long; older is a gap (s)."
