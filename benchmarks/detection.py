@@ -315,22 +315,21 @@ def with_update(settings: Settings, update: dict[str, dict[str, object]]) -> Set
 
 
 def figures(results: Sequence[FileResult]) -> dict[str, float]:
+    """All files, then the tuning half and the held-out half apart."""
     held = [r for r in results if is_held_out(Path(r.name))]
-    every, odd = summarise(results), summarise(held)
-    return {
-        "f1": every["f1"],
-        "far": 100 * every["far"],
-        "mar": 100 * every["mar"],
-        "nab": every["nab_standard"],
-        "held_f1": odd["f1"],
-        "held_far": 100 * odd["far"],
-        "held_mar": 100 * odd["mar"],
-    }
+    tuning = [r for r in results if not is_held_out(Path(r.name))]
+    out = {}
+    for prefix, part in (("", results), ("tune_", tuning), ("held_", held)):
+        s = summarise(part)
+        out |= {f"{prefix}f1": s["f1"], f"{prefix}far": 100 * s["far"]}
+        out |= {f"{prefix}mar": 100 * s["mar"], f"{prefix}nab": s["nab_standard"]}
+    return out
 
 
 HEADER = (
-    f"| {'detector':<34} | {'F1':>5} | {'FAR %':>6} | {'MAR %':>6} | {'NAB':>6} "
-    f"| {'held-out F1':>11} | {'FAR %':>6} | {'MAR %':>6} | {'s':>5} |"
+    f"| {'detector':<34} | {'F1':>5} | {'FAR %':>6} | {'MAR %':>6} | {'NAB':>5} "
+    f"| {'tuning F1':>9} | {'FAR %':>6} | {'MAR %':>6} "
+    f"| {'held-out F1':>11} | {'FAR %':>6} | {'MAR %':>6} | {'s':>4} |"
 )
 
 
@@ -339,18 +338,17 @@ SEPARATOR = "|" + "|".join("-" * len(cell) for cell in HEADER.split("|")[1:-1]) 
 
 def table_line(name: str, f: dict[str, float], seconds: float) -> str:
     return (
-        f"| {name:<34} | {f['f1']:>5.3f} | {f['far']:>6.2f} | {f['mar']:>6.2f} | {f['nab']:>6.1f} "
+        f"| {name:<34} | {f['f1']:>5.3f} | {f['far']:>6.2f} | {f['mar']:>6.2f} | {f['nab']:>5.1f} "
+        f"| {f['tune_f1']:>9.3f} | {f['tune_far']:>6.2f} | {f['tune_mar']:>6.2f} "
         f"| {f['held_f1']:>11.3f} | {f['held_far']:>6.2f} | {f['held_mar']:>6.2f} "
-        f"| {seconds:>5.0f} |"
+        f"| {seconds:>4.0f} |"
     )
 
 
 def published_line(name: str, f1: float, far: float, mar: float) -> str:
     label = f"SKAB published: {name}"
-    return (
-        f"| {label:<34} | {f1:>5.2f} | {far:>6.2f} | {mar:>6.2f} | {'':>6} "
-        f"| {'':>11} | {'':>6} | {'':>6} | {'':>5} |"
-    )
+    blank = "".join(f"| {'':>{w}} " for w in (9, 6, 6, 11, 6, 6, 4))
+    return f"| {label:<34} | {f1:>5.2f} | {far:>6.2f} | {mar:>6.2f} | {'':>5} {blank}|"
 
 
 def machine() -> str:
