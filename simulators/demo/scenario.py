@@ -21,12 +21,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.config import LearningSettings, WindowSettings
 from simulators.faults import FaultSpec
 from simulators.model import FaultKind
 from simulators.stack import toml_value
 
 # The daemon's production defaults, to say how the demo differs.
-PRODUCTION = {"learning windows": 300, "window stride": 1, "sample period s": 1.0}
+PRODUCTION = {
+    "learning windows": LearningSettings.model_fields["windows"].default,
+    "window stride": WindowSettings.model_fields["stride"].default,
+    "sample period s": WindowSettings.model_fields["period"].default,
+}
 # The rule's own `for:`: how long a machine alert must fire before Prometheus alerts.
 ANOMALOUS_FOR_S = 120.0
 
