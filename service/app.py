@@ -171,7 +171,10 @@ class App:
         self.finetuner.stop()
         self.pipeline.stop(self.settings.pipeline.drain_timeout)
         self.pipeline.join(self.settings.pipeline.drain_timeout + 2)
-        self.finetuner.join(5)
+        # Cancelled above; a fit stuck in torch (e.g. its first optimizer on a loaded box)
+        # cannot be interrupted, and a daemon thread dies with the process: store writes are
+        # atomic, so nothing half-written can become current.
+        self.finetuner.join(1)
         self.mqtt.stop()
         self.http.stop()
         log.info("aemon_stopped", seconds=round(time.monotonic() - started, 2))
