@@ -96,7 +96,7 @@ class Detector:
         """Fits scaler, model and threshold on normal `windows` (in time order).
 
         The threshold is calibrated on the newest windows, scored by the model trained on
-        the older ones only (`split_holdout`); the model then trains on for a third of its
+        the older ones only (`split_holdout`); the model then trains on for half its
         epochs on all the windows, so the newest operating points are learnt too. Having
         seen more, it scores unseen windows no worse, typically: the threshold errs high
         rather than low. Nor is it below that first model's calibration on all the
@@ -104,7 +104,7 @@ class Detector:
         stops them at the next batch with `FitCancelledError`."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(windows)
-        first, then = self.settings.epochs, max(1, self.settings.epochs // 3)
+        first, then = self.settings.epochs, max(1, self.settings.epochs // 2)
         progress = _Progress(on_epoch, first + then)
         train_model(self.model, self.scaled(train), self.settings, first, cancel, progress.at(0))
         holdout_scores, _ = self.score_many(holdout)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
+import torch
 
 from service.config import FinetuneSettings, Settings
 from service.detector import (
@@ -177,6 +178,10 @@ class FineTuner(Worker):
         self.jobs.put(None)
 
     def work(self) -> None:
+        # torch loads its optimizer machinery on the first Adam, which takes seconds: paid
+        # here at start, a fit later reaches its first batch (where it can be cancelled) at
+        # once, and a shutdown need not wait for that import.
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         while (job := self.jobs.get()) is not None and not self.cancel.is_set():
             self.busy.set()
             try:
