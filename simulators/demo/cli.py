@@ -32,7 +32,11 @@ def _stopping(signum: int, frame: FrameType | None) -> None:
 
 
 def main(env: dict[str, str] | None = None) -> int:
-    options = Options.from_env(dict(os.environ) if env is None else env)
+    try:
+        options = Options.from_env(dict(os.environ) if env is None else env)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tty = sys.stdout.isatty()
     console = Console(width=None if tty else 130)
     configure_logging()

@@ -76,7 +76,8 @@ class Report:
     end_ts: float
     start_ts: float = 0.0  # the plant's first reading, for times relative to it
     not_reached: list[str] = field(default_factory=list)  # scheduled, after the run's end
-    prometheus_fired: list[str] = field(default_factory=list)  # AemonMachineAnomalous
+    # Machines AemonMachineAnomalous fired for; None: Prometheus did not answer.
+    prometheus_fired: list[str] | None = field(default_factory=list)
 
     @property
     def detected(self) -> list[FaultResult]:

@@ -51,7 +51,11 @@ def render_report(report: Report, start_ts: float) -> RenderableType:
 
 
 def summary(report: Report) -> str:
-    fired = ", ".join(report.prometheus_fired) or "none"
+    fired = (
+        "unknown (Prometheus did not answer)"
+        if report.prometheus_fired is None
+        else ", ".join(report.prometheus_fired) or "none"
+    )
     text = (
         f"detected {len(report.detected)} of {len(report.faults)} injected faults; "
         f"{len(report.false_alerts)} false alerts (grace {report.grace_s:g} s after a fault); "

@@ -52,7 +52,7 @@ class Options:
     (one more path for the JSON report), `DEMO_SCREEN` (a path for the run's busiest frame
     of the live view, as text)."""
 
-    seconds: float | None
+    seconds: float  # math.inf: the whole schedule
     speed: float
     grace: float
     workdir: Path
@@ -61,16 +61,37 @@ class Options:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Options:
-        seconds = float(env["DEMO_SECONDS"]) if env.get("DEMO_SECONDS") else None
+        """Raises ValueError naming a variable that is not a number in its range.
+
+        >>> Options.from_env({"DEMO_SPEED": "0", "DEMO_DIR": "."})
+        Traceback (most recent call last):
+        ValueError: DEMO_SPEED must be a number > 0, not '0'
+        """
         workdir = env.get("DEMO_DIR") or tempfile.mkdtemp(prefix="aemon-demo-")
         return cls(
-            seconds,
-            float(env.get("DEMO_SPEED") or 150.0),
-            float(env.get("DEMO_GRACE") or 600.0),
+            _number(env, "DEMO_SECONDS", math.inf, 0.0),
+            _number(env, "DEMO_SPEED", 150.0, 0.0),
+            _number(env, "DEMO_GRACE", 600.0, 0.0, inclusive=True),
             Path(workdir),
             Path(env["DEMO_REPORT"]) if env.get("DEMO_REPORT") else None,
             Path(env["DEMO_SCREEN"]) if env.get("DEMO_SCREEN") else None,
         )
+
+
+def _number(
+    env: dict[str, str], name: str, default: float, low: float, *, inclusive: bool = False
+) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= low if inclusive else value > low) or math.isinf(value):
+        bound = f"{'>=' if inclusive else '>'} {low:g}"
+        raise ValueError(f"{name} must be a number {bound}, not {text!r}")
+    return value
 
 
 class Children:
@@ -176,7 +197,7 @@ class Demo:
     def run(self, stack: Stack, view: View) -> str:
         """Until the schedule is over, `DEMO_SECONDS`, or a child dies; says which."""
         daemon = stack.daemon.proc
-        stop_at = time.monotonic() + (self.options.seconds or math.inf)
+        stop_at = time.monotonic() + self.options.seconds
         while True:
             view.update(stack.watch.look(self.wall_s()))
             if stack.plant.poll() is not None:

@@ -93,17 +93,18 @@ class Watch:
             }
         return self.last.prometheus
 
-    def prometheus_fired(self, over_s: float) -> list[str]:
-        """Machines for which AemonMachineAnomalous fired in the last `over_s` seconds."""
+    def prometheus_fired(self, over_s: float) -> list[str] | None:
+        """Machines for which AemonMachineAnomalous fired in the last `over_s` seconds;
+        None when Prometheus does not answer."""
         if self.prometheus is None:
-            return []
+            return None
         expr = (
             f'max_over_time(ALERTS{{alertname="{PROMETHEUS_ALERT}",alertstate="firing"}}'
             f"[{max(1, round(over_s))}s])"
         )
         with contextlib.suppress(OSError, RuntimeError, ValueError):
             return sorted(r["metric"].get("machine", "") for r in self.prometheus.query(expr))
-        return []
+        return None
 
     def close(self) -> None:
         self.subscriber.close()
