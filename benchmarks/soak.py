@@ -1,7 +1,7 @@
 """Soak: the daemon's memory over minutes of steady load, through a real Mosquitto.
 
     python -m benchmarks.soak [--minutes 10] [--machines 1000] [--sensors 8]
-                              [--warmup 3] [--every 5] [--faults 20]
+                              [--warmup 4] [--every 5] [--faults 20]
 
 After a fast learning phase (batched history), every machine sends one row a second of
 wall-clock time, spread over the second, for `--minutes`; `--faults` machines carry a
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--machines", type=int, default=1000)
     parser.add_argument("--sensors", type=int, default=8)
-    parser.add_argument("--warmup", type=float, default=3.0, help="minutes left out of the fit")
+    parser.add_argument("--warmup", type=float, default=4.0, help="minutes left out of the fit")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--faults", type=int, default=20, help="machines with a fault")
     args = parser.parse_args()
