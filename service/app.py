@@ -29,6 +29,12 @@ from service.types import MachineState, Rejection, RejectReason
 
 log = structlog.get_logger(__name__)
 
+# Added to the fine-tuner thread's nice value. Training is background work: on a busy box
+# the threads that take in readings and score them get the cores first, since a scoring
+# cycle that waits for one delays every alert (benchmarks/latency.py: scoring p99 while a
+# fine-tune runs).
+FINETUNER_NICE = 10
+
 
 class App:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -139,6 +145,7 @@ class App:
         sys.setswitchinterval(self.settings.pipeline.switch_interval)
         self.http.start()
         self.finetuner.start()
+        lower_priority(self.finetuner, FINETUNER_NICE)
         self.pipeline.start()
         self.mqtt.start()
         log.info("aemon_started", http_port=self.http.port, broker=self.settings.mqtt.host)
@@ -178,6 +185,19 @@ class App:
         self.mqtt.stop()
         self.http.stop()
         log.info("aemon_stopped", seconds=round(time.monotonic() - started, 2))
+
+
+def lower_priority(thread: threading.Thread, increment: int) -> None:
+    """Adds `increment` to a running thread's nice value (on Linux, nice is per thread).
+    Lowering a priority needs no privilege; where it fails anyway, the thread keeps its."""
+    try:
+        tid = thread.native_id
+        if tid is None:
+            raise OSError("thread not started")
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:
+        log.warning("thread_priority_unchanged", thread=thread.name, error=str(exc))
 
 
 def watchdog_interval() -> float | None:

@@ -286,7 +286,7 @@ class Pipeline(Worker):
                 window.end_ts,
                 float(score),
                 detector.threshold,
-                tuple(float(e) for e in sensor_errors),
+                tuple(sensor_errors.tolist()),
                 window.sensors,
                 detector.version,
             )

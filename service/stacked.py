@@ -46,7 +46,7 @@ from service.types import FloatArray
 
 log = structlog.get_logger(__name__)
 
-# Families whose forward runs under torch.vmap (tests/unit/test_stacked_scoring.py).
+# Families scored stacked (service.batched or torch.vmap; tests/unit/test_stacked_scoring.py).
 STACKABLE = frozenset({"conv", "dense", "vae"})
 # Windows per model call: bounds the memory of one call (inputs, gathered weights).
 MAX_CALL_WINDOWS = 4096
