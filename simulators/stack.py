@@ -210,6 +210,18 @@ class Daemon:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        """The daemon's JSON log records of `event`, in order (other lines are skipped)."""
+        found = []
+        for line in self.logs().splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+        return found
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

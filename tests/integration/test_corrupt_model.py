@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,14 +22,6 @@ def history(start: float, seconds: int, seed: int) -> History:
     values = np.array([[v[s] for s in SENSORS] for _, v in rows], np.float32)
     ts = np.array([t for t, _ in rows])
     return History(Path(f"seed-{seed}.csv"), SENSORS, ts, values, np.zeros(len(rows), bool))
-
-
-def log_events(daemon: Daemon, event: str) -> list[dict[str, object]]:
-    records = []
-    for line in daemon.logs().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            records.append(json.loads(line))
-    return records
 
 
 def test_corrupt_current_weights_fall_back_to_the_previous_version(
@@ -54,7 +45,7 @@ def test_corrupt_current_weights_fall_back_to_the_previous_version(
     daemon.start()
     pub = Publisher(broker.port)
     with running(daemon, pub):
-        [error] = log_events(daemon, "model_version_unusable")
+        [error] = daemon.log_events("model_version_unusable")
         assert (error["level"], error["machine"], error["version"]) == ("error", MACHINE, 2)
         assert error["path"] == str(weights)
         assert "SHA-256" in str(error["reason"])

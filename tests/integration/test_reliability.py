@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -30,18 +29,6 @@ def health(daemon: Daemon) -> tuple[int, dict[str, Any]]:
     return status, orjson.loads(body)
 
 
-def log_events(daemon: Daemon, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.logs().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == event:
-            found.append(record)
-    return found
-
-
 def start_faulty(tmp_path: Path, broker: Mosquitto, fault: str) -> Daemon:
     workdir = tmp_path / "daemon"
     workdir.mkdir()
@@ -58,7 +45,7 @@ def test_pipeline_exception_turns_healthz_red(tmp_path: Path, broker: Mosquitto)
         _, report = wait_until(lambda: (r := health(daemon))[0] == 503 and r, 10, "/healthz 503")
         assert report["threads"]["pipeline"] is False
         assert report["threads"]["mqtt"] is True
-        failed = wait_until(lambda: log_events(daemon, "thread_failed"), 5, "thread_failed log")
+        failed = wait_until(lambda: daemon.log_events("thread_failed"), 5, "thread_failed log")
         assert failed[0]["thread"] == "pipeline"
         assert "InjectedFaultError" in failed[0]["exception"]
         assert "Traceback" in failed[0]["exception"]
@@ -76,7 +63,7 @@ def test_paho_thread_death_turns_healthz_red(tmp_path: Path, broker: Mosquitto) 
         _, report = wait_until(lambda: (r := health(daemon))[0] == 503 and r, 10, "/healthz 503")
         assert report["threads"]["mqtt"] is False
         assert report["threads"]["pipeline"] is True
-        failed = wait_until(lambda: log_events(daemon, "thread_failed"), 5, "thread_failed log")
+        failed = wait_until(lambda: daemon.log_events("thread_failed"), 5, "thread_failed log")
         assert failed[0]["thread"] == "mqtt"
         # Nobody asks /readyz here: the gauge a Prometheus rule watches must drop by itself.
         wait_until(lambda: daemon.metric("aemon_ready") == 0, 5, "aemon_ready 0 on /metrics")
@@ -133,15 +120,15 @@ def test_broker_killed_mid_stream_alert_arrives_after_reconnect(tmp_path: Path) 
         relay.hold()
         send_rows(pub, itertools.islice(rows, 60))
         wait_until(lambda: machine(daemon).get("alert") == "firing", 20, "firing")
-        disconnects = len(log_events(daemon, "mqtt_disconnected"))
+        disconnects = len(daemon.log_events("mqtt_disconnected"))
         broker.kill()
         killed_at = time.monotonic()
         wait_until(lambda: not daemon.ready(), 10, "the daemon to see the broker gone")
         # A few seconds down: the daemon has tried (and failed, with backoff) three times.
         wait_until(
-            lambda: len(log_events(daemon, "mqtt_disconnected")) >= disconnects + 4, 20, "retries"
+            lambda: len(daemon.log_events("mqtt_disconnected")) >= disconnects + 4, 20, "retries"
         )
-        assert len(log_events(daemon, "mqtt_disconnected")) < disconnects + 8  # no storm
+        assert len(daemon.log_events("mqtt_disconnected")) < disconnects + 8  # no storm
         assert daemon.healthy()  # paho's one thread keeps reconnecting
         assert relay.dropped > 0
         relay.release()

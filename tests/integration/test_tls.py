@@ -4,7 +4,6 @@ password is reported (log, /readyz), retried with backoff, and never shown anywh
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import ssl
 import subprocess
@@ -13,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
@@ -110,18 +108,6 @@ def tls_daemon(workdir: Path, broker: Mosquitto, pki: Pki, password: str) -> Dae
     return Daemon(workdir, broker.port, {**FAST_CONFIG, "mqtt": mqtt})
 
 
-def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.logs().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == name:
-            found.append(record)
-    return found
-
-
 def test_daemon_scores_over_tls_with_password(
     tmp_path: Path, tls_broker: tuple[Mosquitto, Pki]
 ) -> None:
@@ -154,7 +140,7 @@ def test_wrong_password_is_reported_retried_and_never_shown(
     daemon = tls_daemon(tmp_path / "daemon", broker, pki, wrong).start()
     with running(daemon):
         refused = wait_until(
-            lambda: (r := events(daemon, "mqtt_connect_refused")) and len(r) >= 4 and r,
+            lambda: (r := daemon.log_events("mqtt_connect_refused")) and len(r) >= 4 and r,
             30,
             "refusals, retried",
         )
