@@ -81,13 +81,7 @@ class IngestSettings(Section):
 
 class WindowSettings(Section):
     period: float = Field(1.0, gt=0, description="Default sample period of the grid, seconds.")
-    length: int = Field(
-        20,
-        ge=2,
-        description="Grid steps in one window. 20 s at 1 Hz: a closed valve or a blockage "
-        "shows on a pump's flow within seconds, and a few hundred learning windows fit a "
-        "small window's model without learning its noise by heart.",
-    )
+    length: int = Field(30, ge=2, description="Grid steps in one window.")
     stride: int = Field(1, ge=1, description="Grid steps between consecutive windows.")
     max_stale: float = Field(
         5.0, gt=0, description="A sensor's last value is held this long; older is a gap (s)."
@@ -114,13 +108,13 @@ class ModelSettings(Section):
     params: dict[str, int | float] = Field(
         default_factory=dict, description="Family config fields, e.g. hidden = 64."
     )
-    epochs: int = Field(150, ge=1, description="Training epochs of a fit from scratch.")
+    epochs: int = Field(60, ge=1, description="Training epochs of a fit from scratch.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
     learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
     denoise_std: float = Field(0.0, ge=0, description="Denoising: input noise std in scaled units.")
     sparse_l1: float = Field(0.0, ge=0, description="Sparse: L1 weight on the code.")
     offset_weight: float = Field(
-        0.1,
+        0.0,
         ge=0,
         description="Weight of a persistent offset in a sensor's residual: its window mean, "
         "squared and times the window length, is added with this weight to the mean squared "
@@ -128,7 +122,7 @@ class ModelSettings(Section):
         "not. 0 scores the plain mean squared error.",
     )
     drift_widening: float = Field(
-        0.5,
+        0.0,
         ge=0,
         description="A sensor whose window means spread rho times more while learning than its "
         "noise explains (relative to the machine's steadiest sensor) is a slow state, such as a "

@@ -20,14 +20,12 @@ class LstmConfig:
 
 
 class LstmAE(Autoencoder):
-    """Three changes to the textbook layout, measured on the contract data at 60 epochs
-    (then the default): the encoder is bidirectional, so the code summarises the window from both
+    """Three changes to the textbook layout, measured on the contract data at the default
+    60 epochs: the encoder is bidirectional, so the code summarises the window from both
     ends (it lowered the normal scores' p99 by a third and the training loss by 40%); the
     decoder starts from a state computed from the code instead of zeros; and each repeated
     code carries its position in the window, so the decoder need not count steps itself.
-    Even so the LSTM separates the contract anomalies least of the families, and it needs
-    the most training: at 60 epochs (300 Adam steps on 300 windows) whether it caught the
-    flat-line anomaly depended on the seed (2 of 4 seeds did); at 150 all 4 did."""
+    Even so the LSTM separates the contract anomalies least of the families."""
 
     def __init__(self, cfg: LstmConfig) -> None:
         super().__init__()

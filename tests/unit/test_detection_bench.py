@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import detection
 from benchmarks.detection import (
     AlwaysAlarm,
     FitOnce,
@@ -81,8 +82,11 @@ def test_with_update_replaces_only_the_named_fields() -> None:
 
 
 def test_prints_one_table_with_the_published_figures(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # main() configures structlog for a run; left so, later tests would log to this test's
+    # captured stderr, closed after it.
+    monkeypatch.setattr(detection, "configure_logging", lambda *args: None)
     (tmp_path / "valve1").mkdir()
     for i in range(2):
         write_skab(tmp_path / "valve1" / f"{i}.csv", 560, (480, 540), seed=i)

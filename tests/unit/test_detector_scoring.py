@@ -60,7 +60,9 @@ def test_widening_is_capped() -> None:
     ramp = np.linspace(0.0, 50.0, 400) + 0.01 * rng.normal(size=400)
     rows = np.stack([rng.normal(size=400), rng.normal(size=400), ramp], axis=1)
     windows = windows_of(rows).astype(np.float32)
-    capped = Detector.new(("a", "b", "c"), WINDOW, ModelSettings(epochs=1, drift_widening_max=4))
+    capped = Detector.new(
+        ("a", "b", "c"), WINDOW, ModelSettings(epochs=1, drift_widening=0.5, drift_widening_max=4)
+    )
     capped.fit(windows, ThresholdSettings())
     plain = Detector.new(("a", "b", "c"), WINDOW, ModelSettings(epochs=1, drift_widening=0))
     plain.fit(windows, ThresholdSettings())

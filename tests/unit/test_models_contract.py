@@ -3,8 +3,7 @@
 The machine: five sensors driven by one load that steps between random levels (with short
 ramps); temperature follows the load with a lag. Anomalies are injected into windows of a
 second, unseen stream and must score above the 99th percentile of that stream's normal
-windows. Training uses the shipped defaults (150 epochs, lr 2e-3, offset_weight and
-drift_widening) so what ships is tested.
+windows. Training uses the shipped defaults (60 epochs, lr 2e-3) so what ships is tested.
 """
 
 from __future__ import annotations
