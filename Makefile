@@ -43,7 +43,7 @@ test: lint
 demo: install
 	$(PY) -m simulators.demo
 
-# Detection quality on SKAB valve1 (SKAB_DIR=<folder with valve1/>), about 10 minutes.
+# Detection quality on SKAB valve1 (SKAB_DIR=<folder with valve1/>), about 3 minutes.
 bench-detection: install
 	$(PY) -m benchmarks.detection
 

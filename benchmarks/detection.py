@@ -9,7 +9,7 @@ the dataset's README) are printed in the same table for orientation.
 
     make bench-detection            # or: .venv/bin/python -m benchmarks.detection [--data DIR]
 
-About 10 minutes on 2 cores (the LSTM takes most of it).
+About 3 minutes on 2 cores (the LSTM takes most of it).
 """
 
 from __future__ import annotations
