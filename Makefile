@@ -9,7 +9,7 @@ SRC := service simulators
 PIP_FILTER := { grep -v -e 'is ignored: it is neither' -e BuildBackendWarning || true; }
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: install system-deps lint test unit integration demo clean
+.PHONY: install system-deps lint test unit integration demo bench-detection clean
 
 install: $(VENV)/.installed system-deps
 
@@ -42,6 +42,10 @@ test: lint
 
 demo: install
 	$(PY) -m simulators.demo
+
+# Detection quality on SKAB valve1 (SKAB_DIR=<folder with valve1/>), about 3 minutes.
+bench-detection: install
+	$(PY) -m benchmarks.detection
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

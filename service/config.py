@@ -113,6 +113,28 @@ class ModelSettings(Section):
     learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
     denoise_std: float = Field(0.0, ge=0, description="Denoising: input noise std in scaled units.")
     sparse_l1: float = Field(0.0, ge=0, description="Sparse: L1 weight on the code.")
+    offset_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a persistent offset in a sensor's residual: its window mean, "
+        "squared and times the window length, is added with this weight to the mean squared "
+        "error. A fault (a closed valve, a blockage) shifts a level and holds it; noise does "
+        "not. 0 scores the plain mean squared error.",
+    )
+    drift_widening: float = Field(
+        0.0,
+        ge=0,
+        description="A sensor whose window means spread rho times more while learning than its "
+        "noise explains (relative to the machine's steadiest sensor) is a slow state, such as a "
+        "temperature: learning saw only part of its range, so its scale is widened by "
+        "rho ** drift_widening. 0 keeps the learning spread.",
+    )
+    drift_widening_max: float = Field(
+        10.0,
+        ge=1,
+        description="The most a scale is widened: a slow state that runs far outside its "
+        "learning range (an overheating bearing) must still raise its score.",
+    )
     seed: int = Field(0, description="Seed of weight init and training order.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (2-core boxes: 1).")
 

@@ -25,6 +25,9 @@ from service.types import FloatArray
 # later wiggle of its noise into a huge error.
 MIN_STD_FRACTION = 1e-3
 MIN_STD = 1e-6
+# A model saved before a scoring option existed was calibrated without it: it keeps
+# scoring as it was calibrated, whatever today's default is.
+LEGACY_SCORING: dict[str, float] = {"offset_weight": 0.0, "drift_widening": 0.0}
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +74,7 @@ class Detector:
         """The inverse of `meta()` and `model.state_dict()`: the detector as it was saved.
         Raises `ValueError`, `KeyError` or `RuntimeError` (a tensor missing, extra or of
         the wrong shape) when the two do not make one detector."""
-        settings = ModelSettings.model_validate(meta["model"])
+        settings = ModelSettings.model_validate({**LEGACY_SCORING, **meta["model"]})
         sensors = tuple(str(s) for s in meta["sensors"])
         window = int(meta["window"])
         model = build_model(settings.kind, window, len(sensors), dict(settings.params))
@@ -125,8 +128,8 @@ class Detector:
         x = self.scaled(windows)
         self.model.eval()
         with torch.inference_mode():
-            recon = self.model(x).recon
-            errors = sensor_errors(recon, x).numpy().astype(np.float32, copy=False)
+            residual = self.model(x).recon - x
+            errors = sensor_errors(residual, self.settings.offset_weight)
         return window_scores(errors), errors
 
     def clone(self) -> Detector:
@@ -160,8 +163,13 @@ class Detector:
         rows = windows.reshape(-1, windows.shape[-1]).astype(np.float64)
         mean = rows.mean(axis=0)
         floor = np.maximum(np.abs(mean) * MIN_STD_FRACTION, MIN_STD)
+        std = np.maximum(rows.std(axis=0), floor)
+        widening = np.minimum(
+            drift_ratio(windows, floor) ** self.settings.drift_widening,
+            self.settings.drift_widening_max,
+        )
         self.mean = mean.astype(np.float32)
-        self.std = np.maximum(rows.std(axis=0), floor).astype(np.float32)
+        self.std = (std * widening).astype(np.float32)
 
     def scaled(self, windows: FloatArray) -> torch.Tensor:
         """Windows in this detector's scaled units, as the model sees them."""
@@ -169,16 +177,49 @@ class Detector:
         return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
 
 
-def sensor_errors(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sensor mean squared error over a window's time axis: `[..., time, sensors]` ->
-    `[..., sensors]` (shared with `service.stacked`, which scores many machines at once)."""
-    return (recon - x).square().mean(dim=-2)
+def sensor_errors(residual: torch.Tensor, offset_weight: float) -> FloatArray:
+    """Per window and sensor `[..., time, sensors]` -> `[..., sensors]` (shared with
+    `service.stacked`, which scores many machines at once): the mean squared residual, plus
+    `offset_weight` times the squared standard score of the residual's mean. White noise of
+    variance s^2 adds s^2 to either term; an offset d held over L steps adds d^2 to the
+    first and L d^2 to the second, so a held shift stands out of the noise."""
+    squared = residual.square().mean(dim=-2)
+    if offset_weight > 0:
+        offset = residual.mean(dim=-2).square() * residual.shape[-2]
+        squared = squared + offset_weight * offset
+    return squared.numpy().astype(np.float32, copy=False)
 
 
 def window_scores(errors: FloatArray) -> FloatArray:
     """A window's score from its per-sensor errors `[..., sensors]`."""
     scores: FloatArray = errors.mean(axis=-1)
     return scores
+
+
+def drift_ratio(windows: FloatArray, floor: FloatArray) -> FloatArray:
+    """Per sensor, at least 1: how much more the windows' means spread than the sensor's
+    noise alone would make them (its mean within-window variance / window length), relative
+    to the machine's steadiest sensor. About 1 for a sensor that is noise around a level;
+    large for a slow state that wanders (a temperature). Relative, because a machine whose
+    sensors all follow its load wanders as a whole: that is operation the model learns, not
+    drift, and its scales stay as they are.
+
+    >>> rng = np.random.default_rng(0)
+    >>> noise = rng.normal(size=(400, 1))
+    >>> ramp = np.linspace(0, 20, 400)[:, None] + 0.1 * rng.normal(size=(400, 1))
+    >>> rows = np.hstack([noise, ramp])
+    >>> windows = np.stack([rows[i : i + 30] for i in range(371)])
+    >>> noise_ratio, ramp_ratio = drift_ratio(windows, np.full(2, 1e-6))
+    >>> bool(noise_ratio < 1.5), bool(ramp_ratio > 1000)
+    (True, True)
+    """
+    values = np.asarray(windows, dtype=np.float64)
+    length = values.shape[1]
+    noise = np.maximum(values.var(axis=1).mean(axis=0), np.square(floor)) / length
+    ratio = values.mean(axis=1).var(axis=0) / noise
+    steadiest = max(float(ratio.min()), 1.0)
+    relative: FloatArray = np.maximum(ratio / steadiest, 1.0)
+    return relative
 
 
 def split_holdout(windows: FloatArray, share: float) -> tuple[FloatArray, FloatArray]:

@@ -23,7 +23,8 @@ def plot_results(results: Sequence[FileResult], path: Path) -> None:
     for (sensors_ax, score_ax), r in zip(axes, results, strict=True):
         minutes = (r.ts - r.ts[0]) / 60
         std = np.maximum(r.values.std(axis=0), 1e-9)
-        sensors_ax.plot(minutes, (r.values - r.values.mean(axis=0)) / std, lw=0.6)
+        lines = sensors_ax.plot(minutes, (r.values - r.values.mean(axis=0)) / std, lw=0.6)
+        sensors_ax.legend(lines, r.sensors, loc="upper left", fontsize=6, ncol=4)
         sensors_ax.set_title(f"{Path(r.name).name}: sensors (z-scored)", fontsize=9)
         score_minutes = (r.score_ts - r.ts[0]) / 60
         score_ax.semilogy(score_minutes, np.maximum(r.scores, 1e-6), lw=0.7, label="score")

@@ -55,7 +55,8 @@ MAX_CALL_MODELS = 64
 TRIM_AFTER_BYTES = 32 << 20
 
 Scored = tuple[FloatArray, FloatArray]  # scores [windows], per-sensor errors [windows, sensors]
-GroupKey = tuple[str, tuple[tuple[str, float], ...], int, int]
+# Family, its params, window length, sensor count, and the offset weight of the errors.
+GroupKey = tuple[str, tuple[tuple[str, float], ...], int, int, float]
 
 
 def group_key(detector: Detector) -> GroupKey | None:
@@ -64,7 +65,7 @@ def group_key(detector: Detector) -> GroupKey | None:
     if settings.kind not in STACKABLE:
         return None
     params = tuple(sorted((k, float(v)) for k, v in settings.params.items()))
-    return settings.kind, params, detector.window, len(detector.sensors)
+    return settings.kind, params, detector.window, len(detector.sensors), settings.offset_weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class StackedGroup:
 
     def __init__(self, key: GroupKey, template: Detector) -> None:
         self.key = key
-        kind, _, window, n_sensors = key
+        kind, _, window, n_sensors, _ = key
         with torch.device("meta"):
             self.base: Autoencoder = build_model(
                 kind, window, n_sensors, dict(template.settings.params)
@@ -188,8 +189,7 @@ class StackedGroup:
         with torch.no_grad():
             torch.index_select(self.weights, 0, torch.from_numpy(slots), out=rows)
             xt = torch.from_numpy(scaled)
-            errors = sensor_errors(self._forward(rows, xt), xt)
-        return errors.numpy()
+            return sensor_errors(self._forward(rows, xt) - xt, self.key[4])
 
     def _choose_forward(self, template: Detector) -> BatchedForward:
         """The family's batched forward if it gives what vmap gives, else vmap."""
