@@ -124,7 +124,7 @@ def _facts(facts: dict[str, Any]) -> list[str]:
 
 def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = commands.add_parser(
-        "evaluate", help="replay labelled SKAB-format CSV files, print metrics"
+        "evaluate", help="replay labelled SKAB or NAB CSV files, print metrics"
     )
     ev.add_argument(
         "--config", type=Path, help="TOML config (default: $AEMON_CONFIG, else the defaults)"
@@ -134,6 +134,9 @@ def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     ev.add_argument("--plot", type=Path, help="write a PNG of every file (needs the [bench] extra)")
     ev.add_argument("--base", type=Path, help="normal history to pre-train on first")
+    ev.add_argument(
+        "--labels", type=Path, help="NAB files' label windows (e.g. NAB's combined_windows.json)"
+    )
     ev.add_argument("csv", type=Path, nargs="+")
 
 

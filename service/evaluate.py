@@ -1,4 +1,7 @@
-"""`aemon evaluate`: replays labelled SKAB-format CSV files through `window -> detector -> alert`.
+"""`aemon evaluate`: replays labelled CSV files through `window -> detector -> alert`.
+
+Two formats: SKAB (`;`-separated, `datetime`, sensor columns, `anomaly`, `changepoint`) and
+NAB (`timestamp,value`, labelled by a windows JSON such as NAB's `combined_windows.json`).
 
 Per file, a fresh detector is fitted on the windows of the first `warmup` rows (assumed
 normal, as SKAB's leaderboard does); the rest is streamed causally through the daemon's own
@@ -62,6 +65,8 @@ ScorerFactory = Callable[[tuple[str, ...]], Scorer]
 
 @dataclass(frozen=True)
 class SkabFile:
+    """A labelled file in memory, whichever format it was read from."""
+
     name: str
     sensors: tuple[str, ...]
     ts: TimeArray  # the file's naive local time read as UTC
@@ -94,6 +99,76 @@ def read_skab(path: Path) -> SkabFile:
 
 def _parse_time(text: str) -> float:
     return datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+# NAB: a file's label windows, keyed by its path under NAB's data/ folder.
+NabWindows = dict[str, list[tuple[float, float]]]
+
+
+def read_nab_windows(path: Path) -> NabWindows:
+    """NAB's label format: `{"<dir>/<file>.csv": [["<start>", "<end>"], ...], ...}`."""
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected an object of file -> windows")
+    try:
+        return {
+            str(key): [(_parse_iso(a), _parse_iso(b)) for a, b in windows]
+            for key, windows in document.items()
+        }
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: windows must be [start, end] timestamp pairs ({exc})") from None
+
+
+def _parse_iso(text: str) -> float:
+    """NAB's times (`2013-12-10 06:25:00.000000`); naive times are read as UTC."""
+    stamp = datetime.fromisoformat(text.strip())
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+def windows_for(labels: NabWindows, path: Path) -> list[tuple[float, float]]:
+    """The windows whose key is a tail of `path` (`realKnownCause/x.csv` matches
+    `.../realKnownCause/x.csv`), else the one key with the same file name."""
+    posix = path.as_posix()
+    by_tail = [k for k in labels if posix == k or posix.endswith("/" + k)]
+    by_name = [k for k in labels if Path(k).name == path.name]
+    keys = by_tail or by_name
+    if len(keys) != 1:
+        found = "no" if not keys else f"{len(keys)} ({', '.join(sorted(keys))})"
+        raise ValueError(f"{path}: {found} label keys match this file")
+    return labels[keys[0]]
+
+
+def read_nab(path: Path, windows: list[tuple[float, float]]) -> SkabFile:
+    """A NAB file (`timestamp,value`): one sensor, `value`; a row is anomalous inside a
+    label window, and each window's first row is its changepoint."""
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    header = [h.strip() for h in rows[0]]
+    if header != ["timestamp", "value"]:
+        raise ValueError(f"{path}: a NAB file has the columns timestamp,value, not {header}")
+    ts = np.array([_parse_iso(r[0]) for r in rows[1:]], dtype=np.float64)
+    values = np.array([[float(r[1])] for r in rows[1:]], dtype=np.float32)
+    if np.any(np.diff(ts) <= 0):
+        raise ValueError(f"{path}: timestamps must increase strictly")
+    anomaly = np.zeros(len(ts), dtype=bool)
+    changepoint = np.zeros(len(ts), dtype=bool)
+    for start, end in windows:
+        inside = (ts >= start) & (ts <= end)
+        anomaly |= inside
+        if inside.any():
+            changepoint[np.argmax(inside)] = True
+    return SkabFile(str(path), ("value",), ts, values, anomaly, changepoint)
+
+
+def read_labelled(path: Path, labels: NabWindows | None) -> SkabFile:
+    """SKAB or NAB, told apart by the header line; NAB files need `labels`."""
+    with path.open(newline="") as f:
+        first = f.readline()
+    if first.split(",")[0].strip() != "timestamp":
+        return read_skab(path)
+    if labels is None:
+        raise ValueError(f"{path}: a NAB file needs --labels (a windows JSON)")
+    return read_nab(path, windows_for(labels, path))
 
 
 @dataclass
@@ -253,10 +328,11 @@ def evaluate_paths(
     warmup: int,
     factory: ScorerFactory,
     on_file: Callable[[FileResult], None] | None = None,
+    labels: NabWindows | None = None,
 ) -> list[FileResult]:
     results = []
     for path in paths:
-        result = evaluate_file(read_skab(path), settings, warmup, factory)
+        result = evaluate_file(read_labelled(path, labels), settings, warmup, factory)
         results.append(result)
         if on_file is not None:
             on_file(result)
@@ -270,10 +346,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             update={"model": settings.model.model_copy(update={"kind": args.model})}
         )
     try:
-        base = read_skab(args.base) if args.base else None
+        labels = read_nab_windows(args.labels) if args.labels else None
+        base = read_labelled(args.base, labels) if args.base else None
         factory = default_factory(settings, base)
         with _progress(len(args.csv)) as advance:
-            results = evaluate_paths(args.csv, settings, args.warmup, factory, advance)
+            results = evaluate_paths(args.csv, settings, args.warmup, factory, advance, labels)
         if args.plot:
             from service.evaluate_plot import plot_results
 

@@ -1,4 +1,4 @@
-"""`aemon evaluate` on small SKAB-format files generated here."""
+"""`aemon evaluate` on small SKAB-format and NAB-format files generated here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from service.config import Settings, ThresholdSettings
-from service.evaluate import evaluate_file, read_skab, summarise
+from service.evaluate import (
+    evaluate_file,
+    read_labelled,
+    read_nab_windows,
+    read_skab,
+    summarise,
+    windows_for,
+)
 from service.types import FloatArray
 
 SENSORS = ("Accelerometer1RMS", "Current", "Pressure", "Volume Flow RateRMS")
@@ -151,3 +158,77 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     png = tmp_path / "out.png"
     plot_results([result, result], png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def write_nab(path: Path, rows: int, anomaly: tuple[int, int], step_s: int = 1) -> None:
+    """NAB's layout: `timestamp,value`, a level shift over `anomaly` rows."""
+    rng = np.random.default_rng(3)
+    lines = ["timestamp,value"]
+    for i in range(rows):
+        value = 50 + 5 * np.sin(i / 9) + rng.normal(0, 0.2) + (40 if i in range(*anomaly) else 0)
+        stamp = START + timedelta(seconds=i * step_s)
+        lines.append(f"{stamp:%Y-%m-%d %H:%M:%S},{value:.4f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def nab_labels(path: Path, windows: dict[str, list[tuple[int, int]]], step_s: int = 1) -> Path:
+    """A NAB windows JSON, row numbers turned into NAB's timestamp strings."""
+
+    def stamp(row: int) -> str:
+        return f"{START + timedelta(seconds=row * step_s):%Y-%m-%d %H:%M:%S.%f}"
+
+    document = {k: [[stamp(a), stamp(b)] for a, b in w] for k, w in windows.items()}
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_nab_rows_inside_a_label_window_are_anomalous(tmp_path: Path) -> None:
+    data_file = tmp_path / "realKnownCause" / "machine.csv"
+    write_nab(data_file, 12, (4, 7), step_s=300)
+    labels = read_nab_windows(
+        nab_labels(tmp_path / "w.json", {"realKnownCause/machine.csv": [(4, 6)]}, 300)
+    )
+    data = read_labelled(data_file, labels)
+    assert data.sensors == ("value",)
+    assert data.values.shape == (12, 1)
+    assert data.ts[1] - data.ts[0] == 300
+    assert data.ts[0] == START.replace(tzinfo=UTC).timestamp()
+    assert np.flatnonzero(data.anomaly).tolist() == [4, 5, 6]
+    assert np.flatnonzero(data.changepoint).tolist() == [4]
+
+
+def test_label_keys_match_by_path_tail_then_by_name(tmp_path: Path) -> None:
+    windows = {"a/x.csv": [(1.0, 2.0)], "b/x.csv": [(3.0, 4.0)], "c/y.csv": []}
+    assert windows_for(windows, tmp_path / "b" / "x.csv") == [(3.0, 4.0)]
+    assert windows_for(windows, tmp_path / "elsewhere" / "y.csv") == []
+    with pytest.raises(ValueError, match="2 "):
+        windows_for(windows, tmp_path / "elsewhere" / "x.csv")
+    with pytest.raises(ValueError, match="no label keys"):
+        windows_for(windows, tmp_path / "z.csv")
+
+
+def test_a_nab_file_without_labels_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    write_nab(path, 10, (4, 6))
+    with pytest.raises(ValueError, match="--labels"):
+        read_labelled(path, None)
+
+
+def test_evaluate_json_end_to_end_on_nab(tmp_path: Path) -> None:
+    path = tmp_path / "realTweets" / "spike.csv"
+    write_nab(path, 700, (500, 620))
+    labels = nab_labels(tmp_path / "combined_windows.json", {"realTweets/spike.csv": [(500, 619)]})
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "evaluate", "--json", "--labels", str(labels), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"AEMON_MODEL__EPOCHS": "20", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["files"], summary["rows"]) == (1, 300)
+    # A shift of 200 noise standard deviations is found.
+    assert summary["recall"] > 0.8
