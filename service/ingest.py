@@ -176,9 +176,32 @@ class Ingestor:
                 result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
                 return
             ts, values = parsed.ts, parsed.values
-        ts = event_time(ts, received_at)
+        self._values(result, machine, event_time(ts, received_at), values, received_at)
+
+    def _values(
+        self,
+        result: IngestResult,
+        machine: str,
+        ts: float,
+        values: dict[str, Any],
+        received_at: float,
+    ) -> None:
+        """What `_add` decides for each value, with the common case decided inline: a
+        batch's readings cost more here than anywhere else in the daemon. A record's time
+        is checked once; a value is taken at once when it is a finite float of a known
+        sensor, and anything else goes to `_add`, which gives the reason."""
+        known = self.declared.get(machine)
+        if not (math.isfinite(ts) and ts <= received_at + self.future_tolerance):
+            for sensor, value in values.items():
+                self._add(result, machine, sensor, ts, value, received_at)
+            return
+        append = result.readings.append
+        isfinite = math.isfinite
         for sensor, value in values.items():
-            self._add(result, machine, sensor, ts, value, received_at)
+            if type(value) is float and isfinite(value) and (known is None or sensor in known):
+                append(_new_reading(Reading, (machine, sensor, ts, value)))
+            else:
+                self._add(result, machine, sensor, ts, value, received_at)
 
     def _add(
         self,
@@ -212,6 +235,8 @@ class Ingestor:
         return None, ""
 
 
+# `Reading(...)` without its Python-level `__new__`: the same tuple, built in half the time.
+_new_reading = tuple.__new__
 # JSON numbers as orjson and json decode them (a bool is no number here).
 _NUMBERS = frozenset({int, float})
 # Integer timestamps beyond this go to pydantic, which refuses what overflows a float.

@@ -114,8 +114,17 @@ class Pipeline(Worker):
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
+        min_cycle = self.settings.pipeline.min_cycle
         while not self._stopping.is_set() or self._draining():
+            started = time.monotonic()
             self.cycle(timeout=0.1)
+            # A cycle woken by every message would take one or two, score a window or two
+            # per model call, and fight paho's thread for the GIL after each of its socket
+            # calls. Sleeping the rest lets the queue fill while paho runs alone; a stop
+            # ends the sleep (the drain then cycles without it).
+            rest = min_cycle - (time.monotonic() - started)
+            if rest > 0:
+                self._stopping.wait(rest)
         left = self.queue.qsize()
         if left:
             log.warning("pipeline_stopped_with_queue", messages=left)
@@ -134,13 +143,18 @@ class Pipeline(Worker):
         if batches and self.fault_armed:
             raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
         touched: dict[str, MachineRuntime] = {}
+        received: dict[str, int] = {}
         accepted: dict[str, int] = {}
         for batch in batches:
             # A message's readings are of one machine: route runs, not single readings.
             for machine, run in groupby(batch.readings, _MACHINE):
-                self._route(machine, list(run), touched, accepted)
+                readings = list(run)
+                received[machine] = received.get(machine, 0) + len(readings)
+                self._route(machine, readings, touched, accepted)
             if batch.ack is not None:
                 batch.ack()
+        for name, count in received.items():
+            self.metrics.received_of[name].inc(count)
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
         # Only a new reading moves a machine's watermark, so only these can have windows.
