@@ -30,6 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.types import Reading, Rejection, RejectReason
 
 _TEMPLATE_FIELD = re.compile(r"\{(machine|sensor)\}")
+# Topics whose match is remembered (1,000 machines x 32 sensors fit; a flood of made-up
+# topics cannot grow it further).
+MAX_CACHED_TOPICS = 65_536
 
 
 class _Record(BaseModel):
@@ -108,6 +111,7 @@ class Ingestor:
         self.future_tolerance = future_tolerance
         self.declared = {m: frozenset(s) for m, s in (declared or {}).items()}
         self.allow_undeclared = allow_undeclared
+        self._matched: dict[str, tuple[TopicTemplate, str, str | None]] = {}
 
     @property
     def subscriptions(self) -> list[str]:
@@ -139,10 +143,18 @@ class Ingestor:
         return result
 
     def _match(self, topic: str) -> tuple[TopicTemplate, str, str | None] | None:
+        # A plant has a fixed set of topics, one message per reading on per-sensor ones:
+        # remembering the matches saves the regexes for almost every message.
+        matched = self._matched.get(topic)
+        if matched is not None:
+            return matched
         for template in self.templates:
             m = template.pattern.match(topic)
             if m is not None:
-                return template, m["machine"], m.groupdict().get("sensor")
+                matched = template, m["machine"], m.groupdict().get("sensor")
+                if len(self._matched) < MAX_CACHED_TOPICS:
+                    self._matched[topic] = matched
+                return matched
         return None
 
     def _sensor_record(
