@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from service import heap
 from service.config import Settings
 from service.detector import Detector
 from service.finetune import FineTuner, FitJob, FitResult
@@ -43,6 +44,9 @@ _MACHINE = attrgetter("machine")
 # a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
 # queued hundreds of MB.
 MAX_QUEUED_JOBS = 4
+# Seconds between freezes of the long-lived objects (service.heap.freeze): a plant's first
+# fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
+FREEZE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,9 @@ class Pipeline(Worker):
         self._drain_until = 0.0
         # Machines whose description or gauges may have changed since the last cycle.
         self._changed: dict[str, MachineRuntime] = {}
+        # The first cycle freezes what start-up made: imports, saved models, runtimes.
+        self._installed_since_freeze = True
+        self._frozen_at = -FREEZE_INTERVAL
         self._snapshot: dict[str, dict[str, Any]] = {}
         self._snapshot_lock = threading.Lock()
         self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
@@ -164,6 +171,16 @@ class Pipeline(Worker):
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
         self._publish_snapshot()
+        self._maybe_freeze()
+
+    def _maybe_freeze(self) -> None:
+        """After models are installed, their objects (and the runtimes') are long-lived:
+        frozen, the collector's full collections stop walking them (service.heap.freeze)."""
+        now = time.monotonic()
+        if self._installed_since_freeze and now - self._frozen_at >= FREEZE_INTERVAL:
+            self._installed_since_freeze = False
+            self._frozen_at = now
+            log.info("gc_frozen", objects=heap.freeze())
 
     def _advance(self, runtime: MachineRuntime) -> list[Window]:
         windows = runtime.advance()
@@ -248,6 +265,7 @@ class Pipeline(Worker):
             detector = result.detector
             if result.initial:
                 backlog = runtime.install(detector)
+                self._installed_since_freeze = True
             else:
                 runtime.tuned(detector)
                 backlog = []
