@@ -151,6 +151,19 @@ def box_share(before: tuple[float, float]) -> float:
     return (busy - before[0]) / max(1.0, total - before[1])
 
 
+def box_niced() -> tuple[float, float]:
+    """(niced, total) CPU jiffies of the whole box: background work run under `nice`
+    (another session's test runs, say) shows here, the benchmark's own processes do not."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[1], sum(fields)
+
+
+def niced_share(before: tuple[float, float]) -> float:
+    """Share of the box's CPU spent in niced processes since `before`."""
+    niced, total = box_niced()
+    return (niced - before[0]) / max(1.0, total - before[1])
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 

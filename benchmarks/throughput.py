@@ -1,15 +1,22 @@
 """Throughput through a real Mosquitto: the raw ceiling, then the daemon, in one run.
 
-    python -m benchmarks.throughput [--machines 200] [--sensors 8] [--rows 40] [--batch-rows 150]
+    python -m benchmarks.throughput [--machines 200] [--sensors 8] [--rows 40]
+                                    [--batch-rows 600] [--profile spy.txt]
 
 Everything runs on 127.0.0.1: a Mosquitto of its own (free port, nothing dropped), the
 daemon as a process (`python -m service run`), and the load generator in another process.
 
-(a) ceiling: a paho subscriber that only counts receives a burst of per-sensor messages;
+Every phase is *preloaded*, so that the publisher is no limit: the subscriber holds a
+persistent MQTT 5 session with QoS 1 subscriptions and is stopped (SIGSTOP, by PID) while
+the whole burst is published and acknowledged by the broker, which queues it; the clock
+starts when the subscriber is resumed (SIGCONT) and it drains the queue.
+
+(a) ceiling: a paho subscriber (its own process, MQTT 5, QoS 1, acknowledging each message)
+    that only counts; its rate is messages over the time from resume to the last message;
 (b) the daemon, all machines already past learning: per-sensor messages `plant/<m>/<s>`
     (`{"ts", "value"}`), then per-machine batches `plant/<m>` (a list of records). The
-    rate is readings accepted (from /metrics) over the time from the first publish to the
-    last reading accepted; windows scored are read the same way.
+    rate is readings accepted (from /metrics) over the time from resume until every
+    reading is accepted and every window it completes is scored.
 
 Prints a table and one JSON line. Each phase has a deadline, so a run stays bounded.
 """
@@ -19,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing as mp
+import os
 import shutil
 import signal
 import subprocess
@@ -28,12 +37,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from benchmarks.common import (
     BENCH_CONFIG,
@@ -43,9 +55,11 @@ from benchmarks.common import (
     Message,
     batch_messages,
     box_busy,
+    box_niced,
     box_share,
     learn,
     loadavg,
+    niced_share,
     value,
 )
 from tests.support import Daemon, Mosquitto, metric_value, running
@@ -64,52 +78,109 @@ def per_sensor_messages(
 
 
 # -- the raw ceiling -----------------------------------------------------------------------
-class Counter:
-    """A paho subscriber that only counts (and notes when the last message came)."""
+class Tally:
+    """Counts messages and notes when the first and the last came."""
 
-    def __init__(self, port: int, topic: str, expected: int) -> None:
-        self.count = 0
+    def __init__(self, expected: int) -> None:
         self.expected = expected
+        self.count = 0
+        self.first = 0.0
         self.last = 0.0
         self.done = threading.Event()
-        subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not subscribed.wait(10):
-            raise RuntimeError("counter not subscribed")
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        now = time.time()
+        if not self.count:
+            self.first = now
         self.count += 1
+        self.last = now
         if self.count >= self.expected:
-            self.last = time.time()
             self.done.set()
 
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+
+def _count(port: int, topic: str, expected: int, conn: Connection) -> None:
+    """Child process: a paho subscriber that only counts. Like the daemon it holds a
+    persistent MQTT 5 session with a QoS 1 subscription (paho acknowledges each message),
+    so the broker queues for it while it is stopped. Reports (count, first, last)."""
+    tally = Tally(expected)
+    subscribed = threading.Event()
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"counter-{os.getpid()}", protocol=paho.MQTTv5
+    )
+    client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = tally.on_message
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 600
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    conn.send(subscribed.wait(10))
+    tally.done.wait(150)
+    client.loop_stop()
+    client.disconnect()
+    conn.send((tally.count, tally.first, tally.last))
+
+
+class CountingSubscriber:
+    """The count-only subscriber as a process, so that it can be stopped like the daemon."""
+
+    def __init__(self, port: int, topic: str, expected: int) -> None:
+        self.conn, child = mp.Pipe()
+        self.proc = mp.Process(target=_count, args=(port, topic, expected, child))
+        self.proc.start()
+        if not self.conn.poll(30) or not self.conn.recv():
+            self.proc.kill()
+            raise RuntimeError("counter not subscribed")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def result(self, timeout: float) -> tuple[int, float, float]:
+        if not self.conn.poll(timeout):
+            self.proc.kill()
+            raise RuntimeError("counter did not finish")
+        counted: tuple[int, float, float] = self.conn.recv()
+        self.proc.join(10)
+        return counted
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP `pid` while the body runs (the broker queues its session's messages), SIGCONT
+    after: the subscriber then drains a full queue, and the publisher is no limit."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def preload(pid: int, port: int, messages: list[Message]) -> tuple[float, float, float]:
+    """Publishes `messages` while `pid` is stopped; returns (publish start, publish end,
+    the time the subscriber was resumed)."""
+    load = Load(port, messages)
+    with paused(pid):
+        load.go()
+        pub_start, pub_end = load.finish()
+        resumed = time.time()
+    return pub_start, pub_end, resumed
 
 
 def ceiling(port: int, messages: int, machines: int, sensors: int) -> dict[str, float]:
     rows = max(1, messages // (machines * sensors))
     burst = list(per_sensor_messages("ceiling", machines, sensors, time.time(), rows))
-    counter = Counter(port, "ceiling/#", len(burst))
-    load = Load(port, burst)
-    try:
-        started = load.go()
-        counter.done.wait(150)
-        pub_start, pub_end = load.finish()
-    finally:
-        counter.close()
-    seconds = (counter.last or time.time()) - started
+    counter = CountingSubscriber(port, "ceiling/#", len(burst))
+    pub_start, pub_end, resumed = preload(counter.pid, port, burst)
+    count, first, last = counter.result(160)
+    seconds = last - resumed
     return {
         "messages": len(burst),
-        "received": counter.count,
+        "received": count,
         "seconds": seconds,
-        "rate": counter.count / seconds,
+        "first_after": first - resumed,
+        "rate": count / seconds,
         "publish_rate": len(burst) / (pub_end - pub_start),
     }
 
@@ -120,6 +191,7 @@ class Counters:
     accepted: float
     rejected: float
     scored: float
+    calls: float  # scoring calls (one per pipeline cycle with windows to score)
 
     @classmethod
     def read(cls, daemon: Daemon) -> Counters:
@@ -128,45 +200,63 @@ class Counters:
             metric_value(text, "aemon_readings_accepted_total"),
             metric_value(text, "aemon_readings_rejected_total"),
             metric_value(text, "aemon_windows_scored_total"),
+            metric_value(text, "aemon_scoring_latency_seconds_count"),
         )
 
 
 def daemon_phase(
-    daemon: Daemon, port: int, messages: list[Message], readings: int, windows: int
+    daemon: Daemon,
+    port: int,
+    messages: list[Message],
+    readings: int,
+    windows: int,
+    profile: Path | None,
 ) -> dict[str, float]:
-    """Publishes `messages`; times the daemon until it has taken in all `readings` and
-    scored the `windows` they complete."""
+    """Publishes `messages` while the daemon is stopped, resumes it and times it until it
+    has taken in all `readings` and scored the `windows` they complete."""
     before = Counters.read(daemon)
-    load = Load(port, messages)
-    started = load.go()
-    pub_start, pub_end = load.finish()
+    pub_start, pub_end, resumed = preload(daemon.pid, port, messages)
     deadline = time.monotonic() + 120
     accepted_at: float | None = None
-    while True:
-        now = Counters.read(daemon)
-        taken = now.accepted - before.accepted + now.rejected - before.rejected
-        if accepted_at is None and taken >= readings:
-            accepted_at = time.time()
-        if (taken >= readings and now.scored - before.scored >= windows) or (
-            time.monotonic() > deadline
-        ):
-            break
-        time.sleep(0.25)  # a scrape costs the daemon CPU: not too often
+    with profiled(daemon.pid, profile):
+        pause = 0.25
+        while True:
+            time.sleep(pause)
+            now = Counters.read(daemon)
+            taken = now.accepted - before.accepted + now.rejected - before.rejected
+            pause = next_poll(taken / readings, time.time() - resumed)
+            if accepted_at is None and taken >= readings:
+                accepted_at = time.time()
+            if (taken >= readings and now.scored - before.scored >= windows) or (
+                time.monotonic() > deadline
+            ):
+                break
     done_at = time.time()
     accepted = now.accepted - before.accepted
-    seconds = done_at - started
+    seconds = done_at - resumed
     return {
         "messages": len(messages),
         "readings": readings,
         "accepted": accepted,
         "rejected": now.rejected - before.rejected,
         "scored": now.scored - before.scored,
+        "scoring_calls": now.calls - before.calls,
         "seconds": seconds,
-        "accept_seconds": (accepted_at or done_at) - started,
+        "accept_seconds": (accepted_at or done_at) - resumed,
         "rate": accepted / seconds,
         "messages_per_s": len(messages) / seconds,
         "publish_rate": len(messages) / (pub_end - pub_start),
     }
+
+
+def next_poll(progress: float, elapsed: float) -> float:
+    """Seconds to the next scrape: a scrape of hundreds of machines costs the daemon 10-40 ms
+    of the GIL, so scrape rarely while far from done and often (the end's resolution) near
+    it. Half the predicted time left, within 0.05 - 1 s."""
+    if progress <= 0:
+        return 0.25
+    left = elapsed * (1 - progress) / progress
+    return min(1.0, max(0.05, left / 2))
 
 
 @contextlib.contextmanager
@@ -176,7 +266,21 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
         yield
         return
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [spy, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "50"]
+    # --gil: only the thread holding the GIL, i.e. where the one core Python code can use
+    # goes; threads waiting for the GIL would otherwise show wherever they wait.
+    command = [
+        spy,
+        "record",
+        "-p",
+        str(pid),
+        "-o",
+        str(out),
+        "--format",
+        "raw",
+        "-r",
+        "200",
+        "--gil",
+    ]
     proc = subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL)
     try:
         yield
@@ -208,7 +312,7 @@ def batch_profile(profile: Path | None) -> Path | None:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     m, s = args.machines, args.sensors
-    busy0, load0 = box_busy(), loadavg()
+    busy0, niced0, load0 = box_busy(), box_niced(), loadavg()
     broker = Mosquitto(workdir).start()
     daemon_dir = workdir / "daemon"
     daemon_dir.mkdir()
@@ -221,16 +325,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             learn_seconds = learn(daemon, broker.port, m, s, t0)
             t1 = t0 + LEARN_ROWS
             sensor_msgs = list(per_sensor_messages("plant", m, s, t1, args.rows))
-            with profiled(daemon.pid, args.profile):
-                per_sensor = daemon_phase(
-                    daemon, broker.port, sensor_msgs, len(sensor_msgs), m * args.rows
-                )
+            per_sensor = daemon_phase(
+                daemon, broker.port, sensor_msgs, len(sensor_msgs), m * args.rows, args.profile
+            )
             t2 = t1 + args.rows
             batches = list(batch_messages(m, s, t2, args.batch_rows, args.batch_size))
-            with profiled(daemon.pid, batch_profile(args.profile)):
-                batch = daemon_phase(
-                    daemon, broker.port, batches, m * s * args.batch_rows, m * args.batch_rows
-                )
+            batch = daemon_phase(
+                daemon,
+                broker.port,
+                batches,
+                m * s * args.batch_rows,
+                m * args.batch_rows,
+                batch_profile(args.profile),
+            )
     return {
         "machines": m,
         "sensors": s,
@@ -241,6 +348,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ratio_per_sensor": per_sensor["rate"] / ceil["rate"],
         "ratio_batch": batch["rate"] / ceil["rate"],
         "box_cpu_busy": box_share(busy0),
+        "box_cpu_niced": niced_share(niced0),
         "loadavg_1m": [load0, loadavg()],
     }
 
@@ -251,11 +359,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"learning took {result['learn_seconds']:.0f} s"
     )
     header = f"{'phase':<28}{'messages':>10}{'readings/s':>12}{'msgs/s':>10}{'pub msgs/s':>12}"
-    print(header + f"{'rejected':>10}{'scored':>9}")
+    print(header + f"{'rejected':>10}{'scored':>9}{'calls':>7}")
     c = result["ceiling"]
     print(
         f"{'ceiling (count only)':<28}{c['messages']:>10}{c['rate']:>12.0f}{c['rate']:>10.0f}"
-        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}"
+        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}{'-':>7}"
     )
     for key, label in (
         ("per_sensor", "daemon, per-sensor"),
@@ -265,10 +373,12 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{label:<28}{p['messages']:>10}{p['rate']:>12.0f}{p['messages_per_s']:>10.0f}"
             f"{p['publish_rate']:>12.0f}{p['rejected']:>10.0f}{p['scored']:>9.0f}"
+            f"{p['scoring_calls']:>7.0f}"
         )
     print(
-        f"box CPU busy {result['box_cpu_busy']:.0%}, load average {result['loadavg_1m']} "
-        "(start, end; other processes on the box lower every figure)"
+        f"box CPU busy {result['box_cpu_busy']:.0%} (this benchmark included), of which niced "
+        f"(others' background work) {result['box_cpu_niced']:.0%}; load average "
+        f"{result['loadavg_1m']} (start, end; other processes on the box lower every figure)"
     )
     print(
         f"daemon/ceiling: per-sensor {result['ratio_per_sensor']:.2f}, "
@@ -281,7 +391,7 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--sensors", type=int, default=8)
     parser.add_argument("--rows", type=int, default=40, help="per-sensor phase: seconds of data")
-    parser.add_argument("--batch-rows", type=int, default=150, help="batch phase: seconds")
+    parser.add_argument("--batch-rows", type=int, default=600, help="batch phase: seconds")
     parser.add_argument("--batch-size", type=int, default=10, help="records per batch message")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the per-sensor phase")
     args = parser.parse_args()

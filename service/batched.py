@@ -6,7 +6,7 @@ giving up the GIL and winning it back from paho's thread (and from the fine-tune
 while it trains). The Linear-stack families need only a `baddbmm` per layer: with the
 weights of `k` models as rows `[k, n_weights]` and windows `[k, batch, time, sensors]`,
 these forwards cost a third of the vmapped one, and half of its p99 while a fine-tune
-runs (see `benchmarks/README-section.md`).
+runs (measured with `benchmarks/latency.py` when they were written).
 
 Each is the family's `forward` in eval mode, layer by layer, read from the module itself
 (`nn.Sequential` of `nn.Linear` and `nn.GELU`); a layer of another kind raises

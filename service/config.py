@@ -273,6 +273,15 @@ class AlertSettings(Section):
 
 class PipelineSettings(Section):
     max_batch: int = Field(5000, ge=1, description="Messages taken from the queue per cycle.")
+    min_cycle: float = Field(
+        0.005,
+        ge=0,
+        le=1.0,
+        description="Seconds a pipeline cycle lasts at least: a shorter one sleeps the rest, "
+        "so that under load each cycle takes many messages and scores many windows in one "
+        "model call, and paho's thread runs alone meanwhile. Adds up to this much latency "
+        "(20 ms gave the same throughput as 5 ms and alert latency p50 34 ms against 9 ms).",
+    )
     drain_timeout: float = Field(5.0, ge=0, description="Shutdown: seconds to drain the queue.")
     switch_interval: float = Field(
         0.001,

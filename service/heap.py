@@ -1,4 +1,5 @@
-"""Handing freed memory back to the operating system (glibc's `malloc_trim`).
+"""Handing freed memory back to the operating system (glibc's `malloc_trim`), and keeping
+the long-lived objects out of the cyclic garbage collector's full collections.
 
 glibc keeps freed chunks in its arenas and returns pages to the system only from an
 arena's top. Memory freed in the middle of an arena, between objects that live on, stays
@@ -13,6 +14,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import gc
 from collections.abc import Callable
 
 import structlog
@@ -36,3 +38,15 @@ def trim() -> bool:
     if _MALLOC_TRIM is None:
         return False
     return bool(_MALLOC_TRIM(0))
+
+
+def freeze() -> int:
+    """Moves every object the cyclic collector tracks into its permanent generation; returns
+    how many are frozen now. A full collection walks every tracked object: at 1,000
+    machines (models, runtimes, buffers) about half a million, 200 ms during which no
+    thread runs, and it comes whenever a quarter as many again have survived since the
+    last, e.g. while fine-tunes are promoted. Frozen objects are still freed by reference
+    counting; only cyclic garbage frozen with them stays, so this is done rarely (after
+    models are installed), not per cycle."""
+    gc.freeze()
+    return gc.get_freeze_count()

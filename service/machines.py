@@ -181,11 +181,15 @@ class MachineRuntime:
     def add_many(self, readings: list[Reading]) -> list[Rejection]:
         """`add` for a run of readings; returns the rejections (the rest were taken)."""
         rejections = []
-        for reading in readings:
-            windower = self.windower
-            rejection = self._discover(reading) if windower is None else windower.add(reading)
+        start = 0
+        # Discovery may fix the sensor set part-way through: the rest go onto the grid.
+        while self.windower is None and start < len(readings):
+            rejection = self._discover(readings[start])
             if rejection is not None:
                 rejections.append(rejection)
+            start += 1
+        if self.windower is not None and start < len(readings):
+            rejections += self.windower.add_many(readings[start:] if start else readings)
         if self.windower is not None and math.isfinite(self.windower.newest_ts):
             self.newest_ts = self.windower.newest_ts
         return rejections

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from service import heap
 from service.config import Settings
 from service.detector import Detector
 from service.finetune import FineTuner, FitJob, FitResult
@@ -43,6 +44,9 @@ _MACHINE = attrgetter("machine")
 # a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
 # queued hundreds of MB.
 MAX_QUEUED_JOBS = 4
+# Seconds between freezes of the long-lived objects (service.heap.freeze): a plant's first
+# fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
+FREEZE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,20 @@ class Batch:
     # Called once the readings are taken in (counted accepted or rejected): the MQTT
     # message is acknowledged only then, so the broker re-sends what a crash lost.
     ack: Callable[[], None] | None = None
+
+
+def _by_machine(batches: list[Batch]) -> dict[str, list[Reading]]:
+    """The batches' readings per machine, each machine's in arrival order."""
+    runs: dict[str, list[Reading]] = {}
+    for batch in batches:
+        # A message's readings are of one machine; groupby keeps a mixed list right too.
+        for machine, run in groupby(batch.readings, _MACHINE):
+            readings = runs.get(machine)
+            if readings is None:
+                runs[machine] = list(run)
+            else:
+                readings.extend(run)
+    return runs
 
 
 class Pipeline(Worker):
@@ -79,6 +97,9 @@ class Pipeline(Worker):
         self._drain_until = 0.0
         # Machines whose description or gauges may have changed since the last cycle.
         self._changed: dict[str, MachineRuntime] = {}
+        # The first cycle freezes what start-up made: imports, saved models, runtimes.
+        self._installed_since_freeze = True
+        self._frozen_at = -FREEZE_INTERVAL
         self._snapshot: dict[str, dict[str, Any]] = {}
         self._snapshot_lock = threading.Lock()
         self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
@@ -114,8 +135,17 @@ class Pipeline(Worker):
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
+        min_cycle = self.settings.pipeline.min_cycle
         while not self._stopping.is_set() or self._draining():
+            started = time.monotonic()
             self.cycle(timeout=0.1)
+            # A cycle woken by every message would take one or two, score a window or two
+            # per model call, and fight paho's thread for the GIL after each of its socket
+            # calls. Sleeping the rest lets the queue fill while paho runs alone; a stop
+            # ends the sleep (the drain then cycles without it).
+            rest = min_cycle - (time.monotonic() - started)
+            if rest > 0:
+                self._stopping.wait(rest)
         left = self.queue.qsize()
         if left:
             log.warning("pipeline_stopped_with_queue", messages=left)
@@ -135,12 +165,16 @@ class Pipeline(Worker):
             raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
         touched: dict[str, MachineRuntime] = {}
         accepted: dict[str, int] = {}
+        received = _by_machine(batches)
+        # One run per machine and cycle, in arrival order: per-sensor messages bring one
+        # reading each, and routing each alone cost more than taking it in.
+        for machine, readings in received.items():
+            self._route(machine, readings, touched, accepted)
         for batch in batches:
-            # A message's readings are of one machine: route runs, not single readings.
-            for machine, run in groupby(batch.readings, _MACHINE):
-                self._route(machine, list(run), touched, accepted)
             if batch.ack is not None:
                 batch.ack()
+        for name, readings in received.items():
+            self.metrics.received_of[name].inc(len(readings))
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
         # Only a new reading moves a machine's watermark, so only these can have windows.
@@ -150,6 +184,16 @@ class Pipeline(Worker):
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
         self._publish_snapshot()
+        self._maybe_freeze()
+
+    def _maybe_freeze(self) -> None:
+        """After models are installed, their objects (and the runtimes') are long-lived:
+        frozen, the collector's full collections stop walking them (service.heap.freeze)."""
+        now = time.monotonic()
+        if self._installed_since_freeze and now - self._frozen_at >= FREEZE_INTERVAL:
+            self._installed_since_freeze = False
+            self._frozen_at = now
+            log.info("gc_frozen", objects=heap.freeze())
 
     def _advance(self, runtime: MachineRuntime) -> list[Window]:
         windows = runtime.advance()
@@ -234,6 +278,7 @@ class Pipeline(Worker):
             detector = result.detector
             if result.initial:
                 backlog = runtime.install(detector)
+                self._installed_since_freeze = True
             else:
                 runtime.tuned(detector)
                 backlog = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +42,9 @@ class AlertState(StrEnum):
     RESOLVED = "resolved"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sensor value at one event time (Unix seconds)."""
+class Reading(NamedTuple):
+    """One sensor value at one event time (Unix seconds). A named tuple, not a frozen
+    dataclass: a batch makes one per value, and a tuple is built in half the time."""
 
     machine: str
     sensor: str

@@ -106,6 +106,30 @@ class MachineWindower:
         self.newest_ts = max(self.newest_ts, ts)
         return None
 
+    def add_many(self, readings: list[Reading]) -> list[Rejection]:
+        """`add` for many readings; returns the rejections. The usual reading (a known
+        sensor, newer than all it has pending, than its held value and the last step) is
+        appended inline; any other goes through `add`, which decides the rest."""
+        rejections: list[Rejection] = []
+        index, pendings, held, last_tick = self._index, self._pending, self._held_ts, self.last_tick
+        newest = self.newest_ts
+        for reading in readings:
+            _, sensor, ts, value = reading
+            i = index.get(sensor)
+            if i is not None:
+                pending = pendings[i]
+                if ts > last_tick and ts != held[i] and (not pending or ts > pending[-1][0]):
+                    pending.append((ts, value))
+                    newest = ts if ts > newest else newest  # max() is a call per reading
+                    continue
+            self.newest_ts = newest
+            rejection = self.add(reading)
+            newest = self.newest_ts
+            if rejection is not None:
+                rejections.append(rejection)
+        self.newest_ts = newest
+        return rejections
+
     def advance(self) -> list[Window]:
         """Emits the grid steps that no allowed late reading can change any more."""
         watermark = self.newest_ts - self.lateness
@@ -132,10 +156,15 @@ class MachineWindower:
 
     def _hold_until(self, tick: float) -> None:
         for i, pending in enumerate(self._pending):
+            if not pending or pending[0][0] > tick:
+                continue
+            # Usually one reading per sensor and step: no search needed.
+            if len(pending) == 1 or pending[1][0] > tick:
+                self._held_ts[i], self._held_value[i] = pending.pop(0)
+                continue
             taken = bisect.bisect_right(pending, (tick, math.inf))
-            if taken:
-                self._held_ts[i], self._held_value[i] = pending[taken - 1]
-                del pending[:taken]
+            self._held_ts[i], self._held_value[i] = pending[taken - 1]
+            del pending[:taken]
 
     def _append_row(self, tick: float) -> Window | None:
         row = self._next_row

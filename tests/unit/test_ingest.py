@@ -89,3 +89,20 @@ def test_undeclared_machines_can_be_refused() -> None:
     strict = Ingestor(("plant/{machine}",), 256, declared={"a": ("x",)}, allow_undeclared=False)
     assert reasons(strict, "plant/b", b'{"values": {"x": 1}}') == ["unknown_topic"]
     assert strict.parse("plant/a", b'{"values": {"x": 1}}', NOW).readings
+
+
+def test_remembered_topics_match_as_the_first_time(
+    ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = b'{"ts": 1699999999, "value": 1.5}'
+    first = ingestor.parse("plant/pump-7/pressure", payload, NOW)
+    again = ingestor.parse("plant/pump-7/pressure", payload, NOW)
+    assert again.readings == first.readings
+    assert again.machine == "pump-7"
+    assert reasons(ingestor, "other/pump-7", b"1") == ["unknown_topic"]
+    assert reasons(ingestor, "other/pump-7", b"1") == ["unknown_topic"]
+    monkeypatch.setattr("service.ingest.MAX_CACHED_TOPICS", 1)
+    fresh = Ingestor(("plant/{machine}/{sensor}",), max_payload_bytes=256)
+    for m in range(3):  # beyond the bound: matched every time, not remembered
+        assert fresh.parse(f"plant/m{m}/s", payload, NOW).readings[0].machine == f"m{m}"
+    assert fresh.parse("plant/m2/s", payload, NOW).readings[0].machine == "m2"

@@ -230,3 +230,43 @@ def test_received_equals_accepted_plus_rejected(messages: list[tuple[str, bytes]
     rejected = _sum(registry, "aemon_readings_rejected_total")
     assert received == accepted + rejected
     assert _sum(registry, "aemon_messages_received_total") == len(messages)
+
+
+# -- the batch fast path against `_add` for every value -------------------------------------
+class SlowIngestor(Ingestor):
+    """Every value of a per-machine record through `_add`: what the fast path replaced."""
+
+    def _values(
+        self,
+        result: IngestResult,
+        machine: str,
+        ts: float,
+        values: dict[str, Any],
+        received_at: float,
+    ) -> None:
+        for sensor, value in values.items():
+            self._add(result, machine, sensor, ts, value, received_at)
+
+
+SLOW_OPEN = SlowIngestor(TEMPLATES, max_payload_bytes=2048, future_tolerance=TOLERANCE)
+SLOW_CLOSED = SlowIngestor(
+    TEMPLATES,
+    max_payload_bytes=2048,
+    future_tolerance=TOLERANCE,
+    declared=DECLARED,
+    allow_undeclared=False,
+)
+machine_topics = st.sampled_from(["plant/pump-7", "plant/press-1"])
+
+
+@FUZZ
+@given(machine_topics, st.one_of(machine_record, st.lists(machine_record, max_size=5)))
+def test_the_batch_fast_path_takes_and_rejects_what_the_slow_path_does(
+    topic: str, document: Any
+) -> None:
+    payload = dumps(document)
+    for fast, slow in ((OPEN, SLOW_OPEN), (CLOSED, SLOW_CLOSED)):
+        got, want = fast.parse(topic, payload, NOW), slow.parse(topic, payload, NOW)
+        assert got.readings == want.readings
+        assert [type(r.value) for r in got.readings] == [type(r.value) for r in want.readings]
+        assert got.rejections == want.rejections

@@ -180,3 +180,33 @@ def test_the_windower_agrees_with_the_reference(
         assert new.newest_ts == old.newest_ts
     assert new.gaps == old.gaps
     assert new.last_tick == old.last_tick
+
+
+# A run of readings as one message brings them: (sensor, ts), in or out of order.
+runs = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 80).map(lambda t: t / 4)),
+        max_size=12,
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(runs, st.integers(1, 4), st.sampled_from([0.0, 1.5, 3.0]))
+def test_add_many_agrees_with_add_one_by_one(
+    stream: list[list[tuple[str, float]]], length: int, lateness: float
+) -> None:
+    args = ("m", ("a", "b"), 1.0, length, 1, 2.5, lateness)
+    many, one = MachineWindower(*args), MachineWindower(*args)
+    for k, run in enumerate(stream):
+        readings = [Reading("m", sensor, ts, float(k + i)) for i, (sensor, ts) in enumerate(run)]
+        got = many.add_many(readings)
+        want = [r for r in (one.add(reading) for reading in readings) if r is not None]
+        assert got == want
+        assert many.newest_ts == one.newest_ts
+        windows, expected = many.advance(), one.advance()
+        assert [w.end_ts for w in windows] == [w.end_ts for w in expected]
+        for g, w in zip(windows, expected, strict=True):
+            np.testing.assert_array_equal(g.values, w.values)
+    assert many.gaps == one.gaps
