@@ -286,7 +286,7 @@ def print_table(r: dict[str, Any]) -> None:
         ("daemon CPU", f"{r['cpu_cores']:.2f} cores ({r['cpu_cores'] / 2:.0%} of 2)"),
         ("daemon RSS end / peak", f"{r['rss_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB"),
         ("box CPU busy (all processes)", f"{r['box_cpu_busy']:.0%}"),
-        ("of which niced (others' background work)", f"{r['box_cpu_niced']:.0%}"),
+        ("of which niced (fine-tuner, background)", f"{r['box_cpu_niced']:.0%}"),
         ("load average 1 min (start, end)", f"{r['loadavg_1m']}"),
     ]
     for label, text in rows:
