@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,14 +111,10 @@ def test_too_short_a_file_is_refused(tmp_path: Path) -> None:
         evaluate_file(read_skab(path), Settings(), 400, LastValueScorer)
 
 
-def test_evaluate_json_end_to_end(tmp_path: Path) -> None:
-    files = []
-    for seed in (1, 2):
-        path = tmp_path / f"{seed}.csv"
-        write_skab(path, 700, (500, 620), seed=seed)
-        files.append(str(path))
+def evaluate_json(*args: str) -> dict[str, Any]:
+    """`aemon evaluate --json ARGS` as a user runs it (short fits), its summary."""
     done = subprocess.run(
-        [sys.executable, "-m", "service", "evaluate", "--json", *files],
+        [sys.executable, "-m", "service", "evaluate", "--json", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -125,7 +122,17 @@ def test_evaluate_json_end_to_end(tmp_path: Path) -> None:
         env={"AEMON_MODEL__EPOCHS": "20", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
+def test_evaluate_json_end_to_end(tmp_path: Path) -> None:
+    files = []
+    for seed in (1, 2):
+        path = tmp_path / f"{seed}.csv"
+        write_skab(path, 700, (500, 620), seed=seed)
+        files.append(str(path))
+    summary = evaluate_json(*files)
     keys = {"f1", "precision", "recall", "far", "mar", "nab_standard", "nab_low_fp"}
     assert keys | {"nab_low_fn", "files", "rows"} == set(summary)
     assert summary["files"] == 2
@@ -219,16 +226,7 @@ def test_evaluate_json_end_to_end_on_nab(tmp_path: Path) -> None:
     path = tmp_path / "realTweets" / "spike.csv"
     write_nab(path, 700, (500, 620))
     labels = nab_labels(tmp_path / "combined_windows.json", {"realTweets/spike.csv": [(500, 619)]})
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "evaluate", "--json", "--labels", str(labels), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={"AEMON_MODEL__EPOCHS": "20", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary = evaluate_json("--labels", str(labels), str(path))
     assert (summary["files"], summary["rows"]) == (1, 300)
     # A shift of 200 noise standard deviations is found.
     assert summary["recall"] > 0.8
