@@ -87,11 +87,33 @@ class TracedDaemon(Daemon):
         return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signals the daemon and waits for strace to end with it; if it does not, both
+        are killed by PID (no process outlives the test) and the failure says which PID
+        was signalled and what it was."""
         assert self.proc is not None
-        if self.proc.poll() is None and self.target is not None:
+        target = self.target or self._target_pid()
+        if self.proc.poll() is None and target is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.target, sig)
-        return self.proc.wait(timeout)
+                os.kill(target, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            what = _cmdline(target)
+            for pid in [p for p in (target, self.proc.pid) if p is not None]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError(
+                f"signal {sig} to pid {target} ({what}) under strace pid {self.proc.pid}: "
+                f"still running after {timeout} s"
+            ) from None
+
+
+def _cmdline(pid: int | None) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "gone"
 
 
 @dataclass
