@@ -92,13 +92,17 @@ def read_skab(path: Path) -> SkabFile:
             return np.zeros(len(body), dtype=bool)
         return np.array([float(r[index[col]]) > 0.5 for r in body], dtype=bool)
 
-    if np.any(np.diff(ts) <= 0):
-        raise ValueError(f"{path}: timestamps must increase strictly")
+    _require_increasing(path, ts)
     return SkabFile(str(path), sensors, ts, values, labels("anomaly"), labels("changepoint"))
 
 
 def _parse_time(text: str) -> float:
     return datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+def _require_increasing(path: Path, ts: TimeArray) -> None:
+    if np.any(np.diff(ts) <= 0):
+        raise ValueError(f"{path}: timestamps must increase strictly")
 
 
 # NAB: a file's label windows, keyed by its path under NAB's data/ folder.
@@ -112,15 +116,15 @@ def read_nab_windows(path: Path) -> NabWindows:
         raise ValueError(f"{path}: expected an object of file -> windows")
     try:
         return {
-            str(key): [(_parse_iso(a), _parse_iso(b)) for a, b in windows]
+            str(key): [(parse_iso_time(a), parse_iso_time(b)) for a, b in windows]
             for key, windows in document.items()
         }
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: windows must be [start, end] timestamp pairs ({exc})") from None
 
 
-def _parse_iso(text: str) -> float:
-    """NAB's times (`2013-12-10 06:25:00.000000`); naive times are read as UTC."""
+def parse_iso_time(text: str) -> float:
+    """ISO 8601 times such as NAB's (`2013-12-10 06:25:00.000000`); naive ones are UTC."""
     stamp = datetime.fromisoformat(text.strip())
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
@@ -146,10 +150,9 @@ def read_nab(path: Path, windows: list[tuple[float, float]]) -> SkabFile:
     header = [h.strip() for h in rows[0]]
     if header != ["timestamp", "value"]:
         raise ValueError(f"{path}: a NAB file has the columns timestamp,value, not {header}")
-    ts = np.array([_parse_iso(r[0]) for r in rows[1:]], dtype=np.float64)
+    ts = np.array([parse_iso_time(r[0]) for r in rows[1:]], dtype=np.float64)
     values = np.array([[float(r[1])] for r in rows[1:]], dtype=np.float32)
-    if np.any(np.diff(ts) <= 0):
-        raise ValueError(f"{path}: timestamps must increase strictly")
+    _require_increasing(path, ts)
     anomaly = np.zeros(len(ts), dtype=bool)
     changepoint = np.zeros(len(ts), dtype=bool)
     for start, end in windows:

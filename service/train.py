@@ -32,14 +32,20 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import structlog
 
 from service.config import Settings
-from service.evaluate import LABEL_COLUMNS, TIME_COLUMN, BoolArray, TimeArray, read_skab
+from service.evaluate import (
+    LABEL_COLUMNS,
+    TIME_COLUMN,
+    BoolArray,
+    TimeArray,
+    parse_iso_time,
+    read_skab,
+)
 from service.finetune import fit_new
 from service.machines import MachineRuntime
 from service.store import ModelStore, TrainingFacts
@@ -117,8 +123,7 @@ def _parse_ts(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        parsed = datetime.fromisoformat(text)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        return parse_iso_time(text)
 
 
 def _cell(row: Sequence[str], i: int) -> float:
