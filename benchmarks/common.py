@@ -23,17 +23,17 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Daemon, metric_value, wait_until
+from tests.support import FAST_CONFIG, Daemon, metric_value, wait_until
 
 SENSOR_NAMES = tuple(f"s{i}" for i in range(32))
-# Fast learning with the production code paths (as tests/integration/conftest.py), fewer
-# epochs so that hundreds of machines fit within the time box.
+# The tests' fast learning through the production code paths (windows and alert rule as
+# theirs), with fewer windows and epochs so that hundreds of machines fit within the time
+# box, and room for bursts.
 BENCH_CONFIG: dict[str, dict[str, Any]] = {
-    "window": {"length": 20, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
+    **FAST_CONFIG,
     "learning": {"windows": 60},
     "discovery": {"period": 3.0},
     "model": {"epochs": 10},
-    "alert": {"k": 3, "n": 5, "m": 10},
     "ingest": {"max_payload_bytes": 65536, "queue_size": 100_000},
     "log": {"level": "warning"},
 }
