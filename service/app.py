@@ -128,11 +128,13 @@ class App:
     def ready(self) -> dict[str, Any]:
         states = Counter(m["state"] for m in self.pipeline.snapshot())
         connected = self.mqtt.connected.is_set()
+        subscribed = self.mqtt.subscribed.is_set()
         healthy = self.health()["healthy"]
         report = {
-            "ready": connected and healthy,
+            "ready": connected and subscribed and healthy,
             "healthy": healthy,
             "broker_connected": connected,
+            "subscribed": subscribed,
             "broker_error": self.mqtt.last_error,
             "machines": {s.value: states.get(s.value, 0) for s in MachineState},
         }

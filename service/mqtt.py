@@ -110,6 +110,9 @@ class MqttClient:
         self.handler = on_message
         self.metrics = metrics
         self.connected = threading.Event()
+        # Set by the broker's SUBACK granting every subscription: until then readings
+        # published are not routed to us, so the daemon is not ready.
+        self.subscribed = threading.Event()
         self.last_error: str | None = None
         self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
         self._started = False
@@ -149,6 +152,7 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -168,6 +172,7 @@ class MqttClient:
 
     def pause_input(self) -> None:
         """Stop taking readings (first step of shutdown); the session keeps what follows."""
+        self.subscribed.clear()
         if self.connected.is_set():
             self._client.unsubscribe(self.subscriptions)
 
@@ -239,6 +244,25 @@ class MqttClient:
             self.metrics.callback_errors.inc()
             log.exception("mqtt_on_connect_failed")
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            refused = [str(rc) for rc in reason_codes if rc.is_failure]
+            if refused:
+                self.last_error = f"subscription refused: {', '.join(refused)}"
+                log.error("mqtt_subscribe_refused", reasons=refused, topics=self.subscriptions)
+                return
+            self.subscribed.set()
+        except Exception:
+            self.metrics.callback_errors.inc()
+            log.exception("mqtt_on_subscribe_failed")
+
     def _on_disconnect(
         self,
         client: paho.Client,
@@ -249,6 +273,7 @@ class MqttClient:
     ) -> None:
         try:
             self.connected.clear()
+            self.subscribed.clear()
             self.metrics.broker_connected.set(0)
             log.warning("mqtt_disconnected", reason=str(reason_code))
         except Exception:

@@ -110,6 +110,8 @@ def test_broker_killed_mid_stream_alert_arrives_after_reconnect(tmp_path: Path) 
     daemon = start_daemon(tmp_path, relay.port)
     pub = Publisher(broker.port)
     with running(broker, relay, daemon, pub):
+        # Readings sent before the broker grants the subscription are not delivered.
+        wait_until(daemon.ready, 10, "ready (subscribed)")
         fault = Fault(LEARN_SECONDS + 30, LEARN_SECONDS + 90, "vibration", factor=3.0)
         start = time.time() - 2000
         rows = machine_rows(start, LEARN_SECONDS + 200, seed=1, fault=fault)
