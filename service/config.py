@@ -104,7 +104,7 @@ class DiscoverySettings(Section):
 
 
 class ModelSettings(Section):
-    kind: str = Field("dense", description="Autoencoder family (dense, conv, lstm, vae).")
+    kind: str = Field("conv", description="Autoencoder family (dense, conv, lstm, vae).")
     params: dict[str, int | float] = Field(
         default_factory=dict, description="Family config fields, e.g. hidden = 64."
     )
@@ -114,7 +114,7 @@ class ModelSettings(Section):
     denoise_std: float = Field(0.0, ge=0, description="Denoising: input noise std in scaled units.")
     sparse_l1: float = Field(0.0, ge=0, description="Sparse: L1 weight on the code.")
     offset_weight: float = Field(
-        0.0,
+        0.3,
         ge=0,
         description="Weight of a persistent offset in a sensor's residual: its window mean, "
         "squared and times the window length, is added with this weight to the mean squared "
@@ -122,12 +122,21 @@ class ModelSettings(Section):
         "not. 0 scores the plain mean squared error.",
     )
     drift_widening: float = Field(
-        0.0,
+        0.5,
         ge=0,
         description="A sensor whose window means spread rho times more while learning than its "
         "noise explains (relative to the machine's steadiest sensor) is a slow state, such as a "
         "temperature: learning saw only part of its range, so its scale is widened by "
         "rho ** drift_widening. 0 keeps the learning spread.",
+    )
+    offset_discount: float = Field(
+        1.0,
+        ge=0,
+        description="A sensor whose window means spread rho times more while learning than the "
+        "machine's median sensor's (relative to their noise) has the held offsets of its "
+        "residual counted rho ** -offset_discount times: a slow state that wanders (a "
+        "temperature) holds offsets in normal operation, a sensor that held its level (a flow, "
+        "a pressure) does not. 0 counts every sensor's offsets alike.",
     )
     drift_widening_max: float = Field(
         10.0,
@@ -146,7 +155,7 @@ class ThresholdSettings(Section):
         "Siffer et al. 2017); both are multiplied by margin.",
     )
     quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
-    margin: float = Field(1.5, ge=1, description="Threshold = quantile x margin.")
+    margin: float = Field(2.0, ge=1, description="Threshold = quantile x margin.")
     holdout: float = Field(
         0.25,
         gt=0,

@@ -27,7 +27,11 @@ MIN_STD_FRACTION = 1e-3
 MIN_STD = 1e-6
 # A model saved before a scoring option existed was calibrated without it: it keeps
 # scoring as it was calibrated, whatever today's default is.
-LEGACY_SCORING: dict[str, float] = {"offset_weight": 0.0, "drift_widening": 0.0}
+LEGACY_SCORING: dict[str, float] = {
+    "offset_weight": 0.0,
+    "drift_widening": 0.0,
+    "offset_discount": 0.0,
+}
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +63,13 @@ class Detector:
     # The threshold of the fit from scratch this model descends from: fine-tunes keep
     # theirs within bounds of it (`threshold.promoted_threshold`).
     base_threshold: float | None = None
+    # Per sensor, what a held offset of its residual counts (`ModelSettings.offset_discount`):
+    # 1 for a sensor whose level held as steady while learning as the machine's median one.
+    held_weight: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        if self.held_weight is None:
+            self.held_weight = np.ones(len(self.sensors), np.float32)
 
     @classmethod
     def new(cls, sensors: tuple[str, ...], window: int, settings: ModelSettings) -> Detector:
@@ -82,12 +93,15 @@ class Detector:
         model.eval()
         mean = np.asarray(meta["mean"], dtype=np.float32)
         std = np.asarray(meta["std"], dtype=np.float32)
-        if mean.shape != (len(sensors),) or std.shape != (len(sensors),):
-            raise ValueError(f"scaler of {mean.shape}/{std.shape} for {len(sensors)} sensors")
+        held = np.asarray(meta.get("held_weight", np.ones(len(sensors))), dtype=np.float32)
+        if mean.shape != (len(sensors),) or std.shape != (len(sensors),) or held.shape != mean.shape:
+            raise ValueError(
+                f"scaler of {mean.shape}/{std.shape}/{held.shape} for {len(sensors)} sensors"
+            )
         threshold = float(meta["threshold"])
         base = float(meta.get("base_threshold") or threshold)
         version = int(meta["version"])
-        return cls(sensors, window, settings, model, mean, std, threshold, version, base)
+        return cls(sensors, window, settings, model, mean, std, threshold, version, base, held)
 
     def fit(
         self,
@@ -129,7 +143,7 @@ class Detector:
         self.model.eval()
         with torch.inference_mode():
             residual = self.model(x).recon - x
-            errors = sensor_errors(residual, self.settings.offset_weight)
+            errors = sensor_errors(residual, self.settings.offset_weight, self.held_weight)
         return window_scores(errors), errors
 
     def clone(self) -> Detector:
@@ -144,6 +158,7 @@ class Detector:
             self.threshold,
             self.version,
             self.base_threshold,
+            None if self.held_weight is None else self.held_weight.copy(),
         )
 
     def meta(self) -> dict[str, Any]:
@@ -157,6 +172,7 @@ class Detector:
             "threshold": self.threshold,
             "version": self.version,
             "base_threshold": self.base_threshold,
+            "held_weight": [] if self.held_weight is None else self.held_weight.tolist(),
         }
 
     def _fit_scaler(self, windows: FloatArray) -> None:
@@ -164,12 +180,18 @@ class Detector:
         mean = rows.mean(axis=0)
         floor = np.maximum(np.abs(mean) * MIN_STD_FRACTION, MIN_STD)
         std = np.maximum(rows.std(axis=0), floor)
+        wander = level_wander(windows, floor)
         widening = np.minimum(
-            drift_ratio(windows, floor) ** self.settings.drift_widening,
+            relative_to(wander, float(wander.min())) ** self.settings.drift_widening,
             self.settings.drift_widening_max,
         )
         self.mean = mean.astype(np.float32)
         self.std = (std * widening).astype(np.float32)
+        # Against the sensors' own noise, not the scale's floor: a precise thermocouple
+        # (0.01 degrees of noise at 25) whose level wandered by a degree wandered.
+        own = level_wander(windows, np.full_like(floor, MIN_STD))
+        discount = relative_to(own, float(np.median(own))) ** self.settings.offset_discount
+        self.held_weight = (1.0 / discount).astype(np.float32)
 
     def scaled(self, windows: FloatArray) -> torch.Tensor:
         """Windows in this detector's scaled units, as the model sees them."""
@@ -177,16 +199,24 @@ class Detector:
         return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
 
 
-def sensor_errors(residual: torch.Tensor, offset_weight: float) -> FloatArray:
+def sensor_errors(
+    residual: torch.Tensor, offset_weight: float, held_weight: FloatArray | None = None
+) -> FloatArray:
     """Per window and sensor `[..., time, sensors]` -> `[..., sensors]` (shared with
-    `service.stacked`, which scores many machines at once): the mean squared residual, plus
-    `offset_weight` times the squared standard score of the residual's mean. White noise of
-    variance s^2 adds s^2 to either term; an offset d held over L steps adds d^2 to the
-    first and L d^2 to the second, so a held shift stands out of the noise."""
+    `service.stacked`, which scores many machines at once).
+
+    The mean squared residual is its variance within the window plus its held offset (the
+    window mean, squared); the offset counts `1 + offset_weight * length` times, times the
+    sensor's `held_weight` (broadcast against `[..., sensors]`). White noise of variance s^2
+    adds s^2 to the variance and s^2 / length to the offset; an offset d held over the window
+    adds d^2 to the offset alone, so with `offset_weight > 0` a held shift stands out of the
+    noise. With `offset_weight = 0` and weights of 1 this is the plain mean squared error."""
     squared = residual.square().mean(dim=-2)
-    if offset_weight > 0:
-        offset = residual.mean(dim=-2).square() * residual.shape[-2]
-        squared = squared + offset_weight * offset
+    if offset_weight > 0 or held_weight is not None:
+        held = residual.mean(dim=-2).square()
+        factor = 1.0 + offset_weight * residual.shape[-2]
+        weight = 1.0 if held_weight is None else torch.from_numpy(held_weight)
+        squared = squared - held + held * (factor * weight)
     return squared.numpy().astype(np.float32, copy=False)
 
 
@@ -196,29 +226,38 @@ def window_scores(errors: FloatArray) -> FloatArray:
     return scores
 
 
-def drift_ratio(windows: FloatArray, floor: FloatArray) -> FloatArray:
-    """Per sensor, at least 1: how much more the windows' means spread than the sensor's
-    noise alone would make them (its mean within-window variance / window length), relative
-    to the machine's steadiest sensor. About 1 for a sensor that is noise around a level;
-    large for a slow state that wanders (a temperature). Relative, because a machine whose
-    sensors all follow its load wanders as a whole: that is operation the model learns, not
-    drift, and its scales stay as they are.
+def level_wander(windows: FloatArray, floor: FloatArray) -> FloatArray:
+    """Per sensor: how much more the windows' means spread than the sensor's noise alone
+    would make them (its mean within-window variance / window length). About 1 for a sensor
+    that is noise around a level; large for a slow state that wanders (a temperature).
 
     >>> rng = np.random.default_rng(0)
     >>> noise = rng.normal(size=(400, 1))
     >>> ramp = np.linspace(0, 20, 400)[:, None] + 0.1 * rng.normal(size=(400, 1))
     >>> rows = np.hstack([noise, ramp])
     >>> windows = np.stack([rows[i : i + 30] for i in range(371)])
-    >>> noise_ratio, ramp_ratio = drift_ratio(windows, np.full(2, 1e-6))
+    >>> noise_ratio, ramp_ratio = level_wander(windows, np.full(2, 1e-6))
     >>> bool(noise_ratio < 1.5), bool(ramp_ratio > 1000)
     (True, True)
     """
     values = np.asarray(windows, dtype=np.float64)
     length = values.shape[1]
     noise = np.maximum(values.var(axis=1).mean(axis=0), np.square(floor)) / length
-    ratio = values.mean(axis=1).var(axis=0) / noise
-    steadiest = max(float(ratio.min()), 1.0)
-    relative: FloatArray = np.maximum(ratio / steadiest, 1.0)
+    ratio: FloatArray = values.mean(axis=1).var(axis=0) / noise
+    return ratio
+
+
+def relative_to(wander: FloatArray, reference: float) -> FloatArray:
+    """`wander` in units of a reference sensor's, at least 1. Relative, because a machine
+    whose sensors all follow its load wanders as a whole: that is operation the model learns,
+    not drift. Against the steadiest sensor for the widening of scales, against the median
+    one for the discount of held offsets (one steady sensor must not make all others look
+    like drift).
+
+    >>> relative_to(np.array([0.5, 2.0, 8.0]), 2.0).tolist()
+    [1.0, 1.0, 4.0]
+    """
+    relative: FloatArray = np.maximum(wander / max(reference, 1.0), 1.0)
     return relative
 
 

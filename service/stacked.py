@@ -94,6 +94,7 @@ class StackedGroup:
         self.weights = torch.zeros((0, self.width))
         self.mean = np.zeros((0, n_sensors), np.float32)
         self.std = np.ones((0, n_sensors), np.float32)
+        self.held = np.ones((0, n_sensors), np.float32)
         # Reused by every call: a fresh allocation of this size per cycle would leave the
         # allocator's heap at its high-water mark (glibc raises its mmap threshold).
         self._gathered = torch.empty((0, self.width))
@@ -141,8 +142,10 @@ class StackedGroup:
                 param.data = view
         self.mean[slot] = detector.mean
         self.std[slot] = detector.std
+        self.held[slot] = 1.0 if detector.held_weight is None else detector.held_weight
         detector.mean = self.mean[slot]
         detector.std = self.std[slot]
+        detector.held_weight = self.held[slot]
 
     def _grow(self, capacity: int) -> None:
         n = len(self.members)
@@ -151,8 +154,9 @@ class StackedGroup:
         weights[:n] = self.weights[:n]
         mean = np.zeros((capacity, self.shape[1]), np.float32)
         std = np.ones((capacity, self.shape[1]), np.float32)
-        mean[:n], std[:n] = self.mean[:n], self.std[:n]
-        self.weights, self.mean, self.std = weights, mean, std
+        held = np.ones((capacity, self.shape[1]), np.float32)
+        mean[:n], std[:n], held[:n] = self.mean[:n], self.std[:n], self.held[:n]
+        self.weights, self.mean, self.std, self.held = weights, mean, std, held
         for slot, detector in enumerate(self.members):
             self._bind(slot, detector)
 
@@ -189,7 +193,8 @@ class StackedGroup:
         with torch.no_grad():
             torch.index_select(self.weights, 0, torch.from_numpy(slots), out=rows)
             xt = torch.from_numpy(scaled)
-            return sensor_errors(self._forward(rows, xt) - xt, self.key[4])
+            held = self.held[slots][:, None]  # per item: broadcast over its windows
+            return sensor_errors(self._forward(rows, xt) - xt, self.key[4], held)
 
     def _choose_forward(self, template: Detector) -> BatchedForward:
         """The family's batched forward if it gives what vmap gives, else vmap."""
@@ -294,3 +299,5 @@ def _release(detector: Detector) -> None:
             param.data = param.data.clone()
     detector.mean = detector.mean.copy()
     detector.std = detector.std.copy()
+    if detector.held_weight is not None:
+        detector.held_weight = detector.held_weight.copy()

@@ -1,5 +1,6 @@
-"""The detector's scoring options: the offset term, the drift widening of slow sensors, and
-models saved before either option existed."""
+"""The detector's scoring options: the offset term, the drift widening of slow sensors, the
+discount of held offsets on sensors whose level wandered while learning, and models saved
+before these options existed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from service.config import ModelSettings, ThresholdSettings
-from service.detector import Detector, drift_ratio, sensor_errors
+from service.detector import Detector, level_wander, relative_to, sensor_errors
 from service.types import FloatArray
 
 WINDOW = 20
@@ -41,7 +42,8 @@ def test_a_wandering_sensor_among_noisy_ones_is_widened() -> None:
     t = np.arange(400)
     wander = 2.0 * np.sin(t / 60) + 0.05 * rng.normal(size=400)
     rows = np.stack([rng.normal(size=400), rng.normal(size=400), wander], axis=1)
-    ratio = drift_ratio(windows_of(rows), FLOOR)
+    wander = level_wander(windows_of(rows), FLOOR)
+    ratio = relative_to(wander, float(wander.min()))
     assert ratio[:2].max() < 2.0
     assert ratio[2] > 100.0
 
@@ -51,8 +53,9 @@ def test_sensors_that_all_follow_one_load_are_not_widened() -> None:
     rng = np.random.default_rng(2)
     load = np.repeat(rng.uniform(0.5, 1.0, 20), 20)
     rows = np.stack([10 * load, 3 * load, 5 * load], axis=1) + 0.05 * rng.normal(size=(400, 3))
-    ratio = drift_ratio(windows_of(rows), FLOOR)
-    np.testing.assert_allclose(ratio, 1.0, atol=0.5)
+    wander = level_wander(windows_of(rows), FLOOR)
+    np.testing.assert_allclose(relative_to(wander, float(wander.min())), 1.0, atol=0.5)
+    np.testing.assert_allclose(relative_to(wander, float(np.median(wander))), 1.0, atol=0.5)
 
 
 def test_widening_is_capped() -> None:
@@ -72,10 +75,59 @@ def test_widening_is_capped() -> None:
 def test_a_model_saved_before_the_options_scores_as_it_was_calibrated() -> None:
     detector = Detector.new(("a", "b"), WINDOW, ModelSettings(epochs=1, offset_weight=0.0))
     meta = detector.meta()
-    for option in ("offset_weight", "drift_widening", "drift_widening_max"):
+    for option in ("offset_weight", "drift_widening", "drift_widening_max", "offset_discount"):
         del meta["model"][option]
+    del meta["held_weight"]
     restored = Detector.from_state(meta, detector.model.state_dict())
     assert restored.settings.offset_weight == 0.0
     assert restored.settings.drift_widening == 0.0
+    assert restored.settings.offset_discount == 0.0
+    assert restored.held_weight is not None and restored.held_weight.tolist() == [1.0, 1.0]
     probe = np.random.default_rng(4).normal(size=(5, WINDOW, 2)).astype(np.float32)
     np.testing.assert_array_equal(restored.score_many(probe)[0], detector.score_many(probe)[0])
+
+
+def test_held_weights_scale_only_the_held_offset() -> None:
+    residual = torch.full((1, WINDOW, 2), 0.5)
+    residual[0, ::2, :] = -0.1  # each sensor: an offset of 0.2 and variance 0.09 around it
+    plain = sensor_errors(residual, offset_weight=0.0)
+    halved = sensor_errors(residual, 0.0, np.array([1.0, 0.5], np.float32))
+    np.testing.assert_allclose(plain, [[0.13, 0.13]], rtol=1e-5)
+    np.testing.assert_allclose(halved, [[0.13, 0.09 + 0.5 * 0.04]], rtol=1e-5)
+    weighted = sensor_errors(residual, 0.1, np.array([1.0, 0.5], np.float32))
+    factor = 1 + 0.1 * WINDOW
+    np.testing.assert_allclose(weighted, [[0.09 + factor * 0.04, 0.09 + factor * 0.02]], rtol=1e-5)
+
+
+def test_a_sensor_whose_level_wandered_while_learning_has_its_held_offsets_discounted() -> None:
+    # A temperature that drifts by degrees in normal operation: a held offset of it says
+    # little, while one of a sensor that held its level (a flow) is what a closed valve does.
+    rng = np.random.default_rng(5)
+    t = np.arange(400)
+    rows = np.stack(
+        [rng.normal(size=400), rng.normal(size=400), 3.0 * np.sin(t / 80) + 0.1 * rng.normal(size=400)],
+        axis=1,
+    ).astype(np.float32)
+    detector = Detector.new(("flow", "pressure", "temperature"), WINDOW, ModelSettings(epochs=1))
+    detector.fit(windows_of(rows), ThresholdSettings())
+    assert detector.held_weight is not None
+    np.testing.assert_allclose(detector.held_weight[:2], 1.0, atol=0.3)
+    assert detector.held_weight[2] < 0.01
+    undiscounted = Detector.new(("a", "b", "c"), WINDOW, ModelSettings(epochs=1, offset_discount=0))
+    undiscounted.fit(windows_of(rows), ThresholdSettings())
+    assert undiscounted.held_weight is not None
+    assert undiscounted.held_weight.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_held_weights_survive_a_save_and_a_clone() -> None:
+    rng = np.random.default_rng(6)
+    rows = np.stack([rng.normal(size=300), np.linspace(0, 30, 300)], axis=1).astype(np.float32)
+    detector = Detector.new(("a", "b"), WINDOW, ModelSettings(epochs=1))
+    detector.fit(windows_of(rows), ThresholdSettings())
+    restored = Detector.from_state(detector.meta(), detector.model.state_dict())
+    assert restored.held_weight is not None and detector.held_weight is not None
+    np.testing.assert_array_equal(restored.held_weight, detector.held_weight)
+    clone = detector.clone()
+    assert clone.held_weight is not None
+    np.testing.assert_array_equal(clone.held_weight, detector.held_weight)
+    assert clone.held_weight is not detector.held_weight

@@ -36,6 +36,7 @@ def detector(kind: str, n_sensors: int, seed: int) -> Detector:
         param.data.add_(0.1 * float(rng.standard_normal()))
     d.mean = rng.normal(0, 2, n_sensors).astype(np.float32)
     d.std = rng.uniform(0.5, 2, n_sensors).astype(np.float32)
+    d.held_weight = rng.uniform(0.01, 1, n_sensors).astype(np.float32)
     return d
 
 
