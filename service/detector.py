@@ -65,10 +65,10 @@ class Detector:
     base_threshold: float | None = None
     # Per sensor, what a held offset of its residual counts (`ModelSettings.offset_discount`):
     # 1 for a sensor whose level held as steady while learning as the machine's median one.
-    held_weight: FloatArray | None = None
+    held_weight: FloatArray = field(default_factory=lambda: np.ones(0, np.float32), repr=False)
 
     def __post_init__(self) -> None:
-        if self.held_weight is None:
+        if self.held_weight.shape != (len(self.sensors),):
             self.held_weight = np.ones(len(self.sensors), np.float32)
 
     @classmethod
@@ -94,10 +94,9 @@ class Detector:
         mean = np.asarray(meta["mean"], dtype=np.float32)
         std = np.asarray(meta["std"], dtype=np.float32)
         held = np.asarray(meta.get("held_weight", np.ones(len(sensors))), dtype=np.float32)
-        if mean.shape != (len(sensors),) or std.shape != (len(sensors),) or held.shape != mean.shape:
-            raise ValueError(
-                f"scaler of {mean.shape}/{std.shape}/{held.shape} for {len(sensors)} sensors"
-            )
+        if {mean.shape, std.shape, held.shape} != {(len(sensors),)}:
+            shapes = f"{mean.shape}/{std.shape}/{held.shape}"
+            raise ValueError(f"scaler of {shapes} for {len(sensors)} sensors")
         threshold = float(meta["threshold"])
         base = float(meta.get("base_threshold") or threshold)
         version = int(meta["version"])
@@ -158,7 +157,7 @@ class Detector:
             self.threshold,
             self.version,
             self.base_threshold,
-            None if self.held_weight is None else self.held_weight.copy(),
+            self.held_weight.copy(),
         )
 
     def meta(self) -> dict[str, Any]:
@@ -172,7 +171,7 @@ class Detector:
             "threshold": self.threshold,
             "version": self.version,
             "base_threshold": self.base_threshold,
-            "held_weight": [] if self.held_weight is None else self.held_weight.tolist(),
+            "held_weight": self.held_weight.tolist(),
         }
 
     def _fit_scaler(self, windows: FloatArray) -> None:

@@ -142,7 +142,7 @@ class StackedGroup:
                 param.data = view
         self.mean[slot] = detector.mean
         self.std[slot] = detector.std
-        self.held[slot] = 1.0 if detector.held_weight is None else detector.held_weight
+        self.held[slot] = detector.held_weight
         detector.mean = self.mean[slot]
         detector.std = self.std[slot]
         detector.held_weight = self.held[slot]
@@ -299,5 +299,4 @@ def _release(detector: Detector) -> None:
             param.data = param.data.clone()
     detector.mean = detector.mean.copy()
     detector.std = detector.std.copy()
-    if detector.held_weight is not None:
-        detector.held_weight = detector.held_weight.copy()
+    detector.held_weight = detector.held_weight.copy()

@@ -82,7 +82,7 @@ def test_a_model_saved_before_the_options_scores_as_it_was_calibrated() -> None:
     assert restored.settings.offset_weight == 0.0
     assert restored.settings.drift_widening == 0.0
     assert restored.settings.offset_discount == 0.0
-    assert restored.held_weight is not None and restored.held_weight.tolist() == [1.0, 1.0]
+    assert restored.held_weight.tolist() == [1.0, 1.0]
     probe = np.random.default_rng(4).normal(size=(5, WINDOW, 2)).astype(np.float32)
     np.testing.assert_array_equal(restored.score_many(probe)[0], detector.score_many(probe)[0])
 
@@ -104,18 +104,15 @@ def test_a_sensor_whose_level_wandered_while_learning_has_its_held_offsets_disco
     # little, while one of a sensor that held its level (a flow) is what a closed valve does.
     rng = np.random.default_rng(5)
     t = np.arange(400)
-    rows = np.stack(
-        [rng.normal(size=400), rng.normal(size=400), 3.0 * np.sin(t / 80) + 0.1 * rng.normal(size=400)],
-        axis=1,
-    ).astype(np.float32)
+    temperature = 3.0 * np.sin(t / 80) + 0.1 * rng.normal(size=400)
+    rows = np.stack([rng.normal(size=400), rng.normal(size=400), temperature], axis=1)
+    rows = rows.astype(np.float32)
     detector = Detector.new(("flow", "pressure", "temperature"), WINDOW, ModelSettings(epochs=1))
     detector.fit(windows_of(rows), ThresholdSettings())
-    assert detector.held_weight is not None
     np.testing.assert_allclose(detector.held_weight[:2], 1.0, atol=0.3)
     assert detector.held_weight[2] < 0.01
     undiscounted = Detector.new(("a", "b", "c"), WINDOW, ModelSettings(epochs=1, offset_discount=0))
     undiscounted.fit(windows_of(rows), ThresholdSettings())
-    assert undiscounted.held_weight is not None
     assert undiscounted.held_weight.tolist() == [1.0, 1.0, 1.0]
 
 
@@ -125,9 +122,7 @@ def test_held_weights_survive_a_save_and_a_clone() -> None:
     detector = Detector.new(("a", "b"), WINDOW, ModelSettings(epochs=1))
     detector.fit(windows_of(rows), ThresholdSettings())
     restored = Detector.from_state(detector.meta(), detector.model.state_dict())
-    assert restored.held_weight is not None and detector.held_weight is not None
     np.testing.assert_array_equal(restored.held_weight, detector.held_weight)
     clone = detector.clone()
-    assert clone.held_weight is not None
     np.testing.assert_array_equal(clone.held_weight, detector.held_weight)
     assert clone.held_weight is not detector.held_weight
