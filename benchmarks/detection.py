@@ -286,7 +286,7 @@ def rows(settings: Settings, data: Path) -> list[Row]:
         )
         out.append(Row(f"aemon {kind}, spot", chosen, _const(fits.factory(spot))))
     plain = with_update(settings, PLAIN_SCORING)
-    out.append(Row("aemon dense, plain MSE (old default)", plain, lambda: default_factory(plain)))
+    out.append(Row("aemon dense, plain MSE (old)", plain, lambda: default_factory(plain)))
     base = data / BASE_FILE
     if base.exists():
         label = f"aemon {settings.model.kind}, --base"
