@@ -248,6 +248,7 @@ class SlowIngestor(Ingestor):
         ts: float,
         values: dict[str, Any],
         received_at: float,
+        finite: bool = False,
     ) -> None:
         for sensor, value in values.items():
             self._add(result, machine, sensor, ts, value, received_at)
