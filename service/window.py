@@ -44,7 +44,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from service.types import Reading, Rejection, RejectReason, Row, Window
+from service.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
 
 _TS = itemgetter(0)
 
@@ -184,6 +184,8 @@ class MachineWindower:
             self._next_tick = math.ceil(first / self.period) * self.period
         windows: list[Window] = []
         while self._next_tick <= watermark:
+            if self._pending_rows and self._advance_rows(watermark, windows):
+                continue
             tick = self._next_tick
             self._hold_until(tick)
             oldest = min(self._held_ts, default=math.inf)
@@ -197,6 +199,59 @@ class MachineWindower:
                 self._next_tick = self._next_possible_tick(tick, watermark)
             self.last_tick = tick
         return windows
+
+    def _advance_rows(self, watermark: float, windows: list[Window]) -> bool:
+        """The steps from the next one on that each take exactly one queued row, fresh
+        enough to be no gap (a batch's usual case), all at once: their rows become one
+        array and their windows slices of it, instead of a row written and a window cut
+        per step. Stops before any other step, which `advance` takes one by one; False if
+        the next step is such a step. Each step's outcome is the one-by-one loop's."""
+        rows, period, max_stale = self._pending_rows, self.period, self.max_stale
+        tick = self._next_tick
+        assert tick is not None
+        taken: list[tuple[float, ...]] = []
+        ticks: list[float] = []
+        k = 0
+        while tick <= watermark and k < len(rows):
+            ts = rows[k][0]
+            if ts > tick or tick - ts > max_stale or (k + 1 < len(rows) and rows[k + 1][0] <= tick):
+                break
+            taken.append(rows[k][1])
+            ticks.append(tick)
+            k += 1
+            tick = tick + period
+        if not k:
+            return False
+        last_ts, last_values = rows[k - 1]
+        del rows[:k]
+        # Every per-sensor reading is older than the rows: held over by the first of them.
+        for pending in self._pending:
+            pending.clear()
+        self._held_ts = [last_ts] * len(last_values)
+        self._held_value = list(last_values)
+        self._emit(np.array(taken, dtype=np.float32), ticks, windows)
+        self._next_tick = tick
+        self.last_tick = ticks[-1]
+        return True
+
+    def _emit(self, block: FloatArray, ticks: list[float], windows: list[Window]) -> None:
+        """Appends `block`'s rows (one per tick) to the ring, and the windows they complete
+        to `windows`, as `_append_row` would for each."""
+        length = self.length
+        # The newest `length - 1` rows, oldest first, then the new ones.
+        start = self._next_row + 1
+        rows = np.concatenate((self._ring[start : start + length - 1], block))
+        for j, tick in enumerate(ticks):
+            self._rows = min(self._rows + 1, length)
+            if self._rows < length:
+                continue
+            if self._until_next_window > 0:
+                self._until_next_window -= 1
+                continue
+            self._until_next_window = self.stride - 1
+            windows.append(Window(self.machine, tick, self.sensors, rows[j : j + length].copy()))
+        self._ring[:length] = self._ring[length:] = rows[-length:]
+        self._next_row = 0
 
     def _hold_until(self, tick: float) -> None:
         rows = self._pending_rows

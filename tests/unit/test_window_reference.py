@@ -236,13 +236,40 @@ row_events = st.lists(
 )
 
 
+# Mostly whole rows in order, as batches bring them: several to a grid step, one, or a gap
+# between; now and then a reading alone or one late. The steps' fast path (a run of steps
+# taking one row each, `MachineWindower._advance_rows`) against the one-by-one loop.
+def _batch_event(kind: str, step: int, swap: bool) -> tuple[list[str] | str, int] | None:
+    if kind == "row":
+        return (["b", "a"] if swap else ["a", "b"]), step
+    if kind == "reading":
+        return ("b" if swap else "a"), min(step, 4) - 4
+    return None
+
+
+# sampled_from picks evenly (one_of would not): rows 12 times as often as either other.
+batch_events = st.lists(
+    st.builds(
+        _batch_event,
+        st.sampled_from(["row"] * 12 + ["reading", "advance", "advance"]),
+        st.sampled_from([4, 4, 4, 4, 1, 2, 4, 12]),
+        st.booleans(),
+    ),
+    min_size=10,
+    max_size=80,
+)
+
+
 @settings(max_examples=400, derandomize=True, database=None, deadline=None)
 @given(
-    st.lists(row_events, min_size=1, max_size=4),
+    st.one_of(
+        st.lists(row_events, min_size=1, max_size=4),
+        st.lists(batch_events, min_size=1, max_size=3),
+    ),
     st.integers(1, 4),
     st.integers(1, 2),
     st.sampled_from([0.0, 1.5, 3.0]),
-    st.sampled_from([1.0, 2.5]),
+    st.sampled_from([1.0, 2.5, 0.5]),
 )
 def test_rows_agree_with_their_values_added_one_by_one(
     cycles: list[list[tuple[list[str] | str, int] | None]],
