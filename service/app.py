@@ -97,20 +97,20 @@ class App:
             label = rejection.machine if rejection.machine in known else ""
             self.metrics.received_of[label].inc()
             self.rejections.record(rejection, label, topic)
-        if not result.readings:
+        if not result.readings and not result.rows:
             if ack is not None:
                 ack()
             return
         # The pipeline counts the readings received when it takes them in, once a cycle
         # per machine: a counter per message here cost paho's thread more than parsing.
-        if self.pipeline.submit(Batch(received_at, result.readings, ack)):
+        batch = Batch(received_at, result.readings, ack, result.rows, result.machine)
+        if self.pipeline.submit(batch):
             return
         # A message's readings are all of its topic's machine.
-        self.metrics.received_of[result.machine].inc(len(result.readings))
+        count = result.count
+        self.metrics.received_of[result.machine].inc(count)
         label = result.machine if result.machine in known else ""
-        overloaded = Rejection(
-            RejectReason.OVERLOADED, "queue full", result.machine, len(result.readings)
-        )
+        overloaded = Rejection(RejectReason.OVERLOADED, "queue full", result.machine, count)
         self.rejections.record(overloaded, label, topic)
         if ack is not None:
             ack()

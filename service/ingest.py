@@ -12,6 +12,12 @@ Runs on paho's network thread, so it only parses: no I/O, no locks held for long
 ([('a', 1.0)], ['schema'])
 >>> ing.parse("other/topic/a/b", b"1", received_at=0.0).rejections[0].reason.value
 'unknown_topic'
+
+A per-machine record valid throughout (float values, known sensors) stays one `Row`:
+
+>>> r = ing.parse("plant/pump-7", b'{"ts": 100, "values": {"a": 1.5, "b": 2.0}}', 101.0)
+>>> r.readings, r.rows, r.count
+([], [Row(ts=100.0, values={'a': 1.5, 'b': 2.0})], 2)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.types import Reading, Rejection, RejectReason
+from service.types import Reading, Rejection, RejectReason, Row
 
 _TEMPLATE_FIELD = re.compile(r"\{(machine|sensor)\}")
 # Topics whose match is remembered (1,000 machines x 32 sensors fit; a flood of made-up
@@ -79,11 +85,24 @@ class TopicTemplate:
 
 @dataclass
 class IngestResult:
-    """A message's readings (all of the topic's `machine`) and rejections."""
+    """A message's readings (all of the topic's `machine`) and rejections. Its records
+    that were valid throughout are `rows`, which come before all its `readings`: the
+    windower takes them in that order, which is the message's."""
 
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     machine: str = ""
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Values accepted by ingest: the readings and every value of every row."""
+        return len(self.readings) + sum(len(row.values) for row in self.rows)
+
+    def all_readings(self) -> list[Reading]:
+        """Rows and readings as the per-value path makes them, in message order."""
+        expanded = [r for row in self.rows for r in row.readings(self.machine)]
+        return expanded + self.readings
 
     def reject(self, reason: RejectReason, detail: str, machine: str = "") -> IngestResult:
         self.rejections.append(Rejection(reason, detail, machine))
@@ -129,7 +148,7 @@ class Ingestor:
         if machine not in self.declared and not self.allow_undeclared:
             return result.reject(RejectReason.UNKNOWN_TOPIC, f"undeclared machine {machine}")
         try:
-            document = decode_json(payload)
+            document, finite = decode(payload)
         except ValueError as exc:
             return result.reject(RejectReason.MALFORMED, str(exc)[:200], machine)
         records = document if isinstance(document, list) else [document]
@@ -137,7 +156,7 @@ class Ingestor:
             if template.per_sensor:
                 self._sensor_record(result, machine, sensor or "", record, received_at)
             else:
-                self._machine_record(result, machine, record, received_at)
+                self._machine_record(result, machine, record, received_at, finite)
         if not records:
             result.reject(RejectReason.SCHEMA, "empty batch", machine)
         return result
@@ -176,7 +195,7 @@ class Ingestor:
         self._add(result, machine, sensor, ts, parsed.value, received_at)
 
     def _machine_record(
-        self, result: IngestResult, machine: str, record: Any, received_at: float
+        self, result: IngestResult, machine: str, record: Any, received_at: float, finite: bool
     ) -> None:
         if _plain(record, "values") and type(record["values"]) is dict:
             ts = record.get("ts")
@@ -188,7 +207,7 @@ class Ingestor:
                 result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
                 return
             ts, values = parsed.ts, parsed.values
-        self._values(result, machine, event_time(ts, received_at), values, received_at)
+        self._values(result, machine, event_time(ts, received_at), values, received_at, finite)
 
     def _values(
         self,
@@ -197,15 +216,24 @@ class Ingestor:
         ts: float,
         values: dict[str, Any],
         received_at: float,
+        finite: bool = False,
     ) -> None:
         """What `_add` decides for each value, with the common case decided inline: a
         batch's readings cost more here than anywhere else in the daemon. A record's time
-        is checked once; a value is taken at once when it is a finite float of a known
-        sensor, and anything else goes to `_add`, which gives the reason."""
+        is checked once; a record whose values are all finite floats of known sensors is
+        kept whole as a `Row` (no per-value object); otherwise a value is taken at once when
+        it is a finite float of a known sensor, and anything else goes to `_add`, which
+        gives the reason. `finite`: the document's floats are all finite (orjson decoded
+        it), so a row's need no check."""
         known = self.declared.get(machine)
         if not (math.isfinite(ts) and ts <= received_at + self.future_tolerance):
             for sensor, value in values.items():
                 self._add(result, machine, sensor, ts, value, received_at)
+            return
+        # Rows only before any reading of the message: the windower takes a message's rows
+        # first, so a row after a reading would be taken out of the message's order.
+        if not result.readings and _valid_row(values, known, finite):
+            result.rows.append(_new_row(Row, (ts, values)))
             return
         append = result.readings.append
         isfinite = math.isfinite
@@ -248,7 +276,7 @@ class Ingestor:
 
 
 # `Reading(...)` without its Python-level `__new__`: the same tuple, built in half the time.
-_new_reading = tuple.__new__
+_new_reading = _new_row = tuple.__new__
 # JSON numbers as orjson and json decode them (a bool is no number here).
 _NUMBERS = frozenset({int, float})
 # Integer timestamps beyond this go to pydantic, which refuses what overflows a float.
@@ -270,6 +298,21 @@ def _plain(record: Any, field: str) -> bool:
     )
 
 
+def _valid_row(values: dict[str, Any], known: frozenset[str] | None, finite: bool) -> bool:
+    """Whether `_add` would take every value as it is: all floats (not int or bool, which
+    it converts), all finite, all of known sensors. C-level calls instead of a loop: a
+    sum of floats is finite only if every term is (an overflowing sum of finite values
+    only sends the record down the per-value path, which decides each value alone), and
+    floats that orjson decoded need not be summed at all (it refuses NaN and infinities)."""
+    vals = values.values()
+    return (
+        len(values) > 0
+        and list(map(type, vals)) == [float] * len(values)
+        and (finite or math.isfinite(sum(vals)))
+        and (known is None or known.issuperset(values))
+    )
+
+
 def _finite(value: int | float) -> bool:
     """False for NaN, infinities and integers beyond float range (JSON allows 1e999 digits)."""
     try:
@@ -281,12 +324,17 @@ def _finite(value: int | float) -> bool:
 def decode_json(payload: bytes) -> Any:
     """orjson first (fast); the stdlib only for what orjson refuses, so that `NaN`, `Infinity`
     and overflowing numbers are reported as non_finite rather than malformed."""
+    return decode(payload)[0]
+
+
+def decode(payload: bytes) -> tuple[Any, bool]:
+    """`decode_json`, and whether orjson decoded it: then every float in it is finite."""
     try:
-        return orjson.loads(payload)
+        return orjson.loads(payload), True
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(payload)
+        return json.loads(payload), False
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
 

@@ -27,6 +27,7 @@ from service.types import (
     Reading,
     Rejection,
     RejectReason,
+    Row,
     Window,
 )
 from service.window import MachineWindower
@@ -191,6 +192,16 @@ class MachineRuntime:
         if self.windower is not None and start < len(readings):
             rejections += self.windower.add_many(readings[start:] if start else readings)
         if self.windower is not None and math.isfinite(self.windower.newest_ts):
+            self.newest_ts = self.windower.newest_ts
+        return rejections
+
+    def add_rows(self, rows: list[Row]) -> list[Rejection]:
+        """`add` for every value of every row, in order; returns the rejections."""
+        if self.windower is None:
+            # Discovery keeps readings: the rows' values one by one, as ingest would give.
+            return self.add_many([r for row in rows for r in row.readings(self.name)])
+        rejections = self.windower.add_rows(rows)
+        if math.isfinite(self.windower.newest_ts):
             self.newest_ts = self.windower.newest_ts
         return rejections
 

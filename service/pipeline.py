@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
 from typing import Any
@@ -34,11 +34,21 @@ from service.rejections import RejectionLog
 from service.stacked import StackedScorer
 from service.store import ModelStore
 from service.threads import InjectedFaultError, Worker
-from service.types import FloatArray, MachineState, Reading, Rejection, RejectReason, Score, Window
+from service.types import (
+    FloatArray,
+    MachineState,
+    Reading,
+    Rejection,
+    RejectReason,
+    Row,
+    Score,
+    Window,
+)
 
 log = structlog.get_logger(__name__)
 
 _MACHINE = attrgetter("machine")
+_VALUES = attrgetter("values")
 # Jobs waiting for the fine-tuner beyond which no fine-tune job is built. Machines that
 # learned together fall due together, and each job holds a clone and its training windows:
 # a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
@@ -56,19 +66,47 @@ class Batch:
     # Called once the readings are taken in (counted accepted or rejected): the MQTT
     # message is acknowledged only then, so the broker re-sends what a crash lost.
     ack: Callable[[], None] | None = None
+    # Whole records of `machine` (service.ingest), which come before `readings`.
+    rows: list[Row] = field(default_factory=list)
+    machine: str = ""
 
 
-def _by_machine(batches: list[Batch]) -> dict[str, list[Reading]]:
-    """The batches' readings per machine, each machine's in arrival order."""
-    runs: dict[str, list[Reading]] = {}
+@dataclass(slots=True)
+class Arrivals:
+    """One machine's rows and readings of a cycle, in arrival order: spans of rows, each
+    followed by readings, since a message's rows come before its readings."""
+
+    spans: list[tuple[list[Row], list[Reading]]] = field(default_factory=list)
+    count: int = 0  # values: readings and every row's
+
+    def add_rows(self, rows: list[Row]) -> None:
+        if not self.spans or self.spans[-1][1]:
+            self.spans.append(([], []))
+        self.spans[-1][0].extend(rows)
+        self.count += sum(map(len, map(_VALUES, rows)))
+
+    def add_readings(self, readings: list[Reading]) -> None:
+        if not self.spans:
+            self.spans.append(([], []))
+        self.spans[-1][1].extend(readings)
+        self.count += len(readings)
+
+
+def _by_machine(batches: list[Batch]) -> dict[str, Arrivals]:
+    """The batches' rows and readings per machine, each machine's in arrival order."""
+    runs: dict[str, Arrivals] = {}
     for batch in batches:
+        if batch.rows:
+            arrivals = runs.get(batch.machine)
+            if arrivals is None:
+                arrivals = runs[batch.machine] = Arrivals()
+            arrivals.add_rows(batch.rows)
         # A message's readings are of one machine; groupby keeps a mixed list right too.
         for machine, run in groupby(batch.readings, _MACHINE):
-            readings = runs.get(machine)
-            if readings is None:
-                runs[machine] = list(run)
-            else:
-                readings.extend(run)
+            arrivals = runs.get(machine)
+            if arrivals is None:
+                arrivals = runs[machine] = Arrivals()
+            arrivals.add_readings(list(run))
     return runs
 
 
@@ -168,13 +206,13 @@ class Pipeline(Worker):
         received = _by_machine(batches)
         # One run per machine and cycle, in arrival order: per-sensor messages bring one
         # reading each, and routing each alone cost more than taking it in.
-        for machine, readings in received.items():
-            self._route(machine, readings, touched, accepted)
+        for machine, arrivals in received.items():
+            self._route(machine, arrivals, touched, accepted)
         for batch in batches:
             if batch.ack is not None:
                 batch.ack()
-        for name, readings in received.items():
-            self.metrics.received_of[name].inc(len(readings))
+        for name, arrivals in received.items():
+            self.metrics.received_of[name].inc(arrivals.count)
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
         # Only a new reading moves a machine's watermark, so only these can have windows.
@@ -217,22 +255,28 @@ class Pipeline(Worker):
     def _route(
         self,
         machine: str,
-        readings: list[Reading],
+        arrivals: Arrivals,
         touched: dict[str, MachineRuntime],
         accepted: dict[str, int],
     ) -> None:
+        count = arrivals.count
         runtime = self.machines.get(machine)
         if runtime is None:
             if len(self.machines) >= self.settings.ingest.max_machines:
-                limit = Rejection(RejectReason.UNKNOWN_TOPIC, "machine limit", count=len(readings))
+                limit = Rejection(RejectReason.UNKNOWN_TOPIC, "machine limit", count=count)
                 self._count_rejection(limit)
                 return
             runtime = self._add_machine(machine, None, None)
-        rejections = runtime.add_many(readings)
+        rejections: list[Rejection] = []
+        for rows, readings in arrivals.spans:
+            if rows:
+                rejections += runtime.add_rows(rows)
+            if readings:
+                rejections += runtime.add_many(readings)
         for rejection in rejections:
             self._count_rejection(rejection)
-        if len(rejections) < len(readings):
-            accepted[machine] = accepted.get(machine, 0) + len(readings) - len(rejections)
+        if len(rejections) < count:
+            accepted[machine] = accepted.get(machine, 0) + count - len(rejections)
             touched[machine] = runtime
 
     def _count_rejection(self, rejection: Rejection) -> None:

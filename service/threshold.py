@@ -41,7 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import structlog
-from river.drift import ADWIN
+
+# river's ADWIN is a thin wrapper of this, its Rust core; `river.drift` itself imports every
+# drift detector of river, and with them scipy and scikit-learn: some 900 modules and 72 MB
+# of the daemon's resident memory for one class.
+from river._river_rust.drift import AdaptiveWindowing
 
 from service.config import FinetuneSettings, ThresholdSettings
 
@@ -259,20 +263,46 @@ class ScoreDrift:
         self.scale = scale
         self.clip = clip
         self.detections = 0
-        # river's signatures are unannotated.
-        self._adwin = ADWIN(delta=delta)  # type: ignore[no-untyped-call]
+        self._adwin = Adwin(delta)
 
     def update(self, score: float) -> bool:
         """Adds one score; True when the scores' level changed. NaN and inf are skipped,
         as one would poison ADWIN's sums for good."""
         if not math.isfinite(score):
             return False
-        self._adwin.update(min(score / self.scale, self.clip))  # type: ignore[no-untyped-call]
-        drifted = bool(self._adwin.drift_detected)
+        drifted = self._adwin.update(min(score / self.scale, self.clip))
         self.detections += drifted
         return drifted
 
     @property
     def level(self) -> float:
         """Mean score (in units of `scale`) over ADWIN's current window."""
-        return float(self._adwin.estimation)
+        return self._adwin.estimation
+
+
+class Adwin:
+    """`river.drift.ADWIN` with its defaults, on river's Rust core directly (what its
+    `update` and `estimation` do; tests/unit/test_threshold.py checks the two agree)."""
+
+    def __init__(self, delta: float) -> None:
+        self.delta = delta
+        self._drifted = False
+        self._core = self._new()
+
+    def _new(self) -> AdaptiveWindowing:
+        return AdaptiveWindowing(
+            delta=self.delta, clock=32, max_buckets=5, min_window_length=5, grace_period=10
+        )
+
+    def update(self, x: float) -> bool:
+        """Adds `x`; True when a change was detected. As in river, a detection resets the
+        window at the next value, not at once: `estimation` is still the old window's."""
+        if self._drifted:
+            self._core = self._new()
+        self._drifted = bool(self._core.update(x))
+        return self._drifted
+
+    @property
+    def estimation(self) -> float:
+        width = self._core.get_width()
+        return float(self._core.get_total() / width) if width else 0.0

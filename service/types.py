@@ -52,6 +52,20 @@ class Reading(NamedTuple):
     value: float
 
 
+class Row(NamedTuple):
+    """One per-machine record that ingest found valid throughout: every value a finite
+    float (of a declared sensor, for a declared machine), the time finite and not ahead.
+    A batch hands these to the windower whole: a `Reading` per value cost more than
+    everything else a batch's value costs (`Ingestor._values`)."""
+
+    ts: float
+    values: dict[str, float]
+
+    def readings(self, machine: str) -> list[Reading]:
+        """The row as the `Reading`s the per-value path makes of it, in the same order."""
+        return [Reading(machine, sensor, self.ts, value) for sensor, value in self.values.items()]
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A reading (or a whole message) that was refused, with the reason that is counted."""

@@ -39,10 +39,14 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
+from operator import itemgetter
 
 import numpy as np
 
-from service.types import Reading, Rejection, RejectReason, Window
+from service.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
+
+_TS = itemgetter(0)
 
 
 class MachineWindower:
@@ -67,6 +71,12 @@ class MachineWindower:
         self.lateness = lateness
         self._index = {s: i for i, s in enumerate(sensors)}
         self._pending: list[list[tuple[float, float]]] = [[] for _ in sensors]
+        # Whole rows (ts, every sensor's value in `sensors` order), oldest first, all newer
+        # than every per-sensor pending reading: a batch's records cost one entry each
+        # instead of one per value. A reading taken one by one first spills them into
+        # `_pending` (`_spill`), which they stand for.
+        self._pending_rows: list[tuple[float, tuple[float, ...]]] = []
+        self._row_of: Callable[[dict[str, float]], tuple[float, ...]] = _values_getter(sensors)
         # Plain lists: a machine has a handful of sensors, where numpy's per-call cost
         # exceeds the work.
         self._held_ts = [-math.inf] * len(sensors)
@@ -84,6 +94,8 @@ class MachineWindower:
 
     def add(self, reading: Reading) -> Rejection | None:
         """Takes a reading onto the grid, or says why not."""
+        if self._pending_rows:
+            self._spill()
         i = self._index.get(reading.sensor)
         if i is None:
             return Rejection(RejectReason.UNKNOWN_SENSOR, reading.sensor, self.machine)
@@ -110,6 +122,8 @@ class MachineWindower:
         """`add` for many readings; returns the rejections. The usual reading (a known
         sensor, newer than all it has pending, than its held value and the last step) is
         appended inline; any other goes through `add`, which decides the rest."""
+        if self._pending_rows:
+            self._spill()
         rejections: list[Rejection] = []
         index, pendings, held, last_tick = self._index, self._pending, self._held_ts, self.last_tick
         newest = self.newest_ts
@@ -130,16 +144,48 @@ class MachineWindower:
         self.newest_ts = newest
         return rejections
 
+    def add_rows(self, rows: list[Row]) -> list[Rejection]:
+        """Takes whole records, as `add` would take each of their values in turn (in the
+        order of its `values`), and returns the rejections. A row newer than everything
+        the windower holds with a value for exactly its sensors is queued as it is; any
+        other row goes through `add_many`, value by value, which decides the rest."""
+        rejections: list[Rejection] = []
+        queued, row_of, width = self._pending_rows, self._row_of, len(self.sensors)
+        for row in rows:
+            ts, values = row
+            # Newer than newest_ts: newer than every pending and held reading, so no value
+            # can be a duplicate or out of order; newer than the last step: not late.
+            if ts > self.newest_ts and ts > self.last_tick and len(values) == width:
+                try:
+                    queued.append((ts, row_of(values)))
+                except KeyError:
+                    pass  # a sensor of another name: not a full row
+                else:
+                    self.newest_ts = ts
+                    continue
+            rejections += self.add_many(row.readings(self.machine))
+        return rejections
+
+    def _spill(self) -> None:
+        """The queued rows as per-sensor pending readings, which they are newer than."""
+        for ts, values in self._pending_rows:
+            for pending, value in zip(self._pending, values, strict=True):
+                pending.append((ts, value))
+        self._pending_rows = []
+
     def advance(self) -> list[Window]:
         """Emits the grid steps that no allowed late reading can change any more."""
         watermark = self.newest_ts - self.lateness
         if self._next_tick is None:
+            self._spill()
             first = min((p[0][0] for p in self._pending if p), default=math.inf)
             if not math.isfinite(first):
                 return []
             self._next_tick = math.ceil(first / self.period) * self.period
         windows: list[Window] = []
         while self._next_tick <= watermark:
+            if self._pending_rows and self._advance_rows(watermark, windows):
+                continue
             tick = self._next_tick
             self._hold_until(tick)
             oldest = min(self._held_ts, default=math.inf)
@@ -154,7 +200,64 @@ class MachineWindower:
             self.last_tick = tick
         return windows
 
+    def _advance_rows(self, watermark: float, windows: list[Window]) -> bool:
+        """The steps from the next one on that each take exactly one queued row, fresh
+        enough to be no gap (a batch's usual case), all at once: their rows become one
+        array and their windows slices of it, instead of a row written and a window cut
+        per step. Stops before any other step, which `advance` takes one by one; False if
+        the next step is such a step. Each step's outcome is the one-by-one loop's."""
+        rows, period, max_stale = self._pending_rows, self.period, self.max_stale
+        tick = self._next_tick
+        assert tick is not None
+        taken: list[tuple[float, ...]] = []
+        ticks: list[float] = []
+        k = 0
+        while tick <= watermark and k < len(rows):
+            ts = rows[k][0]
+            if ts > tick or tick - ts > max_stale or (k + 1 < len(rows) and rows[k + 1][0] <= tick):
+                break
+            taken.append(rows[k][1])
+            ticks.append(tick)
+            k += 1
+            tick = tick + period
+        if not k:
+            return False
+        last_ts, last_values = rows[k - 1]
+        del rows[:k]
+        # Every per-sensor reading is older than the rows: held over by the first of them.
+        for pending in self._pending:
+            pending.clear()
+        self._held_ts = [last_ts] * len(last_values)
+        self._held_value = list(last_values)
+        self._emit(np.array(taken, dtype=np.float32), ticks, windows)
+        self._next_tick = tick
+        self.last_tick = ticks[-1]
+        return True
+
+    def _emit(self, block: FloatArray, ticks: list[float], windows: list[Window]) -> None:
+        """Appends `block`'s rows (one per tick) to the ring, and the windows they complete
+        to `windows`, as `_append_row` would for each."""
+        length = self.length
+        # The newest `length - 1` rows, oldest first, then the new ones.
+        start = self._next_row + 1
+        rows = np.concatenate((self._ring[start : start + length - 1], block))
+        for j, tick in enumerate(ticks):
+            self._rows = min(self._rows + 1, length)
+            if self._rows < length:
+                continue
+            if self._until_next_window > 0:
+                self._until_next_window -= 1
+                continue
+            self._until_next_window = self.stride - 1
+            windows.append(Window(self.machine, tick, self.sensors, rows[j : j + length].copy()))
+        self._ring[:length] = self._ring[length:] = rows[-length:]
+        self._next_row = 0
+
     def _hold_until(self, tick: float) -> None:
+        rows = self._pending_rows
+        if rows and rows[0][0] <= tick:
+            self._hold_row(tick)
+            return
         for i, pending in enumerate(self._pending):
             if not pending or pending[0][0] > tick:
                 continue
@@ -165,6 +268,21 @@ class MachineWindower:
             taken = bisect.bisect_right(pending, (tick, math.inf))
             self._held_ts[i], self._held_value[i] = pending[taken - 1]
             del pending[:taken]
+
+    def _hold_row(self, tick: float) -> None:
+        """The newest queued row at or before `tick` holds every sensor: the per-sensor
+        pending readings are all older than it, so none of them is held any more."""
+        rows = self._pending_rows
+        taken = (
+            1 if len(rows) == 1 or rows[1][0] > tick else bisect.bisect_right(rows, tick, key=_TS)
+        )
+        ts, values = rows[taken - 1]
+        del rows[:taken]
+        self._held_ts = [ts] * len(values)
+        self._held_value = list(values)
+        if any(self._pending):
+            for pending in self._pending:
+                pending.clear()
 
     def _append_row(self, tick: float) -> Window | None:
         row = self._next_row
@@ -189,6 +307,7 @@ class MachineWindower:
     def _next_possible_tick(self, tick: float, watermark: float) -> float:
         """After a gap, the first grid step at which every stale sensor could have a value:
         skipping there keeps a clock jump of hours from costing a loop step per second."""
+        self._spill()
         candidate = tick + self.period
         for i, pending in enumerate(self._pending):
             if candidate - self._held_ts[i] <= self.max_stale:
@@ -204,3 +323,15 @@ class MachineWindower:
 def _contains_ts(pending: list[tuple[float, float]], ts: float) -> bool:
     i = bisect.bisect_left(pending, (ts, -math.inf))
     return i < len(pending) and pending[i][0] == ts
+
+
+def _values_getter(sensors: tuple[str, ...]) -> Callable[[dict[str, float]], tuple[float, ...]]:
+    """A record's values in `sensors` order, as a tuple (KeyError for a missing sensor):
+    one C-level call per row, where a comprehension would loop in Python."""
+    if not sensors:
+        return lambda values: ()
+    if len(sensors) == 1:
+        only = sensors[0]
+        return lambda values: (values[only],)
+    getter: Callable[[dict[str, float]], tuple[float, ...]] = itemgetter(*sensors)
+    return getter

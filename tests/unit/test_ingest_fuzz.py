@@ -124,7 +124,7 @@ payloads = st.one_of(
 
 # -- the invariant ------------------------------------------------------------------------
 def units(result: IngestResult) -> int:
-    return len(result.readings) + sum(r.count for r in result.rejections)
+    return result.count + sum(r.count for r in result.rejections)
 
 
 def empty_values_only(payload: bytes) -> bool:
@@ -143,7 +143,8 @@ def check(ingestor: Ingestor, topic: str, payload: bytes) -> IngestResult:
     result = ingestor.parse(topic, payload, NOW)
     if units(result) == 0:
         assert empty_values_only(payload), (topic, payload)
-    for reading in result.readings:
+    assert result.count == len(result.all_readings())
+    for reading in result.all_readings():
         assert math.isfinite(reading.value)
         assert math.isfinite(reading.ts)
         assert reading.ts <= NOW + TOLERANCE
@@ -156,7 +157,11 @@ def check(ingestor: Ingestor, topic: str, payload: bytes) -> IngestResult:
         assert rejection.reason in INGEST_REASONS
         assert rejection.count == 1
     again = ingestor.parse(topic, payload, NOW)
-    assert (again.readings, again.rejections) == (result.readings, result.rejections)
+    assert (again.rows, again.readings, again.rejections) == (
+        result.rows,
+        result.readings,
+        result.rejections,
+    )
     return result
 
 
@@ -243,6 +248,7 @@ class SlowIngestor(Ingestor):
         ts: float,
         values: dict[str, Any],
         received_at: float,
+        finite: bool = False,
     ) -> None:
         for sensor, value in values.items():
             self._add(result, machine, sensor, ts, value, received_at)
@@ -264,9 +270,134 @@ machine_topics = st.sampled_from(["plant/pump-7", "plant/press-1"])
 def test_the_batch_fast_path_takes_and_rejects_what_the_slow_path_does(
     topic: str, document: Any
 ) -> None:
-    payload = dumps(document)
+    same_as_slow_path(topic, dumps(document))
+
+
+def same_as_slow_path(topic: str, payload: bytes) -> IngestResult:
+    """The fast path's rows and readings, value by value, are the slow path's readings."""
     for fast, slow in ((OPEN, SLOW_OPEN), (CLOSED, SLOW_CLOSED)):
         got, want = fast.parse(topic, payload, NOW), slow.parse(topic, payload, NOW)
-        assert got.readings == want.readings
-        assert [type(r.value) for r in got.readings] == [type(r.value) for r in want.readings]
+        assert not want.rows
+        assert got.all_readings() == want.readings
+        assert [type(r.value) for r in got.all_readings()] == [type(r.value) for r in want.readings]
         assert got.rejections == want.rejections
+        assert got.count == want.count
+    return OPEN.parse(topic, payload, NOW)
+
+
+# Records that are mostly valid rows (finite floats of the declared sensors), with now and
+# then one value, sensor or time that is not: where the row path and the per-value path
+# part, and where a valid record follows an invalid one in the same message.
+row_values = st.dictionaries(
+    st.sampled_from(["force", "stroke", "p"]),
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([1e308, -1e308, math.nan, math.inf, 1, True, "1.0", None]),
+    ),
+    min_size=1,
+    max_size=3,
+)
+row_records = st.fixed_dictionaries(
+    {"values": row_values},
+    optional={"ts": st.sampled_from([NOW - 5.0, NOW, NOW + 1e6, 1699999999, math.nan])},
+)
+
+
+@FUZZ
+@given(machine_topics, st.lists(row_records, min_size=1, max_size=6))
+def test_rows_are_the_readings_the_per_value_path_makes(topic: str, document: Any) -> None:
+    same_as_slow_path(topic, dumps(document))
+
+
+def test_a_valid_record_is_one_row_until_a_record_needs_the_per_value_path() -> None:
+    good = {"ts": NOW, "values": {"force": 1.5, "stroke": 2.5}}
+    bad = {"ts": NOW + 1, "values": {"force": math.nan, "stroke": 3.5}}
+    later = {"ts": NOW + 2, "values": {"force": 4.5, "stroke": 5.5}}
+    result = same_as_slow_path("plant/press-1", dumps([good, bad, later]))
+    # The record after the one with NaN goes value by value: rows come before readings.
+    assert [row.ts for row in result.rows] == [NOW]
+    assert [(r.sensor, r.ts) for r in result.readings] == [
+        ("stroke", NOW + 1),
+        ("force", NOW + 2),
+        ("stroke", NOW + 2),
+    ]
+    assert [r.reason for r in result.rejections] == [RejectReason.NON_FINITE]
+
+
+# -- rows against readings end to end: App.on_message, the pipeline, discovery, windows ----
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name.startswith(("aemon_readings_", "aemon_window_gaps"))
+        and not s.name.endswith("_created")
+    }
+
+
+def _run_app(ingestor: Ingestor | None, messages: list[tuple[str, bytes, bool]]) -> tuple[Any, ...]:
+    registry = CollectorRegistry()
+    app = App(
+        Settings(
+            http={"host": "127.0.0.1", "port": 0},
+            ingest={"max_payload_bytes": 4096, "future_tolerance": TOLERANCE},
+            machines={"press-1": {"sensors": ("force", "stroke")}},
+            discovery={"period": 2.0},
+            window={"length": 3, "stride": 1, "max_stale": 1.5, "lateness": 1.0},
+            learning={"windows": 10_000},
+        ),
+        registry,
+    )
+    if ingestor is not None:
+        ingestor.declared = app.ingestor.declared
+        app.ingestor = ingestor
+    try:
+        for topic, payload, cycle in messages:
+            app.on_message(topic, payload, NOW)
+            if cycle:
+                app.pipeline.cycle(timeout=0)
+        while not app.pipeline.queue.empty():
+            app.pipeline.cycle(timeout=0)
+    finally:
+        app.http.server.server_close()
+    learned = {
+        name: [w.tolist() for w in runtime._learning]
+        for name, runtime in app.pipeline.machines.items()
+    }
+    states = {name: (r.sensors, r.newest_ts) for name, r in app.pipeline.machines.items()}
+    return _samples(registry), learned, states
+
+
+row_time = st.sampled_from([-4, 1, 1, 1, 2, 0, -1])
+row_message = st.tuples(
+    st.sampled_from(["plant/press-1", "plant/pump-7", "plant/press-1/force", "plant/pump-7/p"]),
+    st.lists(st.tuples(row_time, row_values), min_size=1, max_size=4),
+    st.booleans(),
+)
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(st.lists(row_message, min_size=1, max_size=12))
+def test_rows_end_to_end_count_and_window_as_readings_do(
+    script: list[tuple[str, list[tuple[int, dict[str, Any]]], bool]],
+) -> None:
+    """The same messages through the row path and through the per-value path (every value
+    of a record through `_add`): the same counters by machine and reason, the same sensors
+    discovered and the same windows learned from."""
+    clock = NOW - 100.0
+    messages = []
+    for topic, records, cycle in script:
+        documents = []
+        for step, values in records:
+            clock += step
+            documents.append({"ts": clock, "values": values})
+        if topic.count("/") == 2:
+            payload = dumps(
+                [{"ts": d["ts"], "value": v} for d in documents for v in d["values"].values()]
+            )
+        else:
+            payload = dumps(documents)
+        messages.append((topic, payload, cycle))
+    slow = SlowIngestor(("plant/{machine}/{sensor}", "plant/{machine}"), 4096, TOLERANCE)
+    assert _run_app(None, messages) == _run_app(slow, messages)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from structlog.testing import capture_logs
 
 from service.config import ThresholdSettings
 from service.threshold import (
+    Adwin,
     ScoreDrift,
     SpotFitError,
     calibrate,
@@ -180,3 +183,31 @@ def test_score_drift_does_not_depend_on_the_scores_unit() -> None:
     assert [big.update(float(s)) for s in scores] == [small.update(float(s) / 1000) for s in scores]
     with pytest.raises(ValueError, match="scale"):
         ScoreDrift(scale=0.0)
+
+
+def test_adwin_on_rivers_core_agrees_with_rivers_adwin() -> None:
+    """`Adwin` stands for `river.drift.ADWIN` (which the daemon no longer imports, for the
+    scipy and scikit-learn it brings): same detections and estimates on shifting streams."""
+    from river.drift import ADWIN
+
+    rng = np.random.default_rng(3)
+    stream = np.r_[
+        rng.gamma(4.0, 0.025, 700), rng.gamma(4.0, 0.06, 400), rng.uniform(0, 4, 300), [0.0] * 50
+    ]
+    ours, theirs = Adwin(0.002), ADWIN(delta=0.002)
+    assert ours.estimation == theirs.estimation == 0.0
+    detections = 0
+    for x in stream:
+        theirs.update(float(x))
+        assert ours.update(float(x)) == theirs.drift_detected
+        assert ours.estimation == pytest.approx(theirs.estimation, rel=1e-12, abs=1e-12)
+        detections += theirs.drift_detected
+    assert detections >= 2
+
+
+def test_the_daemon_does_not_import_scipy_or_sklearn() -> None:
+    """A fresh interpreter importing the daemon: river's drift package (all its detectors)
+    would bring scipy and scikit-learn, some 70 MB resident."""
+    code = "import sys, service.app; print(sorted({'scipy', 'sklearn'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

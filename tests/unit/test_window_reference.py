@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.types import FloatArray, Reading, Rejection, RejectReason, Window
+from service.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
 from service.window import MachineWindower
 
 
@@ -210,3 +210,141 @@ def test_add_many_agrees_with_add_one_by_one(
         for g, w in zip(windows, expected, strict=True):
             np.testing.assert_array_equal(g.values, w.values)
     assert many.gaps == one.gaps
+
+
+# Records as a per-machine message brings them: a time and values of (mostly) every sensor,
+# in any order, now and then with a sensor missing or of another name; or a reading alone.
+row_keys = st.one_of(
+    st.permutations(["a", "b"]),
+    st.permutations(["a", "b"]),
+    st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+)
+# Times as quarter-second steps from the previous event's: mostly forward (the rows' fast
+# path), sometimes back or repeated (out of order, duplicate, late).
+steps = st.sampled_from([4, 4, 4, 2, 1, 0, -1, -3, -8, 40])
+row_events = st.lists(
+    st.one_of(
+        st.tuples(row_keys, steps),
+        st.tuples(row_keys, steps),
+        st.tuples(row_keys, steps),
+        st.tuples(st.sampled_from(["a", "b", "c"]), steps),
+        st.none(),
+        st.none(),
+    ),
+    min_size=4,
+    max_size=60,
+)
+
+
+# Mostly whole rows in order, as batches bring them: several to a grid step, one, or a gap
+# between; now and then a reading alone or one late. The steps' fast path (a run of steps
+# taking one row each, `MachineWindower._advance_rows`) against the one-by-one loop.
+def _batch_event(kind: str, step: int, swap: bool) -> tuple[list[str] | str, int] | None:
+    if kind == "row":
+        return (["b", "a"] if swap else ["a", "b"]), step
+    if kind == "reading":
+        return ("b" if swap else "a"), min(step, 4) - 4
+    return None
+
+
+# sampled_from picks evenly (one_of would not): rows 12 times as often as either other.
+batch_events = st.lists(
+    st.builds(
+        _batch_event,
+        st.sampled_from(["row"] * 12 + ["reading", "advance", "advance"]),
+        st.sampled_from([4, 4, 4, 4, 1, 2, 4, 12]),
+        st.booleans(),
+    ),
+    min_size=10,
+    max_size=80,
+)
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(
+    st.one_of(
+        st.lists(row_events, min_size=1, max_size=4),
+        st.lists(batch_events, min_size=1, max_size=3),
+    ),
+    st.integers(1, 4),
+    st.integers(1, 2),
+    st.sampled_from([0.0, 1.5, 3.0]),
+    st.sampled_from([1.0, 2.5, 0.5]),
+)
+def test_rows_agree_with_their_values_added_one_by_one(
+    cycles: list[list[tuple[list[str] | str, int] | None]],
+    length: int,
+    stride: int,
+    lateness: float,
+    max_stale: float,
+) -> None:
+    """`add_rows` (rows queued whole, spilled when a reading comes one by one) against
+    `add` of each of the rows' values in their order, on streams with rows out of order,
+    duplicate, late, partial or with unknown sensors, readings in between, and gaps."""
+    args = ("m", ("a", "b"), 1.0, length, stride, max_stale, lateness)
+    new, old = MachineWindower(*args), MachineWindower(*args)
+    k = clock = 0
+    for cycle in [*cycles, [None]]:
+        for event in cycle:
+            if event is None:
+                got, want = new.advance(), old.advance()
+                assert [w.end_ts for w in got] == [w.end_ts for w in want]
+                for g, w in zip(got, want, strict=True):
+                    np.testing.assert_array_equal(g.values, w.values)
+                continue
+            keys, step = event
+            clock = max(0, clock + step)
+            ts = clock / 4
+            k += 1
+            if isinstance(keys, str):
+                reading = Reading("m", keys, ts, float(k))
+                a, b = new.add(reading), old.add(reading)
+                assert a == b
+            else:
+                row = Row(ts, {key: float(k * 10 + i) for i, key in enumerate(keys)})
+                got_rejections = new.add_rows([row])
+                want_rejections = [r for r in map(old.add, row.readings("m")) if r is not None]
+                assert got_rejections == want_rejections
+            assert new.newest_ts == old.newest_ts
+    assert new.gaps == old.gaps
+    assert new.last_tick == old.last_tick
+
+
+def test_rows_in_order_are_queued_whole_and_held_as_rows() -> None:
+    """The path the tests above compare: in-order rows stay rows until a step takes them."""
+    w = MachineWindower("m", ("a", "b"), 1.0, 2, 1, 1.5, lateness=0.0)
+    rows = [Row(float(t), {"b": 10.0 * t, "a": float(t)}) for t in range(4)]
+    assert w.add_rows(rows) == []
+    assert len(w._pending_rows) == 4
+    assert not any(w._pending)
+    assert [(x.end_ts, x.values.tolist()) for x in w.advance()] == [
+        (1.0, [[0.0, 0.0], [1.0, 10.0]]),
+        (2.0, [[1.0, 10.0], [2.0, 20.0]]),
+        (3.0, [[2.0, 20.0], [3.0, 30.0]]),
+    ]
+
+
+def test_a_row_passes_over_older_readings_still_pending() -> None:
+    """A reading waits for its step while a newer row comes: the row's step holds the row
+    for every sensor, and the older reading must not come back at the next step."""
+    args = ("m", ("a", "b"), 1.0, 1, 1, 2.5, 0.0)
+    new, old = MachineWindower(*args), MachineWindower(*args)
+    events: list[Row | Reading] = [
+        Row(5.0, {"a": 1.0, "b": 2.0}),
+        Reading("m", "a", 5.5, 3.0),
+        Row(6.0, {"a": 4.0, "b": 5.0}),
+        Reading("m", "b", 7.0, 6.0),
+    ]
+    for event in events:
+        if isinstance(event, Row):
+            assert new.add_rows([event]) == []
+            for reading in event.readings("m"):
+                assert old.add(reading) is None
+        else:
+            assert new.add(event) is None
+            assert old.add(event) is None
+        got, want = new.advance(), old.advance()
+        assert [(w.end_ts, w.values.tolist()) for w in got] == [
+            (w.end_ts, w.values.tolist()) for w in want
+        ]
+    assert [w.values.tolist() for w in new.advance()] == []
