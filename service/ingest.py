@@ -236,9 +236,13 @@ class Ingestor:
             result.rows.append(_new_row(Row, (ts, values)))
             return
         append = result.readings.append
-        isfinite = math.isfinite
         for sensor, value in values.items():
-            if type(value) is float and isfinite(value) and (known is None or sensor in known):
+            # The comparisons are false for NaN and beyond float32 for infinities.
+            if (
+                type(value) is float
+                and -FLOAT32_MAX <= value <= FLOAT32_MAX
+                and (known is None or sensor in known)
+            ):
                 append(_new_reading(Reading, (machine, sensor, ts, value)))
             else:
                 self._add(result, machine, sensor, ts, value, received_at)
@@ -264,7 +268,7 @@ class Ingestor:
         if type(value) not in _NUMBERS:
             return RejectReason.SCHEMA, f"{sensor}: value is {type(value).__name__}, not a number"
         if not _finite(value):
-            return RejectReason.NON_FINITE, f"{sensor}: {str(value)[:40]}"
+            return RejectReason.NON_FINITE, f"{sensor}: {str(value)[:40]} (not finite in float32)"
         if not math.isfinite(ts):
             return RejectReason.NON_FINITE, f"{sensor}: timestamp {ts}"
         if ts > received_at + self.future_tolerance:
@@ -275,6 +279,8 @@ class Ingestor:
         return None, ""
 
 
+# Windows hold float32: a larger finite value would become an infinity there.
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 # `Reading(...)` without its Python-level `__new__`: the same tuple, built in half the time.
 _new_reading = _new_row = tuple.__new__
 # JSON numbers as orjson and json decode them (a bool is no number here).
@@ -300,23 +306,26 @@ def _plain(record: Any, field: str) -> bool:
 
 def _valid_row(values: dict[str, Any], known: frozenset[str] | None, finite: bool) -> bool:
     """Whether `_add` would take every value as it is: all floats (not int or bool, which
-    it converts), all finite, all of known sensors. C-level calls instead of a loop: a
-    sum of floats is finite only if every term is (an overflowing sum of finite values
-    only sends the record down the per-value path, which decides each value alone), and
-    floats that orjson decoded need not be summed at all (it refuses NaN and infinities)."""
+    it converts), all finite in float32, all of known sensors. C-level calls instead of a
+    loop: a sum of floats is finite only if every term is (an overflowing sum of finite
+    values only sends the record down the per-value path, which decides each value alone),
+    and floats that orjson decoded need not be summed at all (it refuses NaN and
+    infinities); with no NaN among them, their extremes bound them all."""
     vals = values.values()
     return (
         len(values) > 0
         and list(map(type, vals)) == [float] * len(values)
         and (finite or math.isfinite(sum(vals)))
+        and min(vals) >= -FLOAT32_MAX
+        and max(vals) <= FLOAT32_MAX
         and (known is None or known.issuperset(values))
     )
 
 
 def _finite(value: int | float) -> bool:
-    """False for NaN, infinities and integers beyond float range (JSON allows 1e999 digits)."""
+    """False for NaN, infinities and numbers beyond float32 (JSON allows 1e999 digits)."""
     try:
-        return math.isfinite(value)
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
     except OverflowError:
         return False
 

@@ -55,6 +55,11 @@ def test_rfc3339_timestamps_and_missing_ts(ingestor: Ingestor) -> None:
         ("plant/m/s", b"NaN", "non_finite"),
         ("plant/m/s", b'{"value": Infinity}', "non_finite"),
         ("plant/m/s", b'{"value": 1e999}', "non_finite"),
+        # Finite, but infinite in the float32 windows.
+        ("plant/m/s", b'{"value": 1e39}', "non_finite"),
+        ("plant/m/s", b"-1e300", "non_finite"),
+        ("plant/m/s", b"1" + b"0" * 39, "non_finite"),
+        ("plant/m", b'{"values": {"a": 1e300}}', "non_finite"),
         ("plant/m/s", b'{"value": "3.2"}', "schema"),
         ("plant/m/s", b'{"value": true}', "schema"),
         ("plant/m/s", b'{"value": 1, "extra": 2}', "schema"),
@@ -83,6 +88,14 @@ def test_one_bad_value_does_not_reject_its_neighbours(ingestor: Ingestor) -> Non
         RejectReason.NON_FINITE,
         RejectReason.SCHEMA,
     ]
+
+
+def test_a_value_beyond_float32_does_not_reject_its_record(ingestor: Ingestor) -> None:
+    r = ingestor.parse("plant/m", b'{"values": {"a": 3.0e38, "b": -3.5e38}}', NOW)
+    assert r.rows == []
+    assert [(x.sensor, x.value) for x in r.readings] == [("a", 3.0e38)]
+    assert [x.reason for x in r.rejections] == [RejectReason.NON_FINITE]
+    assert "float32" in r.rejections[0].detail
 
 
 def test_undeclared_machines_can_be_refused() -> None:
