@@ -37,6 +37,15 @@ BENCH_CONFIG: dict[str, dict[str, Any]] = {
     "ingest": {"max_payload_bytes": 65536, "queue_size": 100_000},
     "log": {"level": "warning"},
 }
+
+
+def bench_config(kind: str | None) -> dict[str, dict[str, Any]]:
+    """BENCH_CONFIG with another model family than the default (`--model`)."""
+    if kind is None:
+        return BENCH_CONFIG
+    return {**BENCH_CONFIG, "model": {**BENCH_CONFIG["model"], "kind": kind}}
+
+
 LEARN_ROWS = 3 + 20 + 60 + 10  # discovery + first window + learning windows + margin
 
 

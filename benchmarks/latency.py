@@ -42,6 +42,7 @@ from benchmarks.common import (
     PacedSpec,
     ProcStats,
     all_scoring,
+    bench_config,
     box_busy,
     box_niced,
     box_share,
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     broker = Mosquitto(workdir).start()
     daemon_dir = workdir / "daemon"
     daemon_dir.mkdir()
-    config = BENCH_CONFIG | {"finetune": finetune_config(after)}
+    config = bench_config(args.model) | {"finetune": finetune_config(after)}
     daemon = Daemon(daemon_dir, broker.port, config)
     with running(broker):
         daemon.start()
@@ -315,6 +316,7 @@ def print_table(r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--model", help="model family, e.g. dense (default: the daemon's)")
     parser.add_argument("--sensors", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=90, help="real-time phase, wall seconds")
     parser.add_argument("--faults", type=int, default=50, help="machines that get a fault")

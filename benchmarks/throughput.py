@@ -48,12 +48,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from benchmarks.common import (
-    BENCH_CONFIG,
     LEARN_ROWS,
     SENSOR_NAMES,
     Load,
     Message,
     batch_messages,
+    bench_config,
     box_busy,
     box_niced,
     box_share,
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     broker = Mosquitto(workdir).start()
     daemon_dir = workdir / "daemon"
     daemon_dir.mkdir()
-    daemon = Daemon(daemon_dir, broker.port, BENCH_CONFIG)
+    daemon = Daemon(daemon_dir, broker.port, bench_config(args.model))
     with running(broker):
         ceil = ceiling(broker.port, m * s * args.rows, m, s)
         daemon.start()
@@ -394,6 +394,7 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=600, help="batch phase: seconds")
     parser.add_argument("--batch-size", type=int, default=10, help="records per batch message")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the per-sensor phase")
+    parser.add_argument("--model", help="model family, e.g. dense (default: the daemon's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aemon-bench-") as tmp:
         result = run(args, Path(tmp))
