@@ -87,8 +87,22 @@ def score_bar(score: float | None, threshold: float | None) -> Text:
     bar = Text()
     for i in range(BAR_CELLS):
         bar.append("|" if i == mark else "▇" if i < filled else "▁", style=style)
-    bar.append(f"{ratio:6.1f}x")
+    bar.append(ratio_text(ratio))
     return bar
+
+
+def ratio_text(ratio: float) -> str:
+    """Six characters and an `x`, with a space before the digits up to 99,999: held faults
+    score thousands of times their threshold.
+
+    >>> ratio_text(1.44), ratio_text(3811.8), ratio_text(2.5e6)
+    ('   1.4x', '  3812x', '>1e+05x')
+    """
+    if ratio < 1000:
+        return f"{ratio:6.1f}x"
+    if ratio < 100_000:
+        return f"{ratio:6.0f}x"
+    return ">1e+05x"
 
 
 def top_sensors(event: dict[str, Any] | None, n: int = 2) -> str:
@@ -128,7 +142,7 @@ def recent_lines(state: RunState, n: int = 8) -> list[tuple[float, Text]]:
         if e["event"] == "updated":
             continue
         ratio = e["score"] / e["threshold"] if e["threshold"] else 0.0
-        text = f"{e['machine']:<13} alert {e['event']:<8} {ratio:6.1f}x  {top_sensors(e)}"
+        text = f"{e['machine']:<13} alert {e['event']:<8} {ratio_text(ratio)}  {top_sensors(e)}"
         style = "red" if e["event"] == "raised" else "green"
         lines.append((parse_time(e["updated_at"]) or 0.0, Text(text, style)))
     return sorted(lines, key=lambda line: line[0])[-n:]
