@@ -330,14 +330,10 @@ def _finite(value: int | float) -> bool:
         return False
 
 
-def decode_json(payload: bytes) -> Any:
-    """orjson first (fast); the stdlib only for what orjson refuses, so that `NaN`, `Infinity`
-    and overflowing numbers are reported as non_finite rather than malformed."""
-    return decode(payload)[0]
-
-
 def decode(payload: bytes) -> tuple[Any, bool]:
-    """`decode_json`, and whether orjson decoded it: then every float in it is finite."""
+    """The document, and whether orjson decoded it: then every float in it is finite.
+    orjson first (fast); the stdlib only for what orjson refuses, so that `NaN`, `Infinity`
+    and overflowing numbers are reported as non_finite rather than malformed."""
     try:
         return orjson.loads(payload), True
     except orjson.JSONDecodeError:
