@@ -215,7 +215,7 @@ def sensor_errors(
         held = residual.mean(dim=-2).square()
         factor = 1.0 + offset_weight * residual.shape[-2]
         weight = 1.0 if held_weight is None else torch.from_numpy(held_weight)
-        squared = squared - held + held * (factor * weight)
+        squared = squared + held * (factor * weight - 1.0)
     return squared.numpy().astype(np.float32, copy=False)
 
 
