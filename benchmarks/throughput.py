@@ -192,6 +192,7 @@ class Counters:
     rejected: float
     scored: float
     calls: float  # scoring calls (one per pipeline cycle with windows to score)
+    scoring: float  # seconds the pipeline spent in them
 
     @classmethod
     def read(cls, daemon: Daemon) -> Counters:
@@ -201,6 +202,7 @@ class Counters:
             metric_value(text, "aemon_readings_rejected_total"),
             metric_value(text, "aemon_windows_scored_total"),
             metric_value(text, "aemon_scoring_latency_seconds_count"),
+            metric_value(text, "aemon_scoring_latency_seconds_sum"),
         )
 
 
@@ -241,6 +243,7 @@ def daemon_phase(
         "rejected": now.rejected - before.rejected,
         "scored": now.scored - before.scored,
         "scoring_calls": now.calls - before.calls,
+        "scoring_seconds": now.scoring - before.scoring,
         "seconds": seconds,
         "accept_seconds": (accepted_at or done_at) - resumed,
         "rate": accepted / seconds,
@@ -359,11 +362,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"learning took {result['learn_seconds']:.0f} s"
     )
     header = f"{'phase':<28}{'messages':>10}{'readings/s':>12}{'msgs/s':>10}{'pub msgs/s':>12}"
-    print(header + f"{'rejected':>10}{'scored':>9}{'calls':>7}")
+    print(header + f"{'rejected':>10}{'scored':>9}{'calls':>7}{'us/window':>11}")
     c = result["ceiling"]
     print(
         f"{'ceiling (count only)':<28}{c['messages']:>10}{c['rate']:>12.0f}{c['rate']:>10.0f}"
-        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}{'-':>7}"
+        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}{'-':>7}{'-':>11}"
     )
     for key, label in (
         ("per_sensor", "daemon, per-sensor"),
@@ -373,7 +376,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{label:<28}{p['messages']:>10}{p['rate']:>12.0f}{p['messages_per_s']:>10.0f}"
             f"{p['publish_rate']:>12.0f}{p['rejected']:>10.0f}{p['scored']:>9.0f}"
-            f"{p['scoring_calls']:>7.0f}"
+            f"{p['scoring_calls']:>7.0f}{1e6 * p['scoring_seconds'] / max(1, p['scored']):>11.1f}"
         )
     print(
         f"box CPU busy {result['box_cpu_busy']:.0%} (this benchmark included), of which niced "
