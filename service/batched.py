@@ -1,21 +1,30 @@
-"""The dense and VAE families' `forward`, over many models at once, as batched matmuls.
+"""The families' `forward` over many models at once, as one TorchScript call.
 
 `torch.vmap` runs any family over a stack of models, but through `functional_call`, which
-swaps every parameter in and out in Python: some forty tensor calls per model call, each
-giving up the GIL and winning it back from paho's thread (and from the fine-tuner's,
-while it trains). The Linear-stack families need only a `baddbmm` per layer: with the
-weights of `k` models as rows `[k, n_weights]` and windows `[k, batch, time, sensors]`,
-these forwards cost a third of the vmapped one, and half of its p99 while a fine-tune
-runs (measured with `benchmarks/latency.py` when they were written).
+swaps every parameter in and out in Python: tens of tensor calls per model call, and each
+gives up the GIL and has to win it back. Under load paho's thread holds the GIL in between,
+so each hand-back costs up to the switch interval: a conv call of 16 windows took 24 ms
+with a busy Python thread beside it against 1.6 ms alone (`benchmarks/throughput.py`
+measured 560 us per scored window while per-sensor messages poured in).
 
-Each is the family's `forward` in eval mode, layer by layer, read from the module itself
-(`nn.Sequential` of `nn.Linear` and `nn.GELU`); a layer of another kind raises
-`NotBatchableError`, and `service.stacked` checks every forward against vmap when it forms
-a group, so a family that changes falls back to vmap instead of scoring wrongly.
+Here a family's eval-mode forward becomes a *plan*, its layers read from the module
+(`nn.Sequential`s of `nn.Linear`, `nn.Conv1d`, `nn.ConvTranspose1d` and `nn.GELU`), and one
+TorchScript function runs a plan for `k` models at once: with the weights of `k` models as
+rows `[k, n_weights]` and windows `[k, batch, time, sensors]`, a linear layer is one
+`baddbmm`, and the convolutions are grouped ones, model `i`'s channels being group `i`.
+The whole plan, with the errors of its reconstructions (`plan_errors`), runs in C++ with
+the GIL released once. A layer of another kind raises `NotBatchableError`, and
+`service.stacked` checks every plan against vmap when it forms a group, so a family that
+changes falls back to vmap instead of scoring wrongly.
+
+TorchScript is deprecated in favour of `torch.compile`, which compiles C++ at run time
+(a compiler, a writable cache) and so is no option for a daemon in a read-only sandbox;
+torch is pinned (constraints.txt), and a torch without TorchScript would fail the tests.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +33,7 @@ from torch import nn
 from torch.nn import functional
 
 from service.models import Autoencoder
+from service.models.conv import ConvAE
 from service.models.dense import DenseAE
 from service.models.vae import VAE
 
@@ -37,61 +47,191 @@ class Span:
     stop: int
 
 
-# (rows [k, n_weights], windows [k, batch, time, sensors]) -> reconstructions, same shape
-BatchedForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A step of a plan and its integers: see `_run`.
+Plan = list[tuple[str, list[int]]]
 
 
 class NotBatchableError(Exception):
     """The module has a layer the batched forwards do not know."""
 
 
-def batched_forward(model: Autoencoder, spans: Mapping[str, Span]) -> BatchedForward | None:
-    """The batched forward of `model`'s family; None for a family without one."""
+def run_plan(rows: torch.Tensor, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Reconstructions of windows `x` `[k, batch, time, sensors]` by the `k` models whose
+    weights are `rows` `[k, n_weights]`."""
+    run: Callable[[torch.Tensor, torch.Tensor, Plan], torch.Tensor] = scripted(_run)
+    return run(rows, x, plan)
+
+
+def plan_errors(
+    weights: torch.Tensor,
+    slots: torch.Tensor,
+    rows: torch.Tensor,
+    x: torch.Tensor,
+    plan: Plan,
+    offset_weight: float,
+    held: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sensor errors `[k, batch, sensors]` of windows `x` (scaled), each item scored by
+    the model in row `slots[i]` of `weights` (gathered into `rows`), in one call."""
+    return scripted(_plan_errors)(weights, slots, rows, x, plan, offset_weight, held)
+
+
+def residual_errors(
+    residual: torch.Tensor, offset_weight: float, held: torch.Tensor | None
+) -> torch.Tensor:
+    """`service.detector.sensor_errors` of a residual `[..., time, sensors]`."""
+    return scripted(_errors)(residual, offset_weight, held)
+
+
+def family_plan(model: Autoencoder, spans: Mapping[str, Span]) -> Plan | None:
+    """`model`'s eval-mode forward as a plan; None for a family without one."""
     if isinstance(model, DenseAE):
-        return lambda rows, x: _dense(model, spans, rows, x)
+        return [
+            ("flatten", []),
+            *_layers(model.encoder, "encoder", spans),
+            *_layers(model.decoder, "decoder", spans),
+            ("unflatten", []),
+        ]
     if isinstance(model, VAE):
-        return lambda rows, x: _vae(model, spans, rows, x)
+        # In eval mode the code is the mean: the log-variance branch does not touch `recon`.
+        return [
+            ("flatten", []),
+            *_layers(model.encoder, "encoder", spans),
+            _linear(model.mu, "mu", spans),
+            *_layers(model.decoder, "decoder", spans),
+            ("unflatten", []),
+        ]
+    if isinstance(model, ConvAE):
+        return [
+            ("channels", []),
+            *_layers(model.encoder, "encoder", spans),
+            *_layers(model.decoder, "decoder", spans),
+            ("windows", []),
+        ]
     return None
 
 
-def _dense(
-    model: DenseAE, spans: Mapping[str, Span], rows: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    code = _sequential(model.encoder, "encoder", spans, rows, x.flatten(2))
-    return _sequential(model.decoder, "decoder", spans, rows, code).view_as(x)
-
-
-def _vae(
-    model: VAE, spans: Mapping[str, Span], rows: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    """In eval mode the code is the mean: the log-variance branch does not touch `recon`."""
-    hidden = _sequential(model.encoder, "encoder", spans, rows, x.flatten(2))
-    mu = _linear(spans, "mu", rows, hidden)
-    return _sequential(model.decoder, "decoder", spans, rows, mu).view_as(x)
-
-
-def _sequential(
-    seq: nn.Sequential,
-    prefix: str,
-    spans: Mapping[str, Span],
-    rows: torch.Tensor,
-    h: torch.Tensor,
-) -> torch.Tensor:
+def _layers(seq: nn.Sequential, prefix: str, spans: Mapping[str, Span]) -> Plan:
+    plan: Plan = []
     for i, layer in enumerate(seq):
+        name = f"{prefix}.{i}"
         if isinstance(layer, nn.Linear):
-            h = _linear(spans, f"{prefix}.{i}", rows, h)
-        elif isinstance(layer, nn.GELU):
-            h = functional.gelu(h, approximate=layer.approximate)
+            plan.append(_linear(layer, name, spans))
+        elif isinstance(layer, nn.Conv1d | nn.ConvTranspose1d):
+            plan.append(_convolution(layer, name, spans))
+        elif isinstance(layer, nn.GELU) and layer.approximate in ("none", "tanh"):
+            plan.append(("gelu" if layer.approximate == "none" else "gelu_tanh", []))
         else:
-            raise NotBatchableError(f"{prefix}.{i}: {type(layer).__name__}")
+            raise NotBatchableError(f"{name}: {type(layer).__name__}")
+    return plan
+
+
+def _weights(name: str, spans: Mapping[str, Span]) -> list[int]:
+    w, b = spans[f"{name}.weight"], spans[f"{name}.bias"]
+    return [w.start, w.stop, b.start, b.stop]
+
+
+def _linear(layer: nn.Linear, name: str, spans: Mapping[str, Span]) -> tuple[str, list[int]]:
+    if layer.bias is None:
+        raise NotBatchableError(f"{name}: Linear without bias")
+    return "linear", [*_weights(name, spans), layer.in_features, layer.out_features]
+
+
+def _convolution(
+    layer: nn.Conv1d | nn.ConvTranspose1d, name: str, spans: Mapping[str, Span]
+) -> tuple[str, list[int]]:
+    """A convolution the plans can run; anything they do not implement (dilation, groups,
+    other padding, output padding, no bias) raises `NotBatchableError`."""
+    padding = layer.padding
+    plain = (
+        layer.dilation == (1,)
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and isinstance(padding, tuple)
+        and tuple(layer.output_padding) in ((), (0,))
+        and layer.bias is not None
+    )
+    if not plain or not isinstance(padding, tuple):
+        raise NotBatchableError(f"{name}: {layer}")
+    shape = [layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.stride[0]]
+    kind = "conv_transpose" if isinstance(layer, nn.ConvTranspose1d) else "conv"
+    return kind, [*_weights(name, spans), *shape, padding[0]]
+
+
+def _run(rows: torch.Tensor, x: torch.Tensor, plan: list[tuple[str, list[int]]]) -> torch.Tensor:
+    """Runs `plan` for `k` models: `rows` `[k, n_weights]`, `x` `[k, batch, time, sensors]`.
+    TorchScript: no annotations beyond its own, no closures, integers unpacked by index."""
+    k, batch = x.shape[0], x.shape[1]
+    h = x
+    for step, a in plan:
+        if step == "gelu":
+            h = functional.gelu(h)
+        elif step == "gelu_tanh":
+            h = functional.gelu(h, approximate="tanh")
+        elif step == "flatten":
+            h = h.flatten(2)
+        elif step == "unflatten":
+            h = h.reshape(x.shape)
+        elif step == "linear":
+            # `h @ W.T + b`, h `[k, batch, in]`, W `[k, out, in]`
+            weight = rows[:, a[0] : a[1]].view(k, a[5], a[4])
+            bias = rows[:, a[2] : a[3]].unsqueeze(1)
+            h = torch.baddbmm(bias, h, weight.transpose(1, 2))
+        elif step == "channels":
+            # `[k, batch, time, sensors]` -> `[batch, k * sensors, time]`: model `i`'s
+            # channels are group `i` of grouped convolutions, which run the `k` models'
+            # convolutions in one call (what vmap makes of them, too).
+            h = h.permute(1, 0, 3, 2).reshape(batch, k * x.shape[3], x.shape[2])
+        elif step == "windows":
+            # Back, cropped: the decoder may return more steps than the window has.
+            h = h[:, :, : x.shape[2]].reshape(batch, k, x.shape[3], x.shape[2])
+            h = h.permute(1, 0, 3, 2)
+        elif step == "conv":
+            cin, cout, kernel = a[4], a[5], a[6]
+            weight = rows[:, a[0] : a[1]].reshape(k * cout, cin, kernel)
+            bias = rows[:, a[2] : a[3]].reshape(k * cout)
+            h = functional.conv1d(h, weight, bias, a[7], a[8], 1, k)
+        elif step == "conv_transpose":
+            cin, cout, kernel = a[4], a[5], a[6]
+            weight = rows[:, a[0] : a[1]].reshape(k * cin, cout, kernel)
+            bias = rows[:, a[2] : a[3]].reshape(k * cout)
+            h = functional.conv_transpose1d(h, weight, bias, a[7], a[8], 0, k)
     return h
 
 
-def _linear(
-    spans: Mapping[str, Span], name: str, rows: torch.Tensor, h: torch.Tensor
+def _errors(
+    residual: torch.Tensor, offset_weight: float, held_weight: torch.Tensor | None
 ) -> torch.Tensor:
-    """`h @ W.T + b` for every model at once: `h` is `[k, batch, in]`."""
-    w, b = spans[f"{name}.weight"], spans[f"{name}.bias"]
-    weight = rows[:, w.start : w.stop].view(len(rows), *w.shape)
-    bias = rows[:, b.start : b.stop].unsqueeze(1)
-    return torch.baddbmm(bias, h, weight.transpose(1, 2))
+    squared = residual.square().mean(dim=-2)
+    if offset_weight > 0 or held_weight is not None:
+        held = residual.mean(dim=-2).square()
+        factor = 1.0 + offset_weight * residual.shape[-2]
+        weight = held_weight if held_weight is not None else torch.ones_like(held)
+        squared = squared + held * (factor * weight - 1.0)
+    return squared
+
+
+def _plan_errors(
+    weights: torch.Tensor,
+    slots: torch.Tensor,
+    rows: torch.Tensor,
+    x: torch.Tensor,
+    plan: list[tuple[str, list[int]]],
+    offset_weight: float,
+    held: torch.Tensor,
+) -> torch.Tensor:
+    torch.index_select(weights, 0, slots, out=rows)
+    return _errors(_run(rows, x, plan) - x, offset_weight, held)
+
+
+_SCRIPTED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
+
+
+def scripted(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`function` compiled by TorchScript, once, on first use (~20 ms): it then runs in C++
+    with the GIL released once, not once per tensor operation."""
+    if function not in _SCRIPTED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see the module's docstring
+            _SCRIPTED[function] = torch.jit.script(function)
+    return _SCRIPTED[function]

@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 import torch
 
+from service.batched import residual_errors
 from service.config import ModelSettings, ThresholdSettings
 from service.models import AEOutput, Autoencoder, build_model
 from service.threshold import calibrate
@@ -210,13 +211,8 @@ def sensor_errors(
     adds s^2 to the variance and s^2 / length to the offset; an offset d held over the window
     adds d^2 to the offset alone, so with `offset_weight > 0` a held shift stands out of the
     noise. With `offset_weight = 0` and weights of 1 this is the plain mean squared error."""
-    squared = residual.square().mean(dim=-2)
-    if offset_weight > 0 or held_weight is not None:
-        held = residual.mean(dim=-2).square()
-        factor = 1.0 + offset_weight * residual.shape[-2]
-        weight = 1.0 if held_weight is None else torch.from_numpy(held_weight)
-        squared = squared + held * (factor * weight - 1.0)
-    return squared.numpy().astype(np.float32, copy=False)
+    held = None if held_weight is None else torch.from_numpy(held_weight)
+    return residual_errors(residual, offset_weight, held).numpy().astype(np.float32, copy=False)
 
 
 def window_scores(errors: FloatArray) -> FloatArray:

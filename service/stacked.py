@@ -5,9 +5,9 @@ costs per *call*, not per window: one call per machine per cycle does not keep u
 plant. Machines whose models have one shape (family, family parameters, window length,
 sensor count) form a group, and a cycle's windows of a group are scored in one call: the
 members' weights are gathered with one `index_select` and run through the family's
-forward batched over models: hand-written batched matmuls for the Linear-stack families
-(`service.batched`: dense, vae), `torch.vmap` over `torch.func.functional_call` for the
-others (conv). A batched forward is checked against vmap when its group forms.
+forward batched over models: a TorchScript plan (`service.batched`: dense, vae, conv),
+`torch.vmap` over `torch.func.functional_call` for a family without one. A plan is checked
+against vmap when its group forms.
 
 A group owns its members' numbers: one float32 tensor `[capacity, n_weights]` holds every
 member's weights, one row each, and two arrays hold the scalers. Each member detector's
@@ -23,14 +23,14 @@ freed that way (a plant's first fits), the heap is trimmed (`service.heap`), or 
 holes would stay resident. A replaced member's weights are not counted: fine-tunes come
 one at a time and the next one reuses what the last one freed.
 
-A family `vmap` cannot batch (the LSTM: there is no batching rule for `aten::lstm`), and a
-group with windows of one machine only in a cycle, are scored by the detector alone.
+A family `vmap` cannot batch (the LSTM: there is no batching rule for `aten::lstm`) is
+scored by each detector alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 from torch.func import functional_call
 
 from service import heap
-from service.batched import BatchedForward, NotBatchableError, Span, batched_forward
+from service.batched import NotBatchableError, Plan, Span, family_plan, plan_errors, run_plan
 from service.detector import Detector, sensor_errors, window_scores
 from service.models import Autoencoder, build_model
 from service.types import FloatArray
@@ -98,9 +98,11 @@ class StackedGroup:
         # Reused by every call: a fresh allocation of this size per cycle would leave the
         # allocator's heap at its high-water mark (glibc raises its mmap threshold).
         self._gathered = torch.empty((0, self.width))
-        self._vmapped: BatchedForward = torch.vmap(self._forward_one)
-        self._forward = self._choose_forward(template)
-        self.uses_vmap = self._forward is self._vmapped
+        self._vmapped: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.vmap(
+            self._forward_one
+        )
+        self.plan = self._choose_plan(template)
+        self.uses_vmap = self.plan is None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -190,31 +192,35 @@ class StackedGroup:
         if len(self._gathered) < len(slots):
             self._gathered = torch.empty((len(slots), self.width))
         rows = self._gathered[: len(slots)]
+        held = self.held[slots][:, None]  # per item: broadcast over its windows
+        index, xt = torch.from_numpy(slots), torch.from_numpy(scaled)
         with torch.no_grad():
-            torch.index_select(self.weights, 0, torch.from_numpy(slots), out=rows)
-            xt = torch.from_numpy(scaled)
-            held = self.held[slots][:, None]  # per item: broadcast over its windows
-            return sensor_errors(self._forward(rows, xt) - xt, self.key[4], held)
+            if self.plan is not None:
+                held_t = torch.from_numpy(held)
+                errors = plan_errors(self.weights, index, rows, xt, self.plan, self.key[4], held_t)
+                return errors.numpy()
+            torch.index_select(self.weights, 0, index, out=rows)
+            return sensor_errors(self._vmapped(rows, xt) - xt, self.key[4], held)
 
-    def _choose_forward(self, template: Detector) -> BatchedForward:
-        """The family's batched forward if it gives what vmap gives, else vmap."""
-        vmapped = self._vmapped
-        batched = batched_forward(self.base, self.spans)
-        if batched is None:
-            return vmapped
+    def _choose_plan(self, template: Detector) -> Plan | None:
+        """The family's plan if it gives what vmap gives, else None (vmap)."""
         row = torch.cat([p.detach().flatten() for p in template.model.parameters()])
         rows = torch.stack([row, -0.5 * row])
         x = torch.randn((2, 3, *self.shape), generator=torch.Generator().manual_seed(0))
         try:
+            plan = family_plan(self.base, self.spans)
+            if plan is None:
+                return None
             with torch.no_grad():
-                agree = torch.allclose(batched(rows, x), vmapped(rows, x), rtol=1e-4, atol=1e-5)
+                got, want = run_plan(rows, x, plan), self._vmapped(rows, x)
+                agree = torch.allclose(got, want, rtol=1e-4, atol=1e-5)
         except (NotBatchableError, RuntimeError) as exc:
             log.warning("stacked_forward_unusable", kind=self.key[0], error=str(exc))
-            return vmapped
+            return None
         if not agree:
             log.warning("stacked_forward_unusable", kind=self.key[0], error="differs from vmap")
-            return vmapped
-        return batched
+            return None
+        return plan
 
     def _forward_one(self, row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         weights = {name: row[s.start : s.stop].view(s.shape) for name, s in self.spans.items()}
@@ -241,11 +247,7 @@ class StackedScorer:
             else:
                 grouped.setdefault(placed[0].key, []).append(_Work(machine, placed[1], windows))
         for key, group_work in grouped.items():
-            if len(group_work) == 1:
-                machine = group_work[0].machine
-                out[machine] = work[machine][0].score_many(group_work[0].windows)
-            else:
-                out.update(self.groups[key].score(group_work))
+            out.update(self.groups[key].score(group_work))
         if self._freed_bytes >= TRIM_AFTER_BYTES:
             log.debug("heap_trim", freed_bytes=self._freed_bytes, trimmed=heap.trim())
             self._freed_bytes = 0

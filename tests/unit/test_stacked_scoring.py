@@ -82,9 +82,9 @@ def test_mixed_groups_score_as_each_machine_alone(plant: dict[str, Detector]) ->
     assert sorted((key[0], key[3], len(group)) for key, group in scorer.groups.items()) == [
         (kind, n, count) for kind in ("conv", "dense", "vae") for n, count in ((3, 6), (4, 5))
     ]
-    # Batched matmuls for the Linear-stack families, vmap for the convolutions.
+    # Every family runs as a plan (service.batched), none through vmap.
     assert {key[0]: group.uses_vmap for key, group in scorer.groups.items()} == {
-        "conv": True,
+        "conv": False,
         "dense": False,
         "vae": False,
     }
