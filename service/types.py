@@ -76,7 +76,9 @@ class Rejection:
     count: int = 1
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Not frozen: a frozen dataclass's `__init__` sets each field through `object.__setattr__`,
+# four times the cost, and a batch makes a `Window` and a `Score` per scored window.
+@dataclass(slots=True, eq=False)
 class Window:
     """`values[t, s]`: sensor `s` at grid step `t`; the last step is at `end_ts`."""
 
@@ -86,7 +88,7 @@ class Window:
     values: FloatArray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Score:
     """A window's reconstruction error against its machine's threshold."""
 
