@@ -62,7 +62,13 @@ class App:
         self.store = ModelStore(settings.state.dir)
         self.finetuner = FineTuner(settings, self.metrics, self._install, self.store)
         self.pipeline = Pipeline(
-            settings, self.metrics, self.rejections, self.publisher, self.finetuner, self.store
+            settings,
+            self.metrics,
+            self.rejections,
+            self.publisher,
+            self.finetuner,
+            self.store,
+            self.mqtt.together,
         )
         self.http = HttpServer(
             settings.http.host,

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
@@ -121,8 +122,12 @@ class Pipeline(Worker):
         publisher: Publisher,
         finetuner: FineTuner,
         store: ModelStore | None = None,
+        together: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         super().__init__("pipeline", metrics)
+        # A cycle's acks (and alerts) are queued inside it: paho's thread is woken once for
+        # all of them (service.mqtt._Client).
+        self.together = together
         self.rejections = rejections
         self.store = store
         self.settings = settings
@@ -210,9 +215,10 @@ class Pipeline(Worker):
         # reading each, and routing each alone cost more than taking it in.
         for machine, arrivals in received.items():
             self._route(machine, arrivals, touched, accepted)
-        for batch in batches:
-            if batch.ack is not None:
-                batch.ack()
+        with self.together():
+            for batch in batches:
+                if batch.ack is not None:
+                    batch.ack()
         if batches:
             self.metrics.messages_received.inc(len(batches))
         for name, arrivals in received.items():

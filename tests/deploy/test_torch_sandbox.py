@@ -49,6 +49,13 @@ PROBE = textwrap.dedent(
     detector.fit(windows, ThresholdSettings())
     scores, _ = detector.score_many(windows[:8])
     assert scores.shape == (8,)
+    # The pipeline's way: stacked (a TorchScript plan), here for two machines.
+    from service.stacked import StackedScorer
+    work = {{m: (detector.clone(), windows[:8]) for m in ("m1", "m2")}}
+    scorer = StackedScorer()
+    stacked = scorer.score(work)
+    assert [g.uses_vmap for g in scorer.groups.values()] == [False]
+    assert np.allclose(stacked["m1"][0], scores, rtol=1e-5, atol=1e-6)
     print("PROBE-OK")
     """
 )
