@@ -67,16 +67,20 @@ def run_plan(rows: torch.Tensor, x: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 def plan_errors(
     weights: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    held: torch.Tensor,
     slots: torch.Tensor,
     rows: torch.Tensor,
     x: torch.Tensor,
     plan: Plan,
     offset_weight: float,
-    held: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sensor errors `[k, batch, sensors]` of windows `x` (scaled), each item scored by
-    the model in row `slots[i]` of `weights` (gathered into `rows`), in one call."""
-    return scripted(_plan_errors)(weights, slots, rows, x, plan, offset_weight, held)
+    """Per-sensor errors `[k, batch, sensors]` of raw windows `x` `[k, batch, time,
+    sensors]`, item `i` scaled and scored by the model in row `slots[i]` of `weights`,
+    `mean`, `std` and `held` (its weights gathered into `rows`), in one call."""
+    run = scripted(_plan_errors)
+    return run(weights, mean, std, held, slots, rows, x, plan, offset_weight)
 
 
 def residual_errors(
@@ -216,15 +220,21 @@ def _errors(
 
 def _plan_errors(
     weights: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    held: torch.Tensor,
     slots: torch.Tensor,
     rows: torch.Tensor,
     x: torch.Tensor,
     plan: list[tuple[str, list[int]]],
     offset_weight: float,
-    held: torch.Tensor,
 ) -> torch.Tensor:
     torch.index_select(weights, 0, slots, out=rows)
-    return _errors(_run(rows, x, plan) - x, offset_weight, held)
+    mean_of = mean.index_select(0, slots).unsqueeze(1).unsqueeze(1)
+    std_of = std.index_select(0, slots).unsqueeze(1).unsqueeze(1)
+    scaled = (x - mean_of) / std_of
+    held_of = held.index_select(0, slots).unsqueeze(1)  # broadcast over an item's windows
+    return _errors(_run(rows, scaled, plan) - scaled, offset_weight, held_of)
 
 
 _SCRIPTED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}

@@ -6,9 +6,11 @@ import html
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import RestrictedRegistry
 
 from service.metrics import Metrics
 from service.threads import Worker
@@ -53,9 +55,9 @@ def _handler_class(
         server_version = "aemon"
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(selected(registry, query)))
             elif path == "/healthz":
                 self._probe(health(), "healthy")
             elif path == "/readyz":
@@ -84,6 +86,16 @@ def _handler_class(
             return
 
     return Handler
+
+
+def selected(registry: CollectorRegistry, query: str) -> CollectorRegistry | RestrictedRegistry:
+    """`/metrics?name[]=a&name[]=b` renders only those metrics, as prometheus_client's own
+    handlers do: a full scrape of 1,000 machines takes the GIL for tens of milliseconds, a
+    poll of a few counters far less."""
+    names = parse_qs(query).get("name[]")
+    if not names:
+        return registry
+    return registry.restricted_registry(names)
 
 
 def status_page(

@@ -188,19 +188,24 @@ class StackedGroup:
         for i, (k, start) in enumerate(items):
             part = work[k].windows[start : start + per_item]
             x[i, : len(part)] = part
-        scaled = (x - self.mean[slots][:, None, None]) / self.std[slots][:, None, None]
         if len(self._gathered) < len(slots):
             self._gathered = torch.empty((len(slots), self.width))
         rows = self._gathered[: len(slots)]
-        held = self.held[slots][:, None]  # per item: broadcast over its windows
-        index, xt = torch.from_numpy(slots), torch.from_numpy(scaled)
+        index = torch.from_numpy(slots)
         with torch.no_grad():
             if self.plan is not None:
-                held_t = torch.from_numpy(held)
-                errors = plan_errors(self.weights, index, rows, xt, self.plan, self.key[4], held_t)
+                # Scaled in the plan's call too: numpy on whole arrays gives the GIL up.
+                mean, std, held = (torch.from_numpy(a) for a in (self.mean, self.std, self.held))
+                xt = torch.from_numpy(x)
+                errors = plan_errors(
+                    self.weights, mean, std, held, index, rows, xt, self.plan, self.key[4]
+                )
                 return errors.numpy()
+            scaled = (x - self.mean[slots][:, None, None]) / self.std[slots][:, None, None]
+            scaled_t = torch.from_numpy(scaled)
             torch.index_select(self.weights, 0, index, out=rows)
-            return sensor_errors(self._vmapped(rows, xt) - xt, self.key[4], held)
+            held_of = self.held[slots][:, None]  # per item: broadcast over its windows
+            return sensor_errors(self._vmapped(rows, scaled_t) - scaled_t, self.key[4], held_of)
 
     def _choose_plan(self, template: Detector) -> Plan | None:
         """The family's plan if it gives what vmap gives, else None (vmap)."""

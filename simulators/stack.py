@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +200,10 @@ class Daemon:
             raise RuntimeError(f"/api/machines answered {status}: {body[:200]!r}")
         return {m["machine"]: m for m in orjson.loads(body)}
 
-    def metrics(self) -> str:
-        return self.get("/metrics")[1].decode()
+    def metrics(self, names: Sequence[str] = ()) -> str:
+        """/metrics, or only the metrics `names` (`?name[]=...`: a cheaper scrape)."""
+        query = urllib.parse.urlencode([("name[]", name) for name in names])
+        return self.get(f"/metrics?{query}" if query else "/metrics")[1].decode()
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of /metrics (0 when it is absent)."""
