@@ -96,6 +96,7 @@ class App:
             # Shutting down: what is still in flight stays unacknowledged, so the broker
             # redelivers it to the next session, and parsing it would only starve the drain.
             return
+        self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
         for rejection in result.rejections:
@@ -103,16 +104,14 @@ class App:
             self.metrics.received_of[label].inc()
             self.rejections.record(rejection, label, topic)
         if not result.readings and not result.rows:
-            self.metrics.messages_received.inc()
             if ack is not None:
                 ack()
             return
-        # The pipeline counts the message and its readings received when it takes them
-        # in, once a cycle: a counter per message here cost paho's thread more than parsing.
+        # The pipeline counts the readings received when it takes them in, once a cycle
+        # per machine: a counter per message here cost paho's thread more than parsing.
         batch = Batch(received_at, result.readings, ack, result.rows, result.machine)
         if self.pipeline.submit(batch):
             return
-        self.metrics.messages_received.inc()
         # A message's readings are all of its topic's machine.
         count = result.count
         self.metrics.received_of[result.machine].inc(count)

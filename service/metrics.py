@@ -6,9 +6,11 @@ Names follow Prometheus conventions: prefix `aemon_`, base units, `_total` on co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from service import __version__
 from service.types import MachineState
@@ -37,6 +39,27 @@ class ByMachine(Generic[M]):
         return child
 
 
+class Tally:
+    """A counter without labels that one thread alone increments: a plain int, exposed as a
+    counter at scrape time. `Counter.inc` takes a lock, which cost paho's network thread a
+    few percent of its time at one increment per message."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value)
+
+
 class Metrics:
     """All metrics of one daemon, registered in `registry` (a fresh one per test)."""
 
@@ -46,8 +69,9 @@ class Metrics:
         Info("aemon_build", "Version of the running daemon.", registry=r).info(
             {"version": __version__}
         )
-        self.messages_received = Counter(
-            "aemon_messages_received_total", "MQTT messages handed to ingest.", registry=r
+        # Counted on paho's thread, as each message arrives.
+        self.messages_received = Tally(
+            "aemon_messages_received_total", "MQTT messages handed to ingest.", r
         )
         self.readings_received = Counter(
             "aemon_readings_received_total",

@@ -219,8 +219,6 @@ class Pipeline(Worker):
             for batch in batches:
                 if batch.ack is not None:
                     batch.ack()
-        if batches:
-            self.metrics.messages_received.inc(len(batches))
         for name, arrivals in received.items():
             self.metrics.received_of[name].inc(arrivals.count)
         for name, count in accepted.items():

@@ -20,6 +20,7 @@ def server() -> Iterator[HttpServer]:
         metrics.add_machine(machine)
         metrics.accepted_of[machine].inc(3)
     metrics.scoring_latency.observe(0.002)
+    metrics.messages_received.inc(5)
     http = HttpServer("127.0.0.1", 0, metrics, dict, dict, list)
     http.start()
     yield http
@@ -52,4 +53,11 @@ def test_name_query_renders_only_those_metrics(server: HttpServer) -> None:
     assert samples == {
         "aemon_readings_accepted_total": [3.0, 3.0],
         "aemon_scoring_latency_seconds_count": [1.0],
+    }
+
+
+def test_the_message_tally_is_a_counter_like_the_others(server: HttpServer) -> None:
+    assert scrape(server)["aemon_messages_received_total"] == [5.0]
+    assert scrape(server, "?name[]=aemon_messages_received_total") == {
+        "aemon_messages_received_total": [5.0]
     }
