@@ -98,8 +98,8 @@ class _Client(paho.Client):
     against 0.18 ms alone, and a pipeline cycle acknowledges hundreds of messages. Packets
     queued by a thread inside `together()` are queued as paho queues them, less the write;
     one write at its end wakes paho's thread for all of them. Depends on paho's
-    `_packet_queue` (paho-mqtt 2.x, pinned in constraints.txt); the integration tests, whose
-    broker stops delivering to a client that never acknowledges, fail if it changes."""
+    `_packet_queue` (paho-mqtt 2.x, pinned in constraints.txt): tests/unit/test_mqtt_wakeups.py
+    fails if paho stops queueing through it or queues packets of another form."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -125,8 +125,8 @@ class Pipeline(Worker):
         together: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         super().__init__("pipeline", metrics)
-        # A cycle's acks (and alerts) are queued inside it: paho's thread is woken once for
-        # all of them (service.mqtt._Client).
+        # A cycle's acks are queued inside it: paho's thread is woken once for all of them
+        # (service.mqtt._Client).
         self.together = together
         self.rejections = rejections
         self.store = store
