@@ -242,14 +242,10 @@ class MachineWindower:
         start = self._next_row + 1
         rows = np.concatenate((self._ring[start : start + length - 1], block))
         for j, tick in enumerate(ticks):
-            self._rows = min(self._rows + 1, length)
-            if self._rows < length:
-                continue
-            if self._until_next_window > 0:
-                self._until_next_window -= 1
-                continue
-            self._until_next_window = self.stride - 1
-            windows.append(Window(self.machine, tick, self.sensors, rows[j : j + length].copy()))
+            if self._count_row():
+                windows.append(
+                    Window(self.machine, tick, self.sensors, rows[j : j + length].copy())
+                )
         self._ring[:length] = self._ring[length:] = rows[-length:]
         self._next_row = 0
 
@@ -284,17 +280,24 @@ class MachineWindower:
             for pending in self._pending:
                 pending.clear()
 
+    def _count_row(self) -> bool:
+        """Counts one more row on the grid; whether it completes a window (every `stride`
+        rows once `length` rows are in)."""
+        self._rows = min(self._rows + 1, self.length)
+        if self._rows < self.length:
+            return False
+        if self._until_next_window > 0:
+            self._until_next_window -= 1
+            return False
+        self._until_next_window = self.stride - 1
+        return True
+
     def _append_row(self, tick: float) -> Window | None:
         row = self._next_row
         self._ring[row] = self._ring[row + self.length] = self._held_value
         self._next_row = (row + 1) % self.length
-        self._rows = min(self._rows + 1, self.length)
-        if self._rows < self.length:
+        if not self._count_row():
             return None
-        if self._until_next_window > 0:
-            self._until_next_window -= 1
-            return None
-        self._until_next_window = self.stride - 1
         values = self._ring[self._next_row : self._next_row + self.length].copy()
         return Window(self.machine, tick, self.sensors, values)
 
