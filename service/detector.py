@@ -180,16 +180,16 @@ class Detector:
         mean = rows.mean(axis=0)
         floor = np.maximum(np.abs(mean) * MIN_STD_FRACTION, MIN_STD)
         std = np.maximum(rows.std(axis=0), floor)
-        wander = level_wander(windows, floor)
+        # Against the scale's floor for the widening; against the sensors' own noise for
+        # the discount, or a precise thermocouple (0.01 degrees of noise at 25) whose level
+        # wandered by a degree would not count as having wandered.
+        wander, own = level_wander(windows, np.stack([floor, np.full_like(floor, MIN_STD)]))
         widening = np.minimum(
             relative_to(wander, float(wander.min())) ** self.settings.drift_widening,
             self.settings.drift_widening_max,
         )
         self.mean = mean.astype(np.float32)
         self.std = (std * widening).astype(np.float32)
-        # Against the sensors' own noise, not the scale's floor: a precise thermocouple
-        # (0.01 degrees of noise at 25) whose level wandered by a degree wandered.
-        own = level_wander(windows, np.full_like(floor, MIN_STD))
         discount = relative_to(own, float(np.median(own))) ** self.settings.offset_discount
         self.held_weight = (1.0 / discount).astype(np.float32)
 
@@ -223,8 +223,10 @@ def window_scores(errors: FloatArray) -> FloatArray:
 
 def level_wander(windows: FloatArray, floor: FloatArray) -> FloatArray:
     """Per sensor: how much more the windows' means spread than the sensor's noise alone
-    would make them (its mean within-window variance / window length). About 1 for a sensor
-    that is noise around a level; large for a slow state that wanders (a temperature).
+    would make them (its mean within-window variance / window length, at least `floor`
+    squared). About 1 for a sensor that is noise around a level; large for a slow state
+    that wanders (a temperature). `floor` `[..., sensors]`: one result per floor, the
+    windows' statistics computed once.
 
     >>> rng = np.random.default_rng(0)
     >>> noise = rng.normal(size=(400, 1))
