@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import structlog
 
@@ -27,4 +28,18 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
+    )
+    threading.excepthook = log_thread_exception
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread, as one log event. Python's own hook prints a bare
+    traceback to stderr, where it interleaves with the JSON lines that journald, a log
+    shipper (or the health check's own `thread_failed` event) write there."""
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger(__name__).error(
+        "thread_crashed",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )

@@ -75,6 +75,7 @@ class MachineRuntime:
         self._learning: list[FloatArray] = []
         self._fitting = False
         self._backlog: deque[Window] = deque(maxlen=settings.learning.windows)
+        self.backlog_dropped = 0  # windows the backlog had no room for, since the last install
         self.buffer = TrainingBuffer(settings.finetune, settings.model.seed)
         self.last_fit_ts: float | None = None
         self.tuning = False
@@ -219,18 +220,29 @@ class MachineRuntime:
 
     def collect(self, windows: list[Window]) -> FloatArray | None:
         """Learning: keeps windows as normal; returns the training set once it is complete.
-        Windows that arrive while the model is being fitted wait to be scored by it."""
+        Windows past it, and those that arrive while the model is being fitted, wait to be
+        scored by it: the training set is the first `learning.windows` windows however the
+        stream was cut into batches."""
         if self._fitting:
-            self._backlog.extend(windows)
+            self._wait_for_model(windows)
             return None
-        self._learning.extend(w.values for w in windows)
+        missing = self.settings.learning.windows - len(self._learning)
+        self._learning.extend(w.values for w in windows[:missing])
         if len(self._learning) < self.settings.learning.windows:
             return None
+        self._wait_for_model(windows[missing:])
         self._fitting = True
         training = np.stack(self._learning)
         self._learning = []
         self.buffer.seed(training)
         return training
+
+    def _wait_for_model(self, windows: list[Window]) -> None:
+        """A backlog as long as the training set bounds a plant's memory while its first
+        models are fitted one after another; past it the oldest windows go, counted."""
+        limit = self.settings.learning.windows
+        self.backlog_dropped += max(0, len(self._backlog) + len(windows) - limit)
+        self._backlog.extend(windows)
 
     def tuned(self, detector: Detector | None) -> None:
         """A fine-tune ended: promoted (a new detector) or not (None)."""
@@ -244,6 +256,7 @@ class MachineRuntime:
         self._fitting = False
         backlog = list(self._backlog)
         self._backlog.clear()
+        self.backlog_dropped = 0
         if detector is None:
             self.state = MachineState.LEARNING
             return []

@@ -95,6 +95,13 @@ class Metrics:
         self.windows_scored = Counter(
             "aemon_windows_scored_total", "Windows scored by a model.", ["machine"], registry=r
         )
+        self.windows_unscored = Counter(
+            "aemon_windows_unscored_total",
+            "Windows dropped unscored: more came in while a machine's first model was being "
+            "fitted than its backlog (learning.windows) holds.",
+            ["machine"],
+            registry=r,
+        )
         self.anomaly_score = Gauge(
             "aemon_anomaly_score",
             "Reconstruction error of the machine's latest window (higher is more anomalous).",
@@ -224,6 +231,7 @@ class Metrics:
             self.readings_received,
             self.readings_accepted,
             self.windows_scored,
+            self.windows_unscored,
             self.alerts_raised,
             self.finetune_windows_excluded,
             self.drift_events,

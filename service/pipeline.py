@@ -329,6 +329,7 @@ class Pipeline(Worker):
             self._changed[runtime.name] = runtime
             detector = result.detector
             if result.initial:
+                self._count_unscored(runtime)
                 backlog = runtime.install(detector)
                 self._installed_since_freeze = True
             else:
@@ -340,6 +341,17 @@ class Pipeline(Worker):
                     detector.threshold
                 )
                 self._score({result.machine: backlog})
+
+    def _count_unscored(self, runtime: MachineRuntime) -> None:
+        if dropped := runtime.backlog_dropped:
+            self.metrics.windows_unscored.labels(machine=runtime.name).inc(dropped)
+            log.warning(
+                "windows_unscored",
+                machine=runtime.name,
+                windows=dropped,
+                reason="more windows came in while the first model was fitted than the "
+                "backlog holds (learning.windows)",
+            )
 
     def _score(self, windows: dict[str, list[Window]]) -> None:
         """Learning machines collect their windows; the others' are scored all at once."""

@@ -65,6 +65,11 @@ def test_paho_thread_death_turns_healthz_red(tmp_path: Path, broker: Mosquitto) 
         assert report["threads"]["pipeline"] is True
         failed = wait_until(lambda: daemon.log_events("thread_failed"), 5, "thread_failed log")
         assert failed[0]["thread"] == "mqtt"
+        # paho's thread ends with the exception: logged as one JSON event, not a bare traceback
+        crashed = wait_until(lambda: daemon.log_events("thread_crashed"), 5, "thread_crashed log")
+        assert crashed[0]["thread"].startswith("paho-mqtt-client-")
+        assert "InjectedFaultError" in crashed[0]["exception"]
+        assert all(line.startswith("{") for line in daemon.logs().splitlines())
         # Nobody asks /readyz here: the gauge a Prometheus rule watches must drop by itself.
         wait_until(lambda: daemon.metric("aemon_ready") == 0, 5, "aemon_ready 0 on /metrics")
         assert daemon.get("/readyz")[0] == 503

@@ -104,8 +104,9 @@ def runs(metrics: Metrics, outcome: str) -> float:
 
 @pytest.mark.parametrize("finetune", [False, True])
 def test_slow_drift_alerts_without_finetuning_and_not_with_it(finetune: bool) -> None:
-    # Fluid temperature +10 °C over four hours of event time.
-    rows = machine_rows(0.0, 4 * 3600, seed=12, temperature_drift=10 / (4 * 3600))
+    # Fluid temperature +15 °C over four hours of event time (+10 °C raised alerts from a
+    # model that learnt a few windows past learning.windows; of exactly 300, only from +12 °C).
+    rows = machine_rows(0.0, 4 * 3600, seed=12, temperature_drift=15 / (4 * 3600))
     sink, metrics = run(settings(finetune), rows)
     raised = [e for e in sink.events if e["event"] == "raised"]
     if finetune:

@@ -1,0 +1,102 @@
+"""A new machine's training set is its first `learning.windows` windows, whatever batches the
+stream came in; the windows past them are scored by the fitted model, none left out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.config import Settings
+from service.detector import Detector
+from service.finetune import FineTuner, FitJob
+from service.machines import MachineRuntime
+from service.metrics import Metrics
+from service.pipeline import Batch, Pipeline
+from service.publish import Publisher
+from service.rejections import RejectionLog
+from service.types import MachineState, Reading, Window
+from tests.synthetic import SENSORS, machine_rows
+
+LEARN = 20
+
+
+class _Sink:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        pass
+
+
+TOTAL = 38  # the 18 past the training set fit the backlog (room for LEARN)
+
+
+def stream() -> list[Window]:
+    """Windows told apart by their values: window `i` is all `i`."""
+    return [
+        Window("pump-1", float(i), tuple(SENSORS), np.full((10, len(SENSORS)), float(i)))
+        for i in range(TOTAL)
+    ]
+
+
+@pytest.mark.parametrize("cut", [1, 7, LEARN, TOTAL])
+def test_training_set_is_the_first_windows_and_the_rest_wait_for_the_model(cut: int) -> None:
+    settings = Settings.model_validate({"learning": {"windows": LEARN}})
+    runtime = MachineRuntime("pump-1", settings, tuple(SENSORS), None)
+    windows = stream()
+    trainings = []
+    for start in range(0, TOTAL, cut):
+        training = runtime.collect(windows[start : start + cut])
+        if training is not None:
+            trainings.append(training)
+    assert len(trainings) == 1
+    assert [int(w[0, 0]) for w in trainings[0]] == list(range(LEARN))
+    detector = cast(Detector, SimpleNamespace(threshold=1.0))
+    backlog = runtime.install(detector)
+    assert runtime.state == MachineState.SCORING
+    assert [w.end_ts for w in backlog] == [float(i) for i in range(LEARN, TOTAL)]
+
+
+def test_windows_past_the_backlog_are_counted_when_the_model_comes() -> None:
+    settings = Settings.model_validate({"learning": {"windows": LEARN}})
+    runtime = MachineRuntime("pump-1", settings, tuple(SENSORS), None)
+    windows = stream() + stream()  # 90: 20 to learn from, 70 waiting, room for 20
+    assert runtime.collect(windows) is not None
+    assert runtime.backlog_dropped == 2 * TOTAL - 2 * LEARN
+    backlog = runtime.install(cast(Detector, SimpleNamespace(threshold=1.0)))
+    assert len(backlog) == LEARN
+    assert runtime.backlog_dropped == 0
+
+
+def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path) -> None:
+    """A replay's batch holds more windows than learning takes: the model scores those past
+    the training set that the backlog holds, and the pipeline counts the others."""
+    s = Settings.model_validate(
+        {
+            "window": {"length": 10, "lateness": 0.0},
+            "learning": {"windows": LEARN},
+            "model": {"epochs": 2},
+            "machines": {"pump-1": {"sensors": list(SENSORS)}},
+            "state": {"dir": str(tmp_path)},
+        }
+    )
+    metrics = Metrics(CollectorRegistry())
+    pipeline: Pipeline
+    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
+    pipeline = Pipeline(
+        s, metrics, RejectionLog(metrics), Publisher(_Sink(), "aemon", metrics), finetuner
+    )
+    rows = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
+    readings = [Reading("pump-1", name, ts, v) for ts, values in rows for name, v in values.items()]
+    assert pipeline.submit(Batch(0.0, readings))
+    pipeline.cycle(timeout=0)
+    job = finetuner.jobs.get_nowait()
+    assert isinstance(job, FitJob)
+    assert len(job.windows) == LEARN
+    finetuner.handle(job)
+    pipeline.cycle(timeout=0)
+    scored = metrics.windows_scored.labels(machine="pump-1")._value.get()
+    unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()
+    assert (scored, unscored) == (LEARN, 51 - 2 * LEARN)
