@@ -2,6 +2,7 @@
 
     python -m benchmarks.latency [--machines 1000] [--sensors 8] [--seconds 90]
                                  [--faults 50] [--finetune-after 30] [--burst]
+                                 [--scrape-interval 15]
 
 Mosquitto, the daemon and the load generator run as processes of their own on 127.0.0.1.
 After a fast learning phase (batched history), every machine sends one row a second of
@@ -250,16 +251,22 @@ def phase_marks(args: argparse.Namespace) -> list[int]:
 def scrape_phases(
     daemon: Daemon, gen: Paced, proc: ProcStats, args: argparse.Namespace
 ) -> tuple[list[str], float]:
-    """/metrics at both ends of both phases (a scrape costs the
-    daemon a few tens of ms at 1,000 machines, so only these); the RSS peak meanwhile."""
+    """/metrics at both ends of both phases, and every `--scrape-interval` seconds between
+    them as Prometheus would (rendering a plant's page costs the daemon tens of ms of CPU,
+    while scoring waits); the RSS peak meanwhile."""
     marks = phase_marks(args)
     texts: list[str] = []
     rss_peak = 0.0
-    for mark in marks:
+    next_scrape = gen.start + args.scrape_interval
+    for mark in [*marks, args.seconds]:
         while time.time() < gen.start + mark:
             rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
-            sleep_until(min(gen.start + mark, time.time() + 1.0))
-        texts.append(daemon.metrics())
+            if time.time() >= next_scrape:
+                daemon.metrics()
+                next_scrape += args.scrape_interval
+            sleep_until(min(gen.start + mark, next_scrape, time.time() + 1.0))
+        if mark != args.seconds:
+            texts.append(daemon.metrics())
     while not gen.done(1.0):
         rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
     texts.append(daemon.metrics())
@@ -327,6 +334,12 @@ def main() -> None:
         help="seconds after the first live windows when every machine's fine-tune is due",
     )
     parser.add_argument("--burst", action="store_true", help="all machines at once each second")
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        help="seconds between full /metrics scrapes (deploy/prometheus: 15 s)",
+    )
     args = parser.parse_args()
     if args.seconds < phase_marks(args)[2] + 10:
         parser.error(f"--seconds must leave 10 s after {FIRST_WINDOW + 2} + --finetune-after")

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import prometheus_client
 import structlog
 import torch
 from prometheus_client import CollectorRegistry
@@ -151,6 +152,10 @@ class App:
     def start(self) -> None:
         torch.set_num_threads(self.settings.model.torch_threads)
         sys.setswitchinterval(self.settings.pipeline.switch_interval)
+        # A `_created` sample for each counter child is a third of the lines of a plant's
+        # /metrics (and series Prometheus keeps): rendering them held the GIL while scoring
+        # waited (benchmarks/latency.py).
+        prometheus_client.disable_created_metrics()
         self.http.start()
         self.finetuner.start()
         lower_priority(self.finetuner, FINETUNER_NICE)

@@ -73,6 +73,8 @@ def test_bad_input_is_counted_by_reason_while_scoring_goes_on(
             "aemon_anomaly_threshold",
         ):
             assert f'{name}{{machine="{MACHINE}"}}' in text
+        # No `_created` sample per counter: a third of a plant's scrape, and series of its own.
+        assert "_created" not in text
         threshold = daemon.metric("aemon_anomaly_threshold", machine=MACHINE)
         assert math.isfinite(threshold)
         assert threshold > 0
