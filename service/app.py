@@ -155,7 +155,7 @@ class App:
         # A `_created` sample for each counter child is a third of the lines of a plant's
         # /metrics (and series Prometheus keeps): rendering them held the GIL while scoring
         # waited (benchmarks/latency.py).
-        prometheus_client.disable_created_metrics()
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.http.start()
         self.finetuner.start()
         lower_priority(self.finetuner, FINETUNER_NICE)
