@@ -23,14 +23,12 @@ from service.types import MachineState, Reading, Window
 from tests.synthetic import SENSORS, machine_rows
 
 LEARN = 20
+TOTAL = 38  # the 18 past the training set fit the backlog (room for LEARN)
 
 
 class _Sink:
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         pass
-
-
-TOTAL = 38  # the 18 past the training set fit the backlog (room for LEARN)
 
 
 def stream() -> list[Window]:
@@ -62,7 +60,7 @@ def test_training_set_is_the_first_windows_and_the_rest_wait_for_the_model(cut: 
 def test_windows_past_the_backlog_are_counted_when_the_model_comes() -> None:
     settings = Settings.model_validate({"learning": {"windows": LEARN}})
     runtime = MachineRuntime("pump-1", settings, tuple(SENSORS), None)
-    windows = stream() + stream()  # 90: 20 to learn from, 70 waiting, room for 20
+    windows = stream() + stream()  # 76: 20 to learn from, 56 waiting, room for 20
     assert runtime.collect(windows) is not None
     assert runtime.backlog_dropped == 2 * TOTAL - 2 * LEARN
     backlog = runtime.install(cast(Detector, SimpleNamespace(threshold=1.0)))
