@@ -21,12 +21,11 @@ from service.detector import Detector
 from service.finetune import FineTuneJob, FineTuner, FitResult, fit_new
 from service.metrics import Metrics
 from service.pipeline import Batch, Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
 from service.store import ModelStore
 from service.types import FloatArray, Reading
 from tests.support import metric_value
 from tests.synthetic import SENSORS, Fault, machine_rows
+from tests.unit.wiring import wired_pipeline
 
 MACHINE = "pump-3"
 
@@ -62,14 +61,8 @@ def settings(finetune: bool, interval: float = 900.0, drift_detection: bool = Tr
 def run(
     s: Settings, rows: Iterable[tuple[float, dict[str, float]]], store: ModelStore | None = None
 ) -> tuple[Sink, Metrics]:
-    metrics = Metrics(CollectorRegistry())
     sink = Sink()
-    pipeline: Pipeline
-    # Late binding: the pipeline is built after the fine-tuner it is given.
-    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), store)  # noqa: PLW0108
-    pipeline = Pipeline(
-        s, metrics, RejectionLog(metrics), Publisher(sink, "aemon", metrics), finetuner, store
-    )
+    pipeline, finetuner, metrics = wired_pipeline(s, sink, store)
     chunk: list[Reading] = []
     for ts, values in rows:
         chunk += [Reading(MACHINE, sensor, ts, v) for sensor, v in values.items()]

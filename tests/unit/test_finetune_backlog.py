@@ -8,24 +8,15 @@ due and gets its job at a later window, once the fine-tuner has caught up.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
 from service.config import Settings
 from service.finetune import FineTuneJob, FineTuner
-from service.metrics import Metrics
 from service.pipeline import MAX_QUEUED_JOBS, Batch, Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
 from service.types import MachineState, Reading
 from tests.synthetic import SENSORS, machine_rows
+from tests.unit.wiring import wired_pipeline
 
 MACHINES = [f"pump-{i}" for i in range(MAX_QUEUED_JOBS + 3)]
 INTERVAL = 30.0
-
-
-class _Sink:
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        pass
 
 
 def plant() -> tuple[Pipeline, FineTuner]:
@@ -45,12 +36,7 @@ def plant() -> tuple[Pipeline, FineTuner]:
             },
         }
     )
-    metrics = Metrics(CollectorRegistry())
-    pipeline: Pipeline
-    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
-    pipeline = Pipeline(
-        s, metrics, RejectionLog(metrics), Publisher(_Sink(), "aemon", metrics), finetuner
-    )
+    pipeline, finetuner, _ = wired_pipeline(s)
     return pipeline, finetuner
 
 

@@ -9,26 +9,18 @@ from typing import cast
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.detector import Detector
-from service.finetune import FineTuner, FitJob
+from service.finetune import FitJob
 from service.machines import MachineRuntime
-from service.metrics import Metrics
-from service.pipeline import Batch, Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
+from service.pipeline import Batch
 from service.types import MachineState, Reading, Window
 from tests.synthetic import SENSORS, machine_rows
+from tests.unit.wiring import wired_pipeline
 
 LEARN = 20
 TOTAL = 38  # the 18 past the training set fit the backlog (room for LEARN)
-
-
-class _Sink:
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        pass
 
 
 def stream() -> list[Window]:
@@ -80,12 +72,7 @@ def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path)
             "state": {"dir": str(tmp_path)},
         }
     )
-    metrics = Metrics(CollectorRegistry())
-    pipeline: Pipeline
-    finetuner = FineTuner(s, metrics, lambda result: pipeline.install(result), None)  # noqa: PLW0108
-    pipeline = Pipeline(
-        s, metrics, RejectionLog(metrics), Publisher(_Sink(), "aemon", metrics), finetuner
-    )
+    pipeline, finetuner, metrics = wired_pipeline(s)
     rows = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
     readings = [Reading("pump-1", name, ts, v) for ts, values in rows for name, v in values.items()]
     assert pipeline.submit(Batch(0.0, readings))
