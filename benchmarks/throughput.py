@@ -12,7 +12,9 @@ the whole burst is published and acknowledged by the broker, which queues it; th
 starts when the subscriber is resumed (SIGCONT) and it drains the queue.
 
 (a) ceiling: a paho subscriber (its own process, MQTT 5, QoS 1, acknowledging each message)
-    that only counts; its rate is messages over the time from resume to the last message;
+    that only counts; its rate is messages over the time from resume to the last message.
+    The same with aemon's client (`service.mqtt`, which reads with fewer system calls and
+    decodes a plain PUBLISH itself) shows what the daemon's own reading path can take;
 (b) the daemon, all machines already past learning: per-sensor messages `plant/<m>/<s>`
     (`{"ts", "value"}`), then per-machine batches `plant/<m>` (a list of records). The
     rate is readings accepted (from /metrics) over the time from resume until every
@@ -62,6 +64,7 @@ from benchmarks.common import (
     niced_share,
     value,
 )
+from service.mqtt import _Client
 from tests.support import Daemon, Mosquitto, metric_value, running
 
 
@@ -98,15 +101,19 @@ class Tally:
             self.done.set()
 
 
-def _count(port: int, topic: str, expected: int, conn: Connection) -> None:
-    """Child process: a paho subscriber that only counts. Like the daemon it holds a
-    persistent MQTT 5 session with a QoS 1 subscription (paho acknowledges each message),
-    so the broker queues for it while it is stopped. Reports (count, first, last)."""
+def _count(port: int, topic: str, expected: int, aemons: bool, conn: Connection) -> None:
+    """Child process: a paho subscriber that only counts (`aemons`: aemon's client, a paho
+    subclass). Like the daemon it holds a persistent MQTT 5 session with a QoS 1
+    subscription (paho acknowledges each message), so the broker queues for it while it is
+    stopped. Reports (count, first, last)."""
     tally = Tally(expected)
     subscribed = threading.Event()
-    client = paho.Client(
+    cls = _Client if aemons else paho.Client
+    client = cls(
         CallbackAPIVersion.VERSION2, client_id=f"counter-{os.getpid()}", protocol=paho.MQTTv5
     )
+    if isinstance(client, _Client):
+        client.deliver = lambda topic, payload, mid, qos: tally.on_message(None, None, None)
     client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = tally.on_message
@@ -124,9 +131,9 @@ def _count(port: int, topic: str, expected: int, conn: Connection) -> None:
 class CountingSubscriber:
     """The count-only subscriber as a process, so that it can be stopped like the daemon."""
 
-    def __init__(self, port: int, topic: str, expected: int) -> None:
+    def __init__(self, port: int, topic: str, expected: int, aemons: bool) -> None:
         self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_count, args=(port, topic, expected, child))
+        self.proc = mp.Process(target=_count, args=(port, topic, expected, aemons, child))
         self.proc.start()
         if not self.conn.poll(30) or not self.conn.recv():
             self.proc.kill()
@@ -168,10 +175,12 @@ def preload(pid: int, port: int, messages: list[Message]) -> tuple[float, float,
     return pub_start, pub_end, resumed
 
 
-def ceiling(port: int, messages: int, machines: int, sensors: int) -> dict[str, float]:
+def ceiling(
+    port: int, messages: int, machines: int, sensors: int, aemons: bool = False
+) -> dict[str, float]:
     rows = max(1, messages // (machines * sensors))
     burst = list(per_sensor_messages("ceiling", machines, sensors, time.time(), rows))
-    counter = CountingSubscriber(port, "ceiling/#", len(burst))
+    counter = CountingSubscriber(port, "ceiling/#", len(burst), aemons)
     pub_start, pub_end, resumed = preload(counter.pid, port, burst)
     count, first, last = counter.result(160)
     seconds = last - resumed
@@ -328,6 +337,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     daemon = Daemon(daemon_dir, broker.port, bench_config(args.model))
     with running(broker):
         ceil = ceiling(broker.port, m * s * args.rows, m, s)
+        own_ceil = ceiling(broker.port, m * s * args.rows, m, s, aemons=True)
         daemon.start()
         with running(daemon):
             t0 = time.time() - (LEARN_ROWS + args.rows + args.batch_rows + 120)
@@ -352,10 +362,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "sensors": s,
         "learn_seconds": learn_seconds,
         "ceiling": ceil,
+        "ceiling_aemon_client": own_ceil,
         "per_sensor": per_sensor,
         "batch": batch,
         "ratio_per_sensor": per_sensor["rate"] / ceil["rate"],
         "ratio_batch": batch["rate"] / ceil["rate"],
+        "ratio_per_sensor_own_client": per_sensor["rate"] / own_ceil["rate"],
         "box_cpu_busy": box_share(busy0),
         "box_cpu_niced": niced_share(niced0),
         "loadavg_1m": [load0, loadavg()],
@@ -369,11 +381,15 @@ def print_table(result: dict[str, Any]) -> None:
     )
     header = f"{'phase':<28}{'messages':>10}{'readings/s':>12}{'msgs/s':>10}{'pub msgs/s':>12}"
     print(header + f"{'rejected':>10}{'scored':>9}{'calls':>7}{'us/window':>11}")
-    c = result["ceiling"]
-    print(
-        f"{'ceiling (count only)':<28}{c['messages']:>10}{c['rate']:>12.0f}{c['rate']:>10.0f}"
-        f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}{'-':>7}{'-':>11}"
-    )
+    for key, label in (
+        ("ceiling", "ceiling (count only)"),
+        ("ceiling_aemon_client", "aemon's client, count only"),
+    ):
+        c = result[key]
+        print(
+            f"{label:<28}{c['messages']:>10}{c['rate']:>12.0f}{c['rate']:>10.0f}"
+            f"{c['publish_rate']:>12.0f}{'-':>10}{'-':>9}{'-':>7}{'-':>11}"
+        )
     for key, label in (
         ("per_sensor", "daemon, per-sensor"),
         ("batch", "daemon, per-machine batch"),
@@ -391,7 +407,8 @@ def print_table(result: dict[str, Any]) -> None:
     )
     print(
         f"daemon/ceiling: per-sensor {result['ratio_per_sensor']:.2f}, "
-        f"batch {result['ratio_batch']:.2f} (readings/s over ceiling messages/s)"
+        f"batch {result['ratio_batch']:.2f} (readings/s over ceiling messages/s); per-sensor "
+        f"over aemon's client counting: {result['ratio_per_sensor_own_client']:.2f}"
     )
 
 
