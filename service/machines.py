@@ -252,17 +252,18 @@ class MachineRuntime:
             self._watch_drift(detector)
 
     def install(self, detector: Detector | None) -> list[Window]:
-        """Takes a fitted model (None: the fit failed, learn again); returns the backlog."""
+        """Takes a fitted model, or None: the fit failed, learn again. Returns the windows
+        that waited for it, to be scored by the model or, with None, learnt from."""
         self._fitting = False
         backlog = list(self._backlog)
         self._backlog.clear()
         self.backlog_dropped = 0
         if detector is None:
             self.state = MachineState.LEARNING
-            return []
-        self.detector = detector
-        self._watch_drift(detector)
-        self.state = MachineState.SCORING
+        else:
+            self.detector = detector
+            self._watch_drift(detector)
+            self.state = MachineState.SCORING
         return backlog
 
     def describe(self) -> dict[str, Any]:

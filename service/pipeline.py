@@ -340,7 +340,7 @@ class Pipeline(Worker):
                 self.metrics.anomaly_threshold.labels(machine=result.machine).set(
                     detector.threshold
                 )
-                self._score({result.machine: backlog})
+            self._score({result.machine: backlog})  # a failed first fit learns from it
 
     def _count_unscored(self, runtime: MachineRuntime) -> None:
         if dropped := runtime.backlog_dropped:

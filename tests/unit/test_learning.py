@@ -12,7 +12,7 @@ import pytest
 
 from service.config import Settings
 from service.detector import Detector
-from service.finetune import FitJob
+from service.finetune import FitJob, FitResult
 from service.machines import MachineRuntime
 from service.pipeline import Batch
 from service.types import MachineState, Reading, Window
@@ -85,3 +85,38 @@ def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path)
     scored = metrics.windows_scored.labels(machine="pump-1")._value.get()
     unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()
     assert (scored, unscored) == (LEARN, 51 - 2 * LEARN)
+
+
+def test_a_failed_first_fit_learns_again_from_the_windows_that_waited(tmp_path: Path) -> None:
+    """The windows that waited for a model that never came are the start of the next
+    training set: neither learnt from nor scored before, they would be lost."""
+    s = Settings.model_validate(
+        {
+            "window": {"length": 10, "lateness": 0.0},
+            "learning": {"windows": LEARN},
+            "machines": {"pump-1": {"sensors": list(SENSORS)}},
+            "state": {"dir": str(tmp_path)},
+        }
+    )
+    pipeline, finetuner, metrics = wired_pipeline(s)
+    rows = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
+    readings = [Reading("pump-1", name, ts, v) for ts, values in rows for name, v in values.items()]
+    assert pipeline.submit(Batch(0.0, readings))
+    pipeline.cycle(timeout=0)
+    first = finetuner.jobs.get_nowait()
+    assert isinstance(first, FitJob)
+    pipeline.install(FitResult("pump-1", None, initial=True))
+    pipeline.cycle(timeout=0)
+    # Window j is rows j .. j + 9 (stride 1).
+    sensors = pipeline.machines["pump-1"].sensors
+    grid = np.array([[values[name] for name in sensors] for _, values in rows], np.float32)
+    windows = [grid[j : j + 10] for j in range(51)]
+    np.testing.assert_allclose(first.windows, windows[:LEARN])
+    # The backlog held the newest LEARN of the 31 windows that waited: the next training
+    # set at once. The 11 before them had no room, and are counted as before.
+    second = finetuner.jobs.get_nowait()
+    assert isinstance(second, FitJob)
+    np.testing.assert_allclose(second.windows, windows[51 - LEARN :])
+    assert pipeline.machines["pump-1"].state == MachineState.LEARNING
+    unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()
+    assert unscored == 51 - 2 * LEARN
