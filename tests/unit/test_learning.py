@@ -12,9 +12,10 @@ import pytest
 
 from service.config import Settings
 from service.detector import Detector
-from service.finetune import FitJob, FitResult
+from service.finetune import FineTuner, FitJob, FitResult
 from service.machines import MachineRuntime
-from service.pipeline import Batch
+from service.metrics import Metrics
+from service.pipeline import Batch, Pipeline
 from service.types import MachineState, Reading, Window
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
@@ -60,9 +61,12 @@ def test_windows_past_the_backlog_are_counted_when_the_model_comes() -> None:
     assert runtime.backlog_dropped == 0
 
 
-def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path) -> None:
-    """A replay's batch holds more windows than learning takes: the model scores those past
-    the training set that the backlog holds, and the pipeline counts the others."""
+ROWS = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
+
+
+def one_big_batch(tmp_path: Path) -> tuple[Pipeline, FineTuner, Metrics, FitJob]:
+    """A pipeline that took all of ROWS for a new machine in one batch (a replay's), and the
+    fit job its first LEARN windows made."""
     s = Settings.model_validate(
         {
             "window": {"length": 10, "lateness": 0.0},
@@ -73,12 +77,18 @@ def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path)
         }
     )
     pipeline, finetuner, metrics = wired_pipeline(s)
-    rows = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
-    readings = [Reading("pump-1", name, ts, v) for ts, values in rows for name, v in values.items()]
+    readings = [Reading("pump-1", name, ts, v) for ts, values in ROWS for name, v in values.items()]
     assert pipeline.submit(Batch(0.0, readings))
     pipeline.cycle(timeout=0)
     job = finetuner.jobs.get_nowait()
     assert isinstance(job, FitJob)
+    return pipeline, finetuner, metrics, job
+
+
+def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path) -> None:
+    """A replay's batch holds more windows than learning takes: the model scores those past
+    the training set that the backlog holds, and the pipeline counts the others."""
+    pipeline, finetuner, metrics, job = one_big_batch(tmp_path)
     assert len(job.windows) == LEARN
     finetuner.handle(job)
     pipeline.cycle(timeout=0)
@@ -90,26 +100,12 @@ def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path)
 def test_a_failed_first_fit_learns_again_from_the_windows_that_waited(tmp_path: Path) -> None:
     """The windows that waited for a model that never came are the start of the next
     training set: neither learnt from nor scored before, they would be lost."""
-    s = Settings.model_validate(
-        {
-            "window": {"length": 10, "lateness": 0.0},
-            "learning": {"windows": LEARN},
-            "machines": {"pump-1": {"sensors": list(SENSORS)}},
-            "state": {"dir": str(tmp_path)},
-        }
-    )
-    pipeline, finetuner, metrics = wired_pipeline(s)
-    rows = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
-    readings = [Reading("pump-1", name, ts, v) for ts, values in rows for name, v in values.items()]
-    assert pipeline.submit(Batch(0.0, readings))
-    pipeline.cycle(timeout=0)
-    first = finetuner.jobs.get_nowait()
-    assert isinstance(first, FitJob)
+    pipeline, finetuner, metrics, first = one_big_batch(tmp_path)
     pipeline.install(FitResult("pump-1", None, initial=True))
     pipeline.cycle(timeout=0)
     # Window j is rows j .. j + 9 (stride 1).
     sensors = pipeline.machines["pump-1"].sensors
-    grid = np.array([[values[name] for name in sensors] for _, values in rows], np.float32)
+    grid = np.array([[values[name] for name in sensors] for _, values in ROWS], np.float32)
     windows = [grid[j : j + 10] for j in range(51)]
     np.testing.assert_allclose(first.windows, windows[:LEARN])
     # The backlog held the newest LEARN of the 31 windows that waited: the next training
