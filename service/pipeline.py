@@ -11,10 +11,12 @@ together (`service.stacked`: one model call per group of like-shaped models).
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -32,7 +34,7 @@ from service.machines import DriftEvent, MachineRuntime, TooFewWindowsError
 from service.metrics import Metrics
 from service.publish import Publisher
 from service.rejections import RejectionLog
-from service.stacked import StackedScorer
+from service.stacked import Scored, StackedScorer
 from service.store import ModelStore
 from service.threads import InjectedFaultError, Worker
 from service.types import (
@@ -58,6 +60,10 @@ MAX_QUEUED_JOBS = 4
 # Seconds between freezes of the long-lived objects (service.heap.freeze): a plant's first
 # fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
 FREEZE_INTERVAL = 30.0
+# Windows in a cycle from which it is scored in parts on the scoring thread (a batch's
+# cycles: thousands), each part's model calls beside the Python that takes the part before.
+OVERLAP_WINDOWS = 2_048
+OVERLAP_PARTS = 4
 
 
 class Batch(NamedTuple):
@@ -93,6 +99,22 @@ class Arrivals:
             self.spans.append(([], []))
         self.spans[-1][1].extend(readings)
         self.count += len(readings)
+
+
+def _split(
+    work: dict[str, tuple[Detector, FloatArray]], parts: int
+) -> list[dict[str, tuple[Detector, FloatArray]]]:
+    """`work` cut into up to `parts` runs of machines with about as many windows each."""
+    size = math.ceil(sum(len(values) for _, values in work.values()) / parts)
+    out: list[dict[str, tuple[Detector, FloatArray]]] = [{}]
+    windows = 0
+    for name, item in work.items():
+        if windows >= size:
+            out.append({})
+            windows = 0
+        out[-1][name] = item
+        windows += len(item[1])
+    return out
 
 
 def _by_machine(batches: list[Batch]) -> dict[str, Arrivals]:
@@ -137,6 +159,7 @@ class Pipeline(Worker):
         self.queue: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self.machines: dict[str, MachineRuntime] = {}
         self.scorer = StackedScorer()
+        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
         self._drain_until = 0.0
@@ -191,6 +214,7 @@ class Pipeline(Worker):
             rest = min_cycle - (time.monotonic() - started)
             if rest > 0:
                 self._stopping.wait(rest)
+        self._scoring.shutdown()
         left = self.queue.qsize()
         if left:
             log.warning("pipeline_stopped_with_queue", messages=left)
@@ -365,13 +389,36 @@ class Pipeline(Worker):
             elif runtime.detector is not None:
                 values = np.stack([w.values for w in machine_windows])
                 work[name] = (runtime.detector, values)
-        if not work:
+        for part, scored in self._scored_parts(work):
+            for name, (scores, errors) in scored.items():
+                self._take_scores(self.machines[name], part[name][0], windows[name], scores, errors)
+
+    def _scored_parts(
+        self, work: dict[str, tuple[Detector, FloatArray]]
+    ) -> Iterator[tuple[dict[str, tuple[Detector, FloatArray]], dict[str, Scored]]]:
+        """`work` and its scores, in parts. A cycle of `OVERLAP_WINDOWS` or more is scored
+        part by part on the scoring thread, the next part's model calls running while this
+        thread takes the scores of the one before: the calls give the GIL up, so the model's
+        time (two thirds of a batch's pipeline with conv) and the per-window Python overlap."""
+        if sum(len(values) for _, values in work.values()) < OVERLAP_WINDOWS:
+            if work:
+                yield work, self._timed_score(work)
             return
+        # Stack changes (models new to the scorer) on this thread, before any part runs.
+        self.scorer.place(work)
+        parts = _split(work, OVERLAP_PARTS)
+        pending = self._scoring.submit(self._timed_score, parts[0])
+        for k, part in enumerate(parts):
+            scored = pending.result()
+            if k + 1 < len(parts):
+                pending = self._scoring.submit(self._timed_score, parts[k + 1])
+            yield part, scored
+
+    def _timed_score(self, work: dict[str, tuple[Detector, FloatArray]]) -> dict[str, Scored]:
         started = time.perf_counter()
         scored = self.scorer.score(work)
         self.metrics.scoring_latency.observe(time.perf_counter() - started)
-        for name, (scores, errors) in scored.items():
-            self._take_scores(self.machines[name], work[name][0], windows[name], scores, errors)
+        return scored
 
     def _learn(self, runtime: MachineRuntime, windows: list[Window]) -> None:
         job = runtime.collect(windows)

@@ -258,6 +258,12 @@ class StackedScorer:
             self._freed_bytes = 0
         return out
 
+    def place(self, work: Mapping[str, tuple[Detector, FloatArray]]) -> None:
+        """Takes in the models of `work` new to it, as `score` would: then scoring it
+        changes no group, and may run on another thread than the one that placed it."""
+        for machine, (detector, _) in work.items():
+            self._place(machine, detector)
+
     def _place(self, machine: str, detector: Detector) -> tuple[StackedGroup, int] | None:
         """The group and slot of `machine`, after taking in `detector` if it is new."""
         placed = self._placed.get(machine)

@@ -6,12 +6,14 @@ many machines in one cycle; an alert must not depend on how readings were batche
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service import pipeline as pipeline_module
 from service.config import ModelSettings, Settings, ThresholdSettings
 from service.detector import Detector
 from service.finetune import FineTuner
@@ -134,3 +136,43 @@ def test_one_cycle_over_several_machines_scores_each_window_as_alone(
     # The far-off windows score above the normal ones, so the comparison is not vacuous.
     scores = np.array([s.score for s in seen if s.machine == "fan-3"])
     assert scores[-7:].min() > scores[:30].max()
+
+
+def test_a_large_cycle_scored_in_parts_on_the_scoring_thread_scores_the_same(
+    detectors: dict[str, Detector], windows: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's cycle is scored in parts on the scoring thread (the model calls of one part
+    beside the Python of the part before): the same scores, in the same order, as one call
+    on the pipeline's thread."""
+    cycle = {
+        name: [
+            Window(name, float(i), detectors[name].sensors, values)
+            for i, values in enumerate(windows[name])
+        ]
+        for name in detectors
+    }
+    whole, seen_whole = _pipeline(detectors)
+    monkeypatch.setattr(pipeline_module, "OVERLAP_WINDOWS", 10**9)
+    whole._score(cycle)
+
+    parts, seen_parts = _pipeline(detectors)
+    calls: list[tuple[str, list[str]]] = []
+    score = parts.scorer.score
+
+    def recorded(work: Any) -> Any:
+        calls.append((threading.current_thread().name, list(work)))
+        return score(work)
+
+    parts.scorer.score = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(pipeline_module, "OVERLAP_WINDOWS", 1)
+    parts._score(cycle)
+
+    # 111 windows in up to 4 parts of about 28: one machine (37 windows) a part.
+    assert [machines for _, machines in calls] == [[name] for name in detectors]
+    assert all(thread.startswith("scoring") for thread, _ in calls)
+    order = [(s.machine, s.end_ts) for s in seen_whole]
+    assert [(s.machine, s.end_ts) for s in seen_parts] == order
+    np.testing.assert_allclose(
+        [s.score for s in seen_parts], [s.score for s in seen_whole], rtol=RTOL, atol=ATOL
+    )
+    assert len(seen_parts) == sum(len(w) for w in cycle.values())
