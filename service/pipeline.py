@@ -65,6 +65,9 @@ FREEZE_INTERVAL = 30.0
 OVERLAP_WINDOWS = 2_048
 OVERLAP_PARTS = 4
 
+# A cycle's scoring work: each machine's current detector and windows [n, time, sensors].
+Work = dict[str, tuple[Detector, FloatArray]]
+
 
 class Batch(NamedTuple):
     """One MQTT message's accepted values. A named tuple: one is made per message on
@@ -101,12 +104,10 @@ class Arrivals:
         self.count += len(readings)
 
 
-def _split(
-    work: dict[str, tuple[Detector, FloatArray]], parts: int
-) -> list[dict[str, tuple[Detector, FloatArray]]]:
+def _split(work: Work, parts: int) -> list[Work]:
     """`work` cut into up to `parts` runs of machines with about as many windows each."""
     size = math.ceil(sum(len(values) for _, values in work.values()) / parts)
-    out: list[dict[str, tuple[Detector, FloatArray]]] = [{}]
+    out: list[Work] = [{}]
     windows = 0
     for name, item in work.items():
         if windows >= size:
@@ -379,7 +380,7 @@ class Pipeline(Worker):
 
     def _score(self, windows: dict[str, list[Window]]) -> None:
         """Learning machines collect their windows; the others' are scored all at once."""
-        work: dict[str, tuple[Detector, FloatArray]] = {}
+        work: Work = {}
         for name, machine_windows in windows.items():
             if not machine_windows:
                 continue
@@ -393,9 +394,7 @@ class Pipeline(Worker):
             for name, (scores, errors) in scored.items():
                 self._take_scores(self.machines[name], part[name][0], windows[name], scores, errors)
 
-    def _scored_parts(
-        self, work: dict[str, tuple[Detector, FloatArray]]
-    ) -> Iterator[tuple[dict[str, tuple[Detector, FloatArray]], dict[str, Scored]]]:
+    def _scored_parts(self, work: Work) -> Iterator[tuple[Work, dict[str, Scored]]]:
         """`work` and its scores, in parts. A cycle of `OVERLAP_WINDOWS` or more is scored
         part by part on the scoring thread, the next part's model calls running while this
         thread takes the scores of the one before: the calls give the GIL up, so the model's
@@ -414,7 +413,7 @@ class Pipeline(Worker):
                 pending = self._scoring.submit(self._timed_score, parts[k + 1])
             yield part, scored
 
-    def _timed_score(self, work: dict[str, tuple[Detector, FloatArray]]) -> dict[str, Scored]:
+    def _timed_score(self, work: Work) -> dict[str, Scored]:
         started = time.perf_counter()
         scored = self.scorer.score(work)
         self.metrics.scoring_latency.observe(time.perf_counter() - started)
