@@ -11,17 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from service import pipeline as pipeline_module
 from service.config import ModelSettings, Settings, ThresholdSettings
 from service.detector import Detector
-from service.finetune import FineTuner
-from service.metrics import Metrics
 from service.pipeline import Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
 from service.types import Score, Window
+from tests.unit.wiring import wired_pipeline
 
 WINDOW = 12
 # Machines with different sensor counts, so their detectors differ in shape as well.
@@ -87,19 +83,10 @@ def test_batch_of_any_split_gives_the_same_scores(
         np.testing.assert_allclose(np.concatenate(parts), whole, rtol=RTOL, atol=ATOL)
 
 
-class _Sink:
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        pass
-
-
 def _pipeline(detectors: dict[str, Detector]) -> tuple[Pipeline, list[Score]]:
     """A pipeline (not started) whose machines score with `detectors`; it records every
     score its alert trackers see."""
-    settings = Settings(window={"length": WINDOW})
-    metrics = Metrics(CollectorRegistry())
-    finetuner = FineTuner(settings, metrics, lambda machine, detector: None, None)
-    publisher = Publisher(_Sink(), "aemon", metrics)
-    pipeline = Pipeline(settings, metrics, RejectionLog(metrics), publisher, finetuner)
+    pipeline, _, _ = wired_pipeline(Settings(window={"length": WINDOW}))
     seen: list[Score] = []
     for name, detector in detectors.items():
         runtime = pipeline._add_machine(name, detector.sensors, None)

@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import ModelSettings, Settings
 from service.detector import Detector
-from service.finetune import FineTuner
 from service.metrics import FINETUNE_OUTCOMES, Metrics
 from service.pipeline import Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
 from service.store import ModelStore
 from service.types import MachineState
+from tests.unit.wiring import wired_pipeline
 
 SENSORS = ("current", "pressure")
 COUNTERS = (
@@ -30,16 +28,9 @@ COUNTERS = (
 )
 
 
-class NoSink:
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        pass
-
-
 def pipeline(settings: Settings, store: ModelStore | None) -> tuple[Pipeline, Metrics]:
-    metrics = Metrics(CollectorRegistry())
-    finetuner = FineTuner(settings, metrics, lambda result: None, store)
-    publisher = Publisher(NoSink(), "aemon", metrics)
-    return Pipeline(settings, metrics, RejectionLog(metrics), publisher, finetuner, store), metrics
+    built, _, metrics = wired_pipeline(settings, store=store)
+    return built, metrics
 
 
 def samples(metrics: Metrics, machine: str) -> dict[tuple[str, str], float]:
