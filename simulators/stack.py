@@ -164,11 +164,20 @@ class Daemon:
         self.log_path = workdir / "aemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str] | None = None) -> Daemon:
+    def start(self, env: dict[str, str] | None = None, ready: bool = True) -> Daemon:
+        """Starts the daemon and waits until it is healthy and, with `ready`, until /readyz
+        says it is connected and subscribed."""
         command = [sys.executable, "-m", "service", "run", "--config", str(self.config_path)]
         self.proc = spawn(command, self.log_path, env={**os.environ, **(env or {})}, cwd=REPO)
-        wait_for(self.healthy, 60, "the daemon's /healthz")
+        self.wait_started(ready)
         return self
+
+    def wait_started(self, ready: bool = True, timeout: float = 60) -> None:
+        # /healthz answers before the broker grants the subscription, and readings published
+        # in between are not delivered: whoever publishes right after start() needs /readyz.
+        wait_for(self.healthy, timeout, "the daemon's /healthz")
+        if ready:
+            wait_for(lambda: self.healthy() and self.ready(), timeout, "the daemon's /readyz")
 
     @property
     def pid(self) -> int:
@@ -225,10 +234,19 @@ class Daemon:
         return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signals the daemon by PID and returns its exit code. One still running after
+        `timeout` is killed, so that it does not outlive its caller, and reported."""
         assert self.proc is not None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise TimeoutError(
+                f"daemon pid {self.proc.pid} still running {timeout} s after signal {sig}: killed"
+            ) from None
 
 
 def with_for(rules: str, duration: str, alerts: Collection[str] | None = None) -> str:

@@ -66,24 +66,29 @@ class TracedDaemon(Daemon):
         self.trace = workdir / "strace.txt"
         self.target: int | None = None
 
-    def start(self, env: dict[str, str] | None = None) -> TracedDaemon:
+    def start(self, env: dict[str, str] | None = None, ready: bool = True) -> TracedDaemon:
         command = [sys.executable, "-m", "service", "run", "--config", str(self.config_path)]
         if self.strace:
             command = [self.strace, "-f", "-qq", "-o", str(self.trace), "--", *command]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=REPO)
         self.target = wait_until(self._target_pid, 10, "the daemon's process")
-        wait_until(self.healthy, 90, "the daemon's /healthz")
+        self.wait_started(ready, timeout=90)
         return self
 
     def _target_pid(self) -> int | None:
+        """strace's child that runs the daemon's Python. Not simply its first child: strace
+        forks short-lived children of its own at start to probe what ptrace can do, and a
+        signal sent to one of those never reaches the daemon (which then outlived strace's
+        kill, untraced, when this took the first child)."""
         assert self.proc is not None
         if not self.strace:
             return self.proc.pid
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         with contextlib.suppress(OSError):
-            pids = children.read_text().split()
-            return int(pids[0]) if pids else None
+            for pid in map(int, children.read_text().split()):
+                if _argv(pid)[:1] == [sys.executable]:
+                    return pid
         return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
@@ -109,11 +114,15 @@ class TracedDaemon(Daemon):
             ) from None
 
 
-def _cmdline(pid: int | None) -> str:
+def _argv(pid: int | None) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
     except OSError:
-        return "gone"
+        return []
+
+
+def _cmdline(pid: int | None) -> str:
+    return " ".join(_argv(pid))[:200] or "gone"
 
 
 @dataclass

@@ -39,7 +39,6 @@ def test_pipeline_exception_turns_healthz_red(tmp_path: Path, broker: Mosquitto)
     daemon = start_faulty(tmp_path, broker, "pipeline")
     pub = Publisher(broker.port)
     with running(daemon, pub):
-        wait_until(daemon.ready, 10, "ready")
         pub.send("plant/pump-7", {"values": {"a": 1.0}})
         pub.flush()
         _, report = wait_until(lambda: (r := health(daemon))[0] == 503 and r, 10, "/healthz 503")
@@ -57,7 +56,6 @@ def test_paho_thread_death_turns_healthz_red(tmp_path: Path, broker: Mosquitto) 
     daemon = start_faulty(tmp_path, broker, "mqtt")
     pub = Publisher(broker.port)
     with running(daemon, pub):
-        wait_until(daemon.ready, 10, "ready")
         pub.send("plant/pump-7", {"values": {"a": 1.0}})
         pub.flush()
         _, report = wait_until(lambda: (r := health(daemon))[0] == 503 and r, 10, "/healthz 503")
@@ -115,8 +113,6 @@ def test_broker_killed_mid_stream_alert_arrives_after_reconnect(tmp_path: Path) 
     daemon = start_daemon(tmp_path, relay.port)
     pub = Publisher(broker.port)
     with running(broker, relay, daemon, pub):
-        # Readings sent before the broker grants the subscription are not delivered.
-        wait_until(daemon.ready, 10, "ready (subscribed)")
         fault = Fault(LEARN_SECONDS + 30, LEARN_SECONDS + 90, "vibration", factor=3.0)
         start = time.time() - 2000
         rows = machine_rows(start, LEARN_SECONDS + 200, seed=1, fault=fault)

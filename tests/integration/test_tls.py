@@ -115,7 +115,6 @@ def test_daemon_scores_over_tls_with_password(
     daemon = tls_daemon(tmp_path / "daemon", broker, pki, PASSWORD).start()
     client = tls_client(broker.port, pki.ca)
     try:
-        wait_until(daemon.ready, 15, "connected over TLS")
         last = None
         for ts, values in itertools.islice(machine_rows(time.time() - 2000, 400, seed=1), 400):
             last = client.publish(f"plant/{MACHINE}", orjson.dumps({"ts": ts, "values": values}), 1)
@@ -137,7 +136,7 @@ def test_wrong_password_is_reported_retried_and_never_shown(
 ) -> None:
     broker, pki = tls_broker
     wrong = "wr0ng-Pa55-xk4"
-    daemon = tls_daemon(tmp_path / "daemon", broker, pki, wrong).start()
+    daemon = tls_daemon(tmp_path / "daemon", broker, pki, wrong).start(ready=False)
     with running(daemon):
         refused = wait_until(
             lambda: (r := daemon.log_events("mqtt_connect_refused")) and len(r) >= 4 and r,
