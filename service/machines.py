@@ -277,6 +277,7 @@ class MachineRuntime:
             "threshold": self.detector.threshold if self.detector else None,
             "model_version": self.detector.version if self.detector else None,
             "learning_windows": len(self._learning),
+            "fitting": self._fitting,
             "newest_ts": self.newest_ts,
             "scored_until": self.scored_until,
         }

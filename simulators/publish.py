@@ -23,6 +23,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = structlog.get_logger("simulators.publish")
 
 TRUTH_TOPIC = "sim/truth/{machine}"
+# Seconds of silence before the client pings; a broker drops a client silent for 1.5 times
+# this, which bounds how long the demo may hold (SIGSTOP) the plant.
+KEEPALIVE_S = 60
 
 
 class Sink(Protocol):
@@ -76,7 +79,7 @@ class MqttSink:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.connect(host, port, keepalive=30)  # raises when nothing listens
+        self.client.connect(host, port, keepalive=KEEPALIVE_S)  # raises when nothing listens
         self.client.loop_start()
         if not self.connected.wait(timeout):
             self.client.loop_stop()
@@ -131,9 +134,16 @@ def open_sink(args: Any) -> Sink:
     return MqttSink(args.host, args.port, args.client_id)
 
 
+# A publisher this far behind its pace was held up (stopped with SIGSTOP while the demo's
+# models are fitted, a suspended laptop): it goes on at its pace from where it is instead
+# of sending everything the pause held back as one burst.
+MAX_LATE_S = 2.0
+
+
 class Pacer:
     """Holds each message until its event time, scaled by `speed`, has come on the wall
-    clock; `speed` 0 never waits. Deadlines are absolute, so waits do not drift."""
+    clock; `speed` 0 never waits. Deadlines are absolute, so waits do not drift; a message
+    more than `MAX_LATE_S` late starts the pace again from itself."""
 
     def __init__(self, speed: float, stop: threading.Event | None = None) -> None:
         if speed < 0:
@@ -148,8 +158,11 @@ class Pacer:
         if self.origin is None:
             self.origin, self.wall0 = event_ts, time.monotonic()
         if self.speed > 0:
-            delay = self.wall0 + (event_ts - self.origin) / self.speed - time.monotonic()
-            if delay > 0:
+            now = time.monotonic()
+            delay = self.wall0 + (event_ts - self.origin) / self.speed - now
+            if delay < -MAX_LATE_S:
+                self.origin, self.wall0 = event_ts, now
+            elif delay > 0:
                 return not self.stop.wait(delay)
         return not self.stop.is_set()
 

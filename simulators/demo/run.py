@@ -9,6 +9,8 @@ error. `pids.json` in the directory names each child (PID and start time) once i
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -25,6 +28,7 @@ from simulators.demo.episodes import Report, build_report
 from simulators.demo.scenario import Scenario, faults_toml
 from simulators.demo.view import View
 from simulators.demo.watch import PROMETHEUS_ALERT, RunState, Watch
+from simulators.publish import KEEPALIVE_S
 from simulators.stack import (
     RULES,
     Daemon,
@@ -44,6 +48,9 @@ POLL_S = 0.5
 # had ended in wall-clock terms, and Prometheus never saw those alerts fire).
 DEFAULT_SPEED = 100.0
 SETTLE_TIMEOUT_S = 20.0
+# The longest the plant is held while first models are fitted, inside the 1.5 keepalives
+# after which the broker would drop its silent connection.
+HOLD_MAX_S = 1.5 * KEEPALIVE_S - 10.0
 
 
 @dataclass(frozen=True)
@@ -200,18 +207,26 @@ class Demo:
 
     # -- running ------------------------------------------------------------------------
     def run(self, stack: Stack, view: View) -> str:
-        """Until the schedule is over, `DEMO_SECONDS`, or a child dies; says which."""
+        """Until the schedule is over, `DEMO_SECONDS` (the plant's pauses not counted), or a
+        child dies; says which."""
         daemon = stack.daemon.proc
         stop_at = time.monotonic() + self.options.seconds
-        while True:
-            view.update(stack.watch.look(self.wall_s()))
-            if stack.plant.poll() is not None:
-                return "schedule over" if stack.plant.returncode == 0 else "plant failed"
-            if daemon is None or daemon.poll() is not None:
-                return "daemon exited"
-            if time.monotonic() >= stop_at:
-                return "DEMO_SECONDS"
-            time.sleep(POLL_S)
+        hold = PlantHold(stack.plant, self.scenario.machines)
+        try:
+            while True:
+                state = stack.watch.look(self.wall_s())
+                hold.update(state)
+                state.plant_paused = hold.paused
+                view.update(state)
+                if stack.plant.poll() is not None:
+                    return "schedule over" if stack.plant.returncode == 0 else "plant failed"
+                if daemon is None or daemon.poll() is not None:
+                    return "daemon exited"
+                if time.monotonic() - hold.held_s() >= stop_at:
+                    return "DEMO_SECONDS"
+                time.sleep(POLL_S)
+        finally:
+            hold.resume()  # a stopped plant could not take the SIGTERM that ends it
 
     def settle(self, stack: Stack) -> RunState:
         """Stops the plant, then waits until the daemon has scored what it received."""
@@ -246,6 +261,56 @@ class Demo:
         ]
         report.prometheus_fired = stack.watch.prometheus_fired(self.wall_s() + 5)
         return report
+
+
+class PlantHold:
+    """Stops the plant by PID (SIGSTOP) once every machine has learnt while a first model
+    is still being fitted, and continues it (SIGCONT) when every machine scores or after
+    `HOLD_MAX_S`. Fits run one after another, so on a slow or busy box the faults would
+    otherwise come before the models that are to catch them. The plant's pacer goes on at
+    its pace after the pause; event time stays behind the wall clock."""
+
+    def __init__(self, plant: subprocess.Popen[bytes], machines: int) -> None:
+        self.plant, self.machines = plant, machines
+        self.since: float | None = None
+        self.done = False  # once: later fine-tunes are not waited for
+        self.held = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return self.since is not None
+
+    def held_s(self) -> float:
+        """Wall seconds the plant has been held so far."""
+        now = time.monotonic()
+        return self.held + (now - self.since if self.since is not None else 0.0)
+
+    def update(self, state: RunState) -> None:
+        machines = state.machines
+        scoring = len(machines) >= self.machines and all(m["state"] == "scoring" for m in machines)
+        if self.since is None:
+            if not self.done and not scoring and self._learnt(machines):
+                self._signal(signal.SIGSTOP)
+                self.since = time.monotonic()
+                log.info("plant_paused", reason="first models being fitted")
+        elif scoring or time.monotonic() - self.since >= HOLD_MAX_S:
+            self.resume()
+
+    def _learnt(self, machines: list[dict[str, Any]]) -> bool:
+        return len(machines) >= self.machines and all(
+            m["state"] == "scoring" or m["fitting"] for m in machines
+        )
+
+    def resume(self) -> None:
+        if self.since is None:
+            return
+        self._signal(signal.SIGCONT)
+        self.held, self.since, self.done = self.held_s(), None, True
+        log.info("plant_resumed", held_s=round(self.held, 1))
+
+    def _signal(self, sig: int) -> None:
+        if self.plant.poll() is None:
+            os.kill(self.plant.pid, sig)
 
 
 def _mkdir(path: Path) -> Path:

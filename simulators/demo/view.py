@@ -43,10 +43,12 @@ class Context:
     start_ts: float  # event time of the plant's first reading
     addresses: dict[str, str]
 
-    def phase(self, newest_ts: float | None) -> str:
-        if newest_ts is None:
+    def phase(self, state: RunState) -> str:
+        if state.plant_paused:
+            return "plant paused while the models are fitted"
+        if state.newest_ts is None:
             return "starting"
-        t = newest_ts - self.start_ts
+        t = state.newest_ts - self.start_ts
         faults = self.scenario.faults
         if t < self.scenario.learning_s:
             return "learning normal operation"
@@ -66,12 +68,12 @@ def elapsed(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
 
 
-def state_text(machine: dict[str, Any], fitting: bool, learning_windows: int) -> Text:
+def state_text(machine: dict[str, Any], learning_windows: int) -> Text:
     if machine["state"] == "scoring":
         return Text(f"scoring v{machine['model_version']}", style="green")
     if machine["state"] == "learning":
         done = machine["learning_windows"]
-        label = "fitting model" if fitting else f"learning {done}/{learning_windows}"
+        label = "fitting model" if machine["fitting"] else f"learning {done}/{learning_windows}"
         return Text(label, style="cyan")
     return Text(machine["state"], style="dim")
 
@@ -111,7 +113,7 @@ def top_sensors(event: dict[str, Any] | None, n: int = 2) -> str:
     return ", ".join(f"{s['sensor']} {s['share']:.0%}" for s in event["top_sensors"][:n])
 
 
-def machine_table(state: RunState, ctx: Context, fitting: set[str]) -> Table:
+def machine_table(state: RunState, ctx: Context) -> Table:
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
     for column, width in COLUMNS.items():
         table.add_column(column, width=width, no_wrap=True, overflow="ellipsis")
@@ -122,7 +124,7 @@ def machine_table(state: RunState, ctx: Context, fitting: set[str]) -> Table:
         alert = alerts.get(name)
         table.add_row(
             name,
-            state_text(m, name in fitting, windows),
+            state_text(m, windows),
             score_bar(m["score"], m["threshold"]),
             Text("FIRING", style="bold red") if alert else Text(m["alert"], style="dim"),
             top_sensors(alert, 1),
@@ -148,13 +150,13 @@ def recent_lines(state: RunState, n: int = 8) -> list[tuple[float, Text]]:
     return sorted(lines, key=lambda line: line[0])[-n:]
 
 
-def render(state: RunState, ctx: Context, fitting: set[str]) -> RenderableType:
+def render(state: RunState, ctx: Context) -> RenderableType:
     newest = state.newest_ts
     plant = "" if newest is None else f" (+{elapsed(newest - ctx.start_ts)})"
     header = Text.assemble(
         ("aemon demo", "bold"),
         f"  plant time {clock(newest)} UTC{plant} x{ctx.speed:g}  wall {elapsed(state.wall_s)}",
-        ("  " + ctx.phase(newest), "bold cyan"),
+        ("  " + ctx.phase(state), "bold cyan"),
     )
     events = Table.grid(padding=(0, 2))
     for ts, text in recent_lines(state):
@@ -162,19 +164,7 @@ def render(state: RunState, ctx: Context, fitting: set[str]) -> RenderableType:
     links = Text(
         "  ".join(f"{k} {v}" for k, v in ctx.addresses.items() if k != "logs"), style="dim"
     )
-    return Group(header, machine_table(state, ctx, fitting), events, links)
-
-
-def fitting_now(state: RunState, had_windows: set[str]) -> set[str]:
-    """Machines whose learning windows are complete and whose model is being fitted: the
-    daemon shows them learning with no windows, as it did before their first window.
-    `had_windows` gathers the machines seen with learning windows."""
-    had_windows.update(m["machine"] for m in state.machines if m["learning_windows"] > 0)
-    return {
-        m["machine"]
-        for m in state.machines
-        if m["state"] == "learning" and m["learning_windows"] == 0 and m["machine"] in had_windows
-    }
+    return Group(header, machine_table(state, ctx), events, links)
 
 
 class Screen:
@@ -202,7 +192,6 @@ class View:
 
     def __init__(self, ctx: Context, screen: Screen | None) -> None:
         self.ctx, self.screen = ctx, screen
-        self.had_windows: set[str] = set()
 
     def __enter__(self) -> View:
         return self
@@ -211,7 +200,7 @@ class View:
         return None
 
     def frame(self, state: RunState) -> RenderableType:
-        frame = render(state, self.ctx, fitting_now(state, self.had_windows))
+        frame = render(state, self.ctx)
         if self.screen is not None:
             self.screen.offer(state, frame)
         return frame
@@ -283,7 +272,7 @@ class LogView(View):
         log.info(
             "progress",
             plant_time=clock(state.newest_ts),
-            phase=self.ctx.phase(state.newest_ts),
+            phase=self.ctx.phase(state),
             **facts,
         )
 

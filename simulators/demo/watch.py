@@ -27,6 +27,7 @@ class RunState:
     truth: list[dict[str, Any]] = field(default_factory=list)
     prometheus: dict[str, str] = field(default_factory=dict)  # machine -> pending | firing
     daemon_error: str | None = None
+    plant_paused: bool = False  # held by the demo while first models are fitted
 
     @property
     def newest_ts(self) -> float | None:

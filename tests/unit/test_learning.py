@@ -37,16 +37,20 @@ def test_training_set_is_the_first_windows_and_the_rest_wait_for_the_model(cut: 
     settings = Settings.model_validate({"learning": {"windows": LEARN}})
     runtime = MachineRuntime("pump-1", settings, tuple(SENSORS), None)
     windows = stream()
-    trainings = []
+    trainings, fitting = [], []
     for start in range(0, TOTAL, cut):
         training = runtime.collect(windows[start : start + cut])
         if training is not None:
             trainings.append(training)
+        fitting.append(runtime.describe()["fitting"])  # /api/machines tells it
     assert len(trainings) == 1
     assert [int(w[0, 0]) for w in trainings[0]] == list(range(LEARN))
-    detector = cast(Detector, SimpleNamespace(threshold=1.0))
+    # Fitting from the batch that completed the training set on.
+    assert fitting == [start + cut >= LEARN for start in range(0, TOTAL, cut)]
+    detector = cast(Detector, SimpleNamespace(threshold=1.0, version=1))
     backlog = runtime.install(detector)
     assert runtime.state == MachineState.SCORING
+    assert runtime.describe()["fitting"] is False
     assert [w.end_ts for w in backlog] == [float(i) for i in range(LEARN, TOTAL)]
 
 

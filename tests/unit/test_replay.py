@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from simulators import publish
 from simulators.model import TruthEvent
 from simulators.publish import Pacer
 from simulators.replay import CsvRow, label_truth, parse_timestamp, read_csv, replay, run, sanitize
@@ -156,6 +158,46 @@ def test_pacer_follows_event_time_at_the_speed_factor() -> None:
     t0 = time.monotonic()
     assert all(fast.wait(ts) for ts in (0.0, 1e6))
     assert time.monotonic() - t0 < 0.05
+
+
+class StoppedClock:
+    """The pacer's clock, moved by its waits and by the test's pauses."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class ClockStop(threading.Event):
+    def __init__(self, clock: StoppedClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.clock.waits.append(round(timeout, 6))
+        self.clock.now += timeout
+        return False
+
+
+def test_pacer_goes_on_at_its_pace_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = StoppedClock()
+    monkeypatch.setattr(publish, "time", clock)
+    pacer = Pacer(speed=10.0, stop=ClockStop(clock))
+    assert pacer.wait(1000.0)
+    assert pacer.wait(1010.0)  # 1 s at x10
+    clock.now += 30.0  # stopped (SIGSTOP) for 30 s
+    assert pacer.wait(1020.0)  # due long ago: sent now, and the pace starts from it
+    assert pacer.wait(1030.0)
+    assert publish.MAX_LATE_S > 1.5
+    clock.now += 1.5  # a short delay is caught up: 1040 goes at once, 1050 on time
+    assert pacer.wait(1040.0)
+    assert pacer.wait(1050.0)
+    # Without the new start, 1030 and everything after it would have gone at once.
+    assert clock.waits == [1.0, 1.0, 0.5]
 
 
 def test_cli_replays_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
