@@ -42,10 +42,9 @@ from simulators.stack import (
 
 log = structlog.get_logger("simulators.demo")
 POLL_S = 0.5
-# Plant seconds per wall second. The six fits from scratch take ~5 s each beside the plant
-# and Prometheus on 2 cores (conv models): ~3,300 s of plant time at x100, so every model is
-# in while its machine's fault still runs (at x150 the last three came after their faults
-# had ended in wall-clock terms, and Prometheus never saw those alerts fire).
+# Plant seconds per wall second: the schedule in about two minutes. (The six first fits,
+# ~3.5 s each on 2 cores, once raced the faults at this speed; the plant is now held while
+# they run: PlantHold.)
 DEFAULT_SPEED = 100.0
 SETTLE_TIMEOUT_S = 20.0
 # The longest the plant is held while first models are fitted, inside the 1.5 keepalives
