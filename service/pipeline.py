@@ -104,9 +104,8 @@ class Arrivals:
         self.count += len(readings)
 
 
-def _split(work: Work, parts: int) -> list[Work]:
-    """`work` cut into up to `parts` runs of machines with about as many windows each."""
-    size = math.ceil(sum(len(values) for _, values in work.values()) / parts)
+def _split(work: Work, size: int) -> list[Work]:
+    """`work` cut into runs of machines of about `size` windows each."""
     out: list[Work] = [{}]
     windows = 0
     for name, item in work.items():
@@ -399,13 +398,14 @@ class Pipeline(Worker):
         part by part on the scoring thread, the next part's model calls running while this
         thread takes the scores of the one before: the calls give the GIL up, so the model's
         time (two thirds of a batch's pipeline with conv) and the per-window Python overlap."""
-        if sum(len(values) for _, values in work.values()) < OVERLAP_WINDOWS:
+        total = sum(len(values) for _, values in work.values())
+        if total < OVERLAP_WINDOWS:
             if work:
                 yield work, self._timed_score(work)
             return
         # Stack changes (models new to the scorer) on this thread, before any part runs.
         self.scorer.place(work)
-        parts = _split(work, OVERLAP_PARTS)
+        parts = _split(work, math.ceil(total / OVERLAP_PARTS))
         pending = self._scoring.submit(self._timed_score, parts[0])
         for k, part in enumerate(parts):
             scored = pending.result()

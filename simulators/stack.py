@@ -46,15 +46,21 @@ def find_binary(name: str) -> str:
     return found
 
 
-def start_ticks(pid: int) -> int | None:
-    """When the process started (clock ticks since boot), or None when no such process
-    runs: with the PID it names one process, even after the PID has been reused."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (the first: the state letter),
+    or None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+
+
+def start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None when no such process
+    runs: with the PID it names one process, even after the PID has been reused."""
+    fields = proc_stat(pid)
+    return None if fields is None or fields[0] in ("Z", "X") else int(fields[19])
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> int | None:

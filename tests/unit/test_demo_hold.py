@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from simulators.clients import wait_for
 from simulators.demo import run
 from simulators.demo.run import PlantHold
 from simulators.demo.watch import RunState
+from simulators.stack import proc_stat
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def plant() -> Iterator[subprocess.Popen[bytes]]:
 
 def stopped(proc: subprocess.Popen[bytes]) -> bool:
     """The kernel's state letter of the process: T while stopped by a signal."""
-    stat = Path(f"/proc/{proc.pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
+    fields = proc_stat(proc.pid)
+    assert fields is not None
+    return fields[0] == "T"
 
 
 def look(*states: str) -> RunState:
