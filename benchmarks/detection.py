@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.config import Settings, ThresholdSettings
-from service.detector import Detector, split_holdout
-from service.evaluate import (
+from service.core.config import Settings, ThresholdSettings
+from service.core.logs import configure_logging
+from service.core.types import FloatArray
+from service.offline.evaluate import (
     FileResult,
     ScorerFactory,
     default_factory,
@@ -38,10 +39,9 @@ from service.evaluate import (
     read_skab,
     summarise,
 )
-from service.logs import configure_logging
-from service.models import family_names
-from service.threshold import calibrate
-from service.types import FloatArray
+from service.scoring.detector import Detector, split_holdout
+from service.scoring.models import family_names
+from service.scoring.threshold import calibrate
 
 DEFAULT_DATA = Path(os.environ.get("SKAB_DIR", Path(__file__).parents[2] / "shared/datasets/skab"))
 BASE_FILE = Path("anomaly-free") / "anomaly-free.csv"

@@ -13,7 +13,7 @@ starts when the subscriber is resumed (SIGCONT) and it drains the queue.
 
 (a) ceiling: a paho subscriber (its own process, MQTT 5, QoS 1, acknowledging each message)
     that only counts; its rate is messages over the time from resume to the last message.
-    The same with aemon's client (`service.mqtt`, which reads with fewer system calls and
+    The same with aemon's client (`service.transport.mqtt`, which reads with fewer system calls and
     decodes a plain PUBLISH itself) shows what the daemon's own reading path can take;
 (b) the daemon, all machines already past learning: per-sensor messages `plant/<m>/<s>`
     (`{"ts", "value"}`), then per-machine batches `plant/<m>` (a list of records). The
@@ -64,7 +64,7 @@ from benchmarks.common import (
     niced_share,
     value,
 )
-from service.mqtt import _Client
+from service.transport.mqtt import _Client
 from tests.support import Daemon, Mosquitto, metric_value, running
 
 

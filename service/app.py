@@ -15,18 +15,18 @@ import structlog
 import torch
 from prometheus_client import CollectorRegistry
 
-from service.config import Settings
-from service.finetune import FineTuner, FitResult
-from service.http import HttpServer
-from service.ingest import Ingestor
-from service.metrics import Metrics
-from service.mqtt import Ack, MqttClient
-from service.pipeline import Batch, Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
-from service.store import ModelStore
-from service.threads import armed_faults
-from service.types import MachineState, Rejection, RejectReason
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.threads import armed_faults
+from service.core.types import MachineState, Rejection, RejectReason
+from service.learning.finetune import FineTuner, FitResult
+from service.learning.store import ModelStore
+from service.stream.ingest import Ingestor
+from service.stream.pipeline import Batch, Pipeline
+from service.stream.publish import Publisher
+from service.stream.rejections import RejectionLog
+from service.transport.http import HttpServer
+from service.transport.mqtt import Ack, MqttClient
 
 log = structlog.get_logger(__name__)
 

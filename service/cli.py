@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import __version__
-from service.config import ConfigError, Settings, load_settings
-from service.logs import configure_logging
+from service.core.config import ConfigError, Settings, load_settings
+from service.core.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
-    from service.evaluate import run_evaluate
+    from service.offline.evaluate import run_evaluate
 
     return run_evaluate(settings, args)
 
@@ -63,7 +63,7 @@ def train(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
-    from service.train import run_train  # imports torch
+    from service.offline.train import run_train  # imports torch
 
     return run_train(settings, args)
 
@@ -90,7 +90,7 @@ def manage_models(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 2
-    from service.store import ModelStore, StoreError
+    from service.learning.store import ModelStore, StoreError
 
     store = ModelStore(settings.state.dir)
     if args.action == "rollback":

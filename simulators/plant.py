@@ -19,7 +19,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 
-from service.types import Reading
+from service.core.types import Reading
 from simulators.faults import FaultSpec, load_faults, parse_fault
 from simulators.kinds import expected_signature
 from simulators.machine import MachineSim, MachineSpec, check_fault, default_machines

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.config import LearningSettings, WindowSettings
+from service.core.config import LearningSettings, WindowSettings
 from simulators.faults import FaultSpec
 from simulators.model import FaultKind
 from simulators.stack import toml_value

@@ -1,5 +1,5 @@
 """What PromQL expressions in deploy/ use, and what the daemon's metrics offer, for tests that
-keep dashboards and rules from drifting away from service/metrics.py.
+keep dashboards and rules from drifting away from service/core/metrics.py.
 
 The parser is deliberately small: it understands the subset of PromQL the dashboard and the
 rules use (selectors with matchers, functions, aggregations with by/without, vector matching
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.metrics import Metrics
-from service.types import MachineState, RejectReason
+from service.core.metrics import Metrics
+from service.core.types import MachineState, RejectReason
 
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2"}
 GROUPING = r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)"

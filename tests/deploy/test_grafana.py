@@ -1,6 +1,6 @@
 """deploy/grafana: the dashboard is valid JSON whose every panel queries the one datasource,
 whose every query uses only series, labels and label values the daemon defines (so it cannot
-drift from service/metrics.py), and whose provisioning files point at it."""
+drift from service/core/metrics.py), and whose provisioning files point at it."""
 
 from __future__ import annotations
 

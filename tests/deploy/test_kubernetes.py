@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import load_settings
+from service.core.config import load_settings
 from tests.deploy import rules_sync
 
 REPO = Path(__file__).resolve().parents[2]

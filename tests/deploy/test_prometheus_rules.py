@@ -1,5 +1,5 @@
 """The Prometheus files in deploy/prometheus: promtool accepts them, their unit tests pass,
-and every metric the rules query is one the daemon exports (service/metrics.py)."""
+and every metric the rules query is one the daemon exports (service/core/metrics.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.core.metrics import Metrics
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "aemon-rules.yml"
@@ -162,4 +162,4 @@ def test_rules_only_query_metrics_the_daemon_exports() -> None:
     assert "aemon_alert_firing" in used  # the parser found names at all
     assert "aemon_readings_rejected_total" in exported
     unknown = used - exported - NOT_FROM_AEMON
-    assert not unknown, f"rules query metrics that service/metrics.py does not define: {unknown}"
+    assert not unknown, f"rules query metrics that service/core/metrics.py lacks: {unknown}"

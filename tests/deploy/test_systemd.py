@@ -170,7 +170,7 @@ def test_daemon_notifies_ready_watchdog_and_stopping(
 
 
 def test_example_config_loads() -> None:
-    from service.config import load_settings
+    from service.core.config import load_settings
 
     settings = load_settings(REPO / "deploy" / "aemon.example.toml")
     assert settings.state.dir == Path("/var/lib/aemon")

@@ -42,15 +42,15 @@ PROBE = textwrap.dedent(
             print("MDWE-UNSUPPORTED", ctypes.get_errno())
             sys.exit(3)
     import numpy as np
-    from service.config import ModelSettings, ThresholdSettings
-    from service.detector import Detector
+    from service.core.config import ModelSettings, ThresholdSettings
+    from service.scoring.detector import Detector
     windows = np.random.default_rng(0).normal(size=(80, 20, 4)).astype(np.float32)
     detector = Detector.new(("a", "b", "c", "d"), 20, ModelSettings(kind="dense", epochs=2))
     detector.fit(windows, ThresholdSettings())
     scores, _ = detector.score_many(windows[:8])
     assert scores.shape == (8,)
     # The pipeline's way: stacked (a TorchScript plan), here for two machines.
-    from service.stacked import StackedScorer
+    from service.scoring.stacked import StackedScorer
     work = {{m: (detector.clone(), windows[:8]) for m in ("m1", "m2")}}
     scorer = StackedScorer()
     stacked = scorer.score(work)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from service.alert import AlertTracker
-from service.types import AlertState, Score
+from service.core.types import AlertState, Score
+from service.stream.alert import AlertTracker
 
 SENSORS = ("current", "vibration", "temperature")
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.app import App
-from service.config import Settings
+from service.core.config import Settings
 
 NOW = 1_700_000_000.0
 PAYLOAD = orjson.dumps({"ts": NOW - 1, "values": {"force": 1.0, "stroke": 2.0}})

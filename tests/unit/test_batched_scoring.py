@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import pipeline as pipeline_module
-from service.config import ModelSettings, Settings, ThresholdSettings
-from service.detector import Detector
-from service.pipeline import Pipeline
-from service.types import Score, Window
+from service.core.config import ModelSettings, Settings, ThresholdSettings
+from service.core.types import Score, Window
+from service.scoring.detector import Detector
+from service.stream import pipeline as pipeline_module
+from service.stream.pipeline import Pipeline
 from tests.unit.wiring import wired_pipeline
 
 WINDOW = 12

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import ConfigError, load_settings
+from service.core.config import ConfigError, load_settings
 
 
 def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,8 +19,8 @@ from benchmarks.detection import (
     main,
     with_update,
 )
-from service.config import Settings, ThresholdSettings
-from service.types import FloatArray
+from service.core.config import Settings, ThresholdSettings
+from service.core.types import FloatArray
 from tests.unit.test_evaluate import write_skab
 
 SENSORS = ("a", "b", "c", "d")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import ModelSettings, ThresholdSettings
-from service.detector import Detector, level_wander, relative_to, sensor_errors
-from service.types import FloatArray
+from service.core.config import ModelSettings, ThresholdSettings
+from service.core.types import FloatArray
+from service.scoring.detector import Detector, level_wander, relative_to, sensor_errors
 
 WINDOW = 20
 FLOOR = np.full(3, 1e-6)

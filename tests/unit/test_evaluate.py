@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.config import Settings, ThresholdSettings
-from service.evaluate import (
+from service.core.config import Settings, ThresholdSettings
+from service.core.types import FloatArray
+from service.offline.evaluate import (
     evaluate_file,
     read_labelled,
     read_nab_windows,
@@ -21,7 +22,6 @@ from service.evaluate import (
     summarise,
     windows_for,
 )
-from service.types import FloatArray
 
 SENSORS = ("Accelerometer1RMS", "Current", "Pressure", "Volume Flow RateRMS")
 START = datetime(2020, 3, 9, 10, 0, 0)
@@ -157,7 +157,7 @@ def test_evaluate_refuses_an_unknown_model(tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from service.evaluate_plot import plot_results
+    from service.offline.evaluate_plot import plot_results
 
     path = tmp_path / "1.csv"
     write_skab(path, 700, (500, 600))

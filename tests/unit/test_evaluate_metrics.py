@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from service.scoring_metrics import (
+from service.offline.scoring_metrics import (
     Confusion,
     add_tallies,
     changepoint_windows,

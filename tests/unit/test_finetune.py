@@ -16,13 +16,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
-from service.config import ModelSettings, Settings
-from service.detector import Detector
-from service.finetune import FineTuneJob, FineTuner, FitResult, fit_new
-from service.metrics import Metrics
-from service.pipeline import Batch, Pipeline
-from service.store import ModelStore
-from service.types import FloatArray, Reading
+from service.core.config import ModelSettings, Settings
+from service.core.metrics import Metrics
+from service.core.types import FloatArray, Reading
+from service.learning.finetune import FineTuneJob, FineTuner, FitResult, fit_new
+from service.learning.store import ModelStore
+from service.scoring.detector import Detector
+from service.stream.pipeline import Batch, Pipeline
 from tests.support import metric_value
 from tests.synthetic import SENSORS, Fault, machine_rows
 from tests.unit.wiring import wired_pipeline

@@ -8,10 +8,10 @@ due and gets its job at a later window, once the fine-tuner has caught up.
 
 from __future__ import annotations
 
-from service.config import Settings
-from service.finetune import FineTuneJob, FineTuner
-from service.pipeline import MAX_QUEUED_JOBS, Batch, Pipeline
-from service.types import MachineState, Reading
+from service.core.config import Settings
+from service.core.types import MachineState, Reading
+from service.learning.finetune import FineTuneJob, FineTuner
+from service.stream.pipeline import MAX_QUEUED_JOBS, Batch, Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from service import detector as detector_module
-from service.config import FinetuneSettings, ModelSettings, ThresholdSettings
-from service.detector import Detector, split_holdout
-from service.finetune import TrainingBuffer
-from service.types import FloatArray
+from service.core.config import FinetuneSettings, ModelSettings, ThresholdSettings
+from service.core.types import FloatArray
+from service.learning.finetune import TrainingBuffer
+from service.scoring import detector as detector_module
+from service.scoring.detector import Detector, split_holdout
 
 
 def step_windows(n_steps: int, length: int, stride: int) -> FloatArray:

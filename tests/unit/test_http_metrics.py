@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.http import HttpServer
-from service.metrics import Metrics
+from service.core.metrics import Metrics
+from service.transport.http import HttpServer
 
 
 @pytest.fixture

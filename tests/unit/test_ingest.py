@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.ingest import Ingestor, TopicTemplate
-from service.types import RejectReason
+from service.core.types import RejectReason
+from service.stream.ingest import Ingestor, TopicTemplate
 
 NOW = 1_700_000_000.0
 
@@ -114,7 +114,7 @@ def test_remembered_topics_match_as_the_first_time(
     assert again.machine == "pump-7"
     assert reasons(ingestor, "other/pump-7", b"1") == ["unknown_topic"]
     assert reasons(ingestor, "other/pump-7", b"1") == ["unknown_topic"]
-    monkeypatch.setattr("service.ingest.MAX_CACHED_TOPICS", 1)
+    monkeypatch.setattr("service.stream.ingest.MAX_CACHED_TOPICS", 1)
     fresh = Ingestor(("plant/{machine}/{sensor}",), max_payload_bytes=256)
     for m in range(3):  # beyond the bound: matched every time, not remembered
         assert fresh.parse(f"plant/m{m}/s", payload, NOW).readings[0].machine == f"m{m}"

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from service.app import App
-from service.config import Settings
-from service.ingest import Ingestor, IngestResult
-from service.types import RejectReason
+from service.core.config import Settings
+from service.core.types import RejectReason
+from service.stream.ingest import Ingestor, IngestResult
 
 NOW = 1_700_000_000.0
 TOLERANCE = 60.0

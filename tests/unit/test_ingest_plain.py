@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import ingest
-from service.ingest import Ingestor, IngestResult
+from service.stream import ingest
+from service.stream.ingest import Ingestor, IngestResult
 
 NOW = 1_750_000_000.0
 INGESTOR = Ingestor(

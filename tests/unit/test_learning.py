@@ -10,13 +10,13 @@ from typing import cast
 import numpy as np
 import pytest
 
-from service.config import Settings
-from service.detector import Detector
-from service.finetune import FineTuner, FitJob, FitResult
-from service.machines import MachineRuntime
-from service.metrics import Metrics
-from service.pipeline import Batch, Pipeline
-from service.types import MachineState, Reading, Window
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.types import MachineState, Reading, Window
+from service.learning.finetune import FineTuner, FitJob, FitResult
+from service.scoring.detector import Detector
+from service.stream.machines import MachineRuntime
+from service.stream.pipeline import Batch, Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
 

@@ -8,12 +8,12 @@ import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import ModelSettings, Settings
-from service.detector import Detector
-from service.metrics import FINETUNE_OUTCOMES, Metrics
-from service.pipeline import Pipeline
-from service.store import ModelStore
-from service.types import MachineState
+from service.core.config import ModelSettings, Settings
+from service.core.metrics import FINETUNE_OUTCOMES, Metrics
+from service.core.types import MachineState
+from service.learning.store import ModelStore
+from service.scoring.detector import Detector
+from service.stream.pipeline import Pipeline
 from tests.unit.wiring import wired_pipeline
 
 SENSORS = ("current", "pressure")

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import ModelSettings, ThresholdSettings
-from service.detector import Detector, train_model
-from service.models import REGISTRY, build_model, family_names
-from service.store import ModelStore
-from service.types import FloatArray
+from service.core.config import ModelSettings, ThresholdSettings
+from service.core.types import FloatArray
+from service.learning.store import ModelStore
+from service.scoring.detector import Detector, train_model
+from service.scoring.models import REGISTRY, build_model, family_names
 
 WINDOW = 30
 SENSORS = ("current", "pressure", "temperature", "vibration", "flow")

@@ -19,8 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service import mqtt
-from service.mqtt import _Client
+from service.transport import mqtt
+from service.transport.mqtt import _Client
 
 Delivered = tuple[str, bytes, int, int]
 

@@ -7,9 +7,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry
 
-from service.config import MqttSettings
-from service.metrics import Metrics
-from service.mqtt import MqttClient
+from service.core.config import MqttSettings
+from service.core.metrics import Metrics
+from service.transport.mqtt import MqttClient
 
 
 def client() -> MqttClient:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.mqtt import _Client
+from service.transport.mqtt import _Client
 
 PUBACK = 0x40
 

@@ -1,6 +1,6 @@
 """Stacked scoring gives every machine the scores its own detector gives alone.
 
-`service.stacked` scores the windows of many machines in one vmapped call per group of
+`service.scoring.stacked` scores the windows of many machines in one vmapped call per group of
 like-shaped models, with the weights gathered from a stack the group owns. An alert must
 not depend on which machines happened to be scored together, so every score and
 per-sensor error must equal the detector's own `score_many` up to float32 roundoff.
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from torch import nn
 
-from service import stacked
-from service.config import ModelSettings
-from service.detector import Detector
-from service.models import Autoencoder, build_model
-from service.stacked import StackedScorer
-from service.types import FloatArray
+from service.core.config import ModelSettings
+from service.core.types import FloatArray
+from service.scoring import stacked
+from service.scoring.detector import Detector
+from service.scoring.models import Autoencoder, build_model
+from service.scoring.stacked import StackedScorer
 
 WINDOW = 10
 RTOL, ATOL = 1e-5, 1e-6
@@ -82,7 +82,7 @@ def test_mixed_groups_score_as_each_machine_alone(plant: dict[str, Detector]) ->
     assert sorted((key[0], key[3], len(group)) for key, group in scorer.groups.items()) == [
         (kind, n, count) for kind in ("conv", "dense", "vae") for n, count in ((3, 6), (4, 5))
     ]
-    # Every family runs as a plan (service.batched), none through vmap.
+    # Every family runs as a plan (service.scoring.batched), none through vmap.
     assert {key[0]: group.uses_vmap for key, group in scorer.groups.items()} == {
         "conv": False,
         "dense": False,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from service import store as store_module
-from service.config import ModelSettings
-from service.detector import Detector
-from service.store import ModelStore, StoreError, TrainingFacts, machine_dirname
-from service.types import FloatArray
+from service.core.config import ModelSettings
+from service.core.types import FloatArray
+from service.learning import store as store_module
+from service.learning.store import ModelStore, StoreError, TrainingFacts, machine_dirname
+from service.scoring.detector import Detector
 
 SENSORS = ("a", "b", "c")
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from service.config import ThresholdSettings
-from service.threshold import (
+from service.core.config import ThresholdSettings
+from service.core.types import FloatArray
+from service.scoring.threshold import (
     Adwin,
     ScoreDrift,
     SpotFitError,
@@ -19,7 +20,6 @@ from service.threshold import (
     quantile_threshold,
     spot_threshold,
 )
-from service.types import FloatArray
 
 
 def gpd_sample(n: int, gamma: float, sigma: float, seed: int) -> FloatArray:

@@ -10,9 +10,9 @@ import pytest
 
 from service import cli
 from service.cli import main
-from service.config import Settings
-from service.store import ModelStore
-from service.train import TrainError, machine_sensors, normal_windows, read_history
+from service.core.config import Settings
+from service.learning.store import ModelStore
+from service.offline.train import TrainError, machine_sensors, normal_windows, read_history
 from tests.support import REPO, write_toml
 from tests.synthetic import SENSORS, Fault, machine_rows
 

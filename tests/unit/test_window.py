@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.types import Reading, RejectReason
-from service.window import MachineWindower
+from service.core.types import Reading, RejectReason
+from service.stream.window import MachineWindower
 
 
 def windower(**kw: float) -> MachineWindower:

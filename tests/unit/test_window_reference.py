@@ -17,8 +17,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
-from service.window import MachineWindower
+from service.core.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
+from service.stream.window import MachineWindower
 
 
 class ReferenceWindower:

@@ -7,13 +7,13 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from service.config import Settings
-from service.finetune import FineTuner
-from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.publish import Publisher
-from service.rejections import RejectionLog
-from service.store import ModelStore
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.learning.finetune import FineTuner
+from service.learning.store import ModelStore
+from service.stream.pipeline import Pipeline
+from service.stream.publish import Publisher
+from service.stream.rejections import RejectionLog
 
 
 class Sink(Protocol):

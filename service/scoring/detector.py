@@ -16,11 +16,11 @@ import numpy as np
 import structlog
 import torch
 
-from service.batched import residual_errors
-from service.config import ModelSettings, ThresholdSettings
-from service.models import AEOutput, Autoencoder, build_model
-from service.threshold import calibrate
-from service.types import FloatArray
+from service.core.config import ModelSettings, ThresholdSettings
+from service.core.types import FloatArray
+from service.scoring.batched import residual_errors
+from service.scoring.models import AEOutput, Autoencoder, build_model
+from service.scoring.threshold import calibrate
 
 # A sensor that was constant while learning would otherwise divide by ~0 and turn any
 # later wiggle of its noise into a huge error.
@@ -203,7 +203,7 @@ def sensor_errors(
     residual: torch.Tensor, offset_weight: float, held_weight: FloatArray | None = None
 ) -> FloatArray:
     """Per window and sensor `[..., time, sensors]` -> `[..., sensors]` (shared with
-    `service.stacked`, which scores many machines at once).
+    `service.scoring.stacked`, which scores many machines at once).
 
     The mean squared residual is its variance within the window plus its held offset (the
     window mean, squared); the offset counts `1 + offset_weight * length` times, times the

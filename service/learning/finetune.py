@@ -22,19 +22,19 @@ import numpy as np
 import structlog
 import torch
 
-from service.config import FinetuneSettings, Settings
-from service.detector import (
+from service.core.config import FinetuneSettings, Settings
+from service.core.metrics import Metrics
+from service.core.threads import Worker
+from service.core.types import FloatArray
+from service.learning.store import ModelStore, TrainingFacts
+from service.scoring.detector import (
     Detector,
     EpochCallback,
     FitCancelledError,
     FitReport,
     train_model,
 )
-from service.metrics import Metrics
-from service.store import ModelStore, TrainingFacts
-from service.threads import Worker
-from service.threshold import calibrate, promoted_threshold
-from service.types import FloatArray
+from service.scoring.threshold import calibrate, promoted_threshold
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ the start of a cycle.
 
 A cycle costs what its readings cost, not what the plant costs: only machines that took
 readings are advanced, counted and described again, and all their windows are scored
-together (`service.stacked`: one model call per group of like-shaped models).
+together (`service.scoring.stacked`: one model call per group of like-shaped models).
 """
 
 from __future__ import annotations
@@ -26,18 +26,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import structlog
 
-from service import heap
-from service.config import Settings
-from service.detector import Detector
-from service.finetune import FineTuner, FitJob, FitResult
-from service.machines import DriftEvent, MachineRuntime, TooFewWindowsError
-from service.metrics import Metrics
-from service.publish import Publisher
-from service.rejections import RejectionLog
-from service.stacked import Scored, StackedScorer
-from service.store import ModelStore
-from service.threads import InjectedFaultError, Worker
-from service.types import (
+from service.core import heap
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.threads import InjectedFaultError, Worker
+from service.core.types import (
     FloatArray,
     MachineState,
     Reading,
@@ -47,6 +40,13 @@ from service.types import (
     Score,
     Window,
 )
+from service.learning.finetune import FineTuner, FitJob, FitResult
+from service.learning.store import ModelStore
+from service.scoring.detector import Detector
+from service.scoring.stacked import Scored, StackedScorer
+from service.stream.machines import DriftEvent, MachineRuntime, TooFewWindowsError
+from service.stream.publish import Publisher
+from service.stream.rejections import RejectionLog
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ _VALUES = attrgetter("values")
 # a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
 # queued hundreds of MB.
 MAX_QUEUED_JOBS = 4
-# Seconds between freezes of the long-lived objects (service.heap.freeze): a plant's first
+# Seconds between freezes of the long-lived objects (service.core.heap.freeze): a plant's first
 # fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
 FREEZE_INTERVAL = 30.0
 # Windows in a cycle from which it is scored in parts on the scoring thread (a batch's
@@ -78,7 +78,7 @@ class Batch(NamedTuple):
     # Called once the readings are taken in (counted accepted or rejected): the MQTT
     # message is acknowledged only then, so the broker re-sends what a crash lost.
     ack: Callable[[], None] | None = None
-    # Whole records of `machine` (service.ingest), which come before `readings`.
+    # Whole records of `machine` (service.stream.ingest), which come before `readings`.
     rows: Sequence[Row] = ()
     machine: str = ""
 
@@ -148,7 +148,7 @@ class Pipeline(Worker):
     ) -> None:
         super().__init__("pipeline", metrics)
         # A cycle's acks are queued inside it: paho's thread is woken once for all of them
-        # (service.mqtt._Client).
+        # (service.transport.mqtt._Client).
         self.together = together
         self.rejections = rejections
         self.store = store
@@ -170,7 +170,7 @@ class Pipeline(Worker):
         self._frozen_at = -FREEZE_INTERVAL
         self._snapshot: dict[str, dict[str, Any]] = {}
         self._snapshot_lock = threading.Lock()
-        self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
+        self.fault_armed = False  # test-only: see service.core.threads.FAULT_ENV
         self.stall_armed = False  # test-only: take nothing from the queue
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
@@ -258,7 +258,7 @@ class Pipeline(Worker):
 
     def _maybe_freeze(self) -> None:
         """After models are installed, their objects (and the runtimes') are long-lived:
-        frozen, the collector's full collections stop walking them (service.heap.freeze)."""
+        frozen, the collector's full collections stop walking them (service.core.heap.freeze)."""
         now = time.monotonic()
         if self._installed_since_freeze and now - self._frozen_at >= FREEZE_INTERVAL:
             self._installed_since_freeze = False

@@ -30,7 +30,7 @@ from collections import deque
 
 import numpy as np
 
-from service.types import AlertEvent, AlertState, Score, SensorShare
+from service.core.types import AlertEvent, AlertState, Score, SensorShare
 
 _ID_NAMESPACE = uuid.UUID("6f1c2a64-5b8e-4a8e-9d7e-3c1f0a2b4d5e")
 

@@ -22,10 +22,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from service.config import MqttSettings
-from service.metrics import Metrics
-from service.publish import OFFLINE, ONLINE
-from service.threads import InjectedFaultError
+from service.core.config import MqttSettings
+from service.core.metrics import Metrics
+from service.core.threads import InjectedFaultError
+from service.stream.publish import OFFLINE, ONLINE
 
 log = structlog.get_logger(__name__)
 
@@ -246,7 +246,7 @@ class MqttClient:
         # published are not routed to us, so the daemon is not ready.
         self.subscribed = threading.Event()
         self.last_error: str | None = None
-        self.fault_armed = False  # test-only: see service.threads.FAULT_ENV
+        self.fault_armed = False  # test-only: see service.core.threads.FAULT_ENV
         self._started = False
         self._stopping = False
         self._death_logged = False

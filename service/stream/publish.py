@@ -8,8 +8,8 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
-from service.metrics import Metrics
-from service.types import AlertEvent
+from service.core.metrics import Metrics
+from service.core.types import AlertEvent
 
 log = structlog.get_logger(__name__)
 

@@ -37,8 +37,11 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from service.config import Settings
-from service.evaluate import (
+from service.core.config import Settings
+from service.core.types import FloatArray, Reading
+from service.learning.finetune import fit_new
+from service.learning.store import ModelStore, TrainingFacts
+from service.offline.evaluate import (
     LABEL_COLUMNS,
     TIME_COLUMN,
     BoolArray,
@@ -46,10 +49,7 @@ from service.evaluate import (
     parse_iso_time,
     read_skab,
 )
-from service.finetune import fit_new
-from service.machines import MachineRuntime
-from service.store import ModelStore, TrainingFacts
-from service.types import FloatArray, Reading
+from service.stream.machines import MachineRuntime
 
 log = structlog.get_logger(__name__)
 

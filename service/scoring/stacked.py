@@ -5,7 +5,7 @@ costs per *call*, not per window: one call per machine per cycle does not keep u
 plant. Machines whose models have one shape (family, family parameters, window length,
 sensor count) form a group, and a cycle's windows of a group are scored in one call: the
 members' weights are gathered with one `index_select` and run through the family's
-forward batched over models: a TorchScript plan (`service.batched`: dense, vae, conv),
+forward batched over models: a TorchScript plan (`service.scoring.batched`: dense, vae, conv),
 `torch.vmap` over `torch.func.functional_call` for a family without one. A plan is checked
 against vmap when its group forms.
 
@@ -19,7 +19,7 @@ still holds it keeps a working model. Rows are reallocated only when a group out
 its capacity (which doubles).
 
 Adopting a new member frees its own copy of the weights; once a few tens of MB have been
-freed that way (a plant's first fits), the heap is trimmed (`service.heap`), or the freed
+freed that way (a plant's first fits), the heap is trimmed (`service.core.heap`), or the freed
 holes would stay resident. A replaced member's weights are not counted: fine-tunes come
 one at a time and the next one reuses what the last one freed.
 
@@ -38,15 +38,22 @@ import structlog
 import torch
 from torch.func import functional_call
 
-from service import heap
-from service.batched import NotBatchableError, Plan, Span, family_plan, plan_errors, run_plan
-from service.detector import Detector, sensor_errors, window_scores
-from service.models import Autoencoder, build_model
-from service.types import FloatArray
+from service.core import heap
+from service.core.types import FloatArray
+from service.scoring.batched import (
+    NotBatchableError,
+    Plan,
+    Span,
+    family_plan,
+    plan_errors,
+    run_plan,
+)
+from service.scoring.detector import Detector, sensor_errors, window_scores
+from service.scoring.models import Autoencoder, build_model
 
 log = structlog.get_logger(__name__)
 
-# Families scored stacked (service.batched or torch.vmap; tests/unit/test_stacked_scoring.py).
+# Families scored stacked (service.scoring.batched or torch.vmap; test_stacked_scoring.py).
 STACKABLE = frozenset({"conv", "dense", "vae"})
 # Windows per model call: bounds the memory of one call (inputs, gathered weights).
 MAX_CALL_WINDOWS = 4096

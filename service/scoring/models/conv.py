@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from service.models.base import AEOutput, Autoencoder
+from service.scoring.models.base import AEOutput, Autoencoder
 
 
 @dataclass(frozen=True)

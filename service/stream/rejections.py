@@ -12,8 +12,8 @@ import time
 
 import structlog
 
-from service.metrics import Metrics
-from service.types import Rejection
+from service.core.metrics import Metrics
+from service.core.types import Rejection
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,7 @@ import threading
 
 import structlog
 
-from service.metrics import Metrics
+from service.core.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

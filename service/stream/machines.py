@@ -15,12 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from service.alert import AlertTracker
-from service.config import Settings
-from service.detector import Detector
-from service.finetune import FineTuneJob, TrainingBuffer
-from service.threshold import ScoreDrift
-from service.types import (
+from service.core.config import Settings
+from service.core.types import (
     AlertState,
     FloatArray,
     MachineState,
@@ -30,7 +26,11 @@ from service.types import (
     Row,
     Window,
 )
-from service.window import MachineWindower
+from service.learning.finetune import FineTuneJob, TrainingBuffer
+from service.scoring.detector import Detector
+from service.scoring.threshold import ScoreDrift
+from service.stream.alert import AlertTracker
+from service.stream.window import MachineWindower
 
 # Readings kept while a machine's sensors are being discovered.
 MAX_DISCOVERY_READINGS = 100_000

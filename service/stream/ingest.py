@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.types import Reading, Rejection, RejectReason, Row
+from service.core.types import Reading, Rejection, RejectReason, Row
 
 _TEMPLATE_FIELD = re.compile(r"\{(machine|sensor)\}")
 # Topics whose match is remembered (1,000 machines x 32 sensors fit; a flood of made-up

@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from service.config import Settings, ThresholdSettings
-from service.machines import MachineRuntime
-from service.scoring_metrics import (
+from service.core.config import Settings, ThresholdSettings
+from service.core.types import AlertState, FloatArray, Reading, Score, Window
+from service.offline.scoring_metrics import (
     NAB_WINDOW_S,
     Confusion,
     add_tallies,
@@ -38,7 +38,7 @@ from service.scoring_metrics import (
     nab_tally,
     predicted_changepoints,
 )
-from service.types import AlertState, FloatArray, Reading, Score, Window
+from service.stream.machines import MachineRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 class Scorer(Protocol):
-    """What evaluation needs of a detector; `service.detector.Detector` is one."""
+    """What evaluation needs of a detector; `service.scoring.detector.Detector` is one."""
 
     threshold: float
     version: int
@@ -197,7 +197,7 @@ def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerF
     on the base file's windows (its sensors must match) and is then fitted per file."""
     import torch
 
-    from service.detector import Detector  # torch is imported only when a model is needed
+    from service.scoring.detector import Detector  # torch is imported only when a model is needed
 
     # As the daemon does: torch's default of one thread per core makes these small fits
     # 20x slower on a 2-core box through thread contention.
@@ -355,7 +355,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         with _progress(len(args.csv)) as advance:
             results = evaluate_paths(args.csv, settings, args.warmup, factory, advance, labels)
         if args.plot:
-            from service.evaluate_plot import plot_results
+            from service.offline.evaluate_plot import plot_results
 
             plot_results(results, args.plot)
     except (OSError, ValueError, ImportError) as exc:

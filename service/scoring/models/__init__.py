@@ -3,7 +3,7 @@
 Each family is a config dataclass (its first two fields are `window` and `n_sensors`) and an
 `Autoencoder` whose `forward(x[batch, time, sensors])` returns an `AEOutput`. Denoising and
 sparse are training options of any family (`ModelSettings.denoise_std` and
-`sparse_l1`, applied by `service.detector.train_model`).
+`sparse_l1`, applied by `service.scoring.detector.train_model`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from service.models.base import AEOutput, Autoencoder
-from service.models.conv import ConvAE, ConvConfig
-from service.models.dense import DenseAE, DenseConfig
-from service.models.lstm import LstmAE, LstmConfig
-from service.models.vae import VAE, VaeConfig
+from service.scoring.models.base import AEOutput, Autoencoder
+from service.scoring.models.conv import ConvAE, ConvConfig
+from service.scoring.models.dense import DenseAE, DenseConfig
+from service.scoring.models.lstm import LstmAE, LstmConfig
+from service.scoring.models.vae import VAE, VaeConfig
 
 # name -> (config class, module class)
 REGISTRY: dict[str, tuple[type[Any], type[Autoencoder]]] = {

@@ -12,8 +12,8 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import RestrictedRegistry
 
-from service.metrics import Metrics
-from service.threads import Worker
+from service.core.metrics import Metrics
+from service.core.threads import Worker
 
 Probe = Callable[[], dict[str, Any]]
 

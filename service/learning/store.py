@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from service.detector import Detector
+from service.scoring.detector import Detector
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from service.models.base import AEOutput, Autoencoder
+from service.scoring.models.base import AEOutput, Autoencoder
 
 # exp(10) is a variance no scaled input needs; the clamp keeps exp() finite early in training.
 LOGVAR_LIMIT = 10.0

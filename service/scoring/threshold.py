@@ -24,7 +24,7 @@ For exponential scores the tail is exactly a GPD with shape 0, and the quantile 
 
 Too few scores for a tail fit: `calibrate` falls back to the quantile and logs why.
 
->>> from service.config import FinetuneSettings, ThresholdSettings
+>>> from service.core.config import FinetuneSettings, ThresholdSettings
 >>> spot = ThresholdSettings(method="spot", quantile=0.99, margin=1.0)
 >>> from structlog.testing import capture_logs
 >>> with capture_logs() as logs:
@@ -47,7 +47,7 @@ import structlog
 # of the daemon's resident memory for one class.
 from river._river_rust.drift import AdaptiveWindowing
 
-from service.config import FinetuneSettings, ThresholdSettings
+from service.core.config import FinetuneSettings, ThresholdSettings
 
 log = structlog.get_logger(__name__)
 
@@ -224,7 +224,7 @@ def promoted_threshold(
     `current`, at most `threshold_step` times it, and at most `threshold_ceiling` times
     `base`, the threshold of the fit from scratch (see `FinetuneSettings`).
 
-    >>> from service.config import FinetuneSettings
+    >>> from service.core.config import FinetuneSettings
     >>> s = FinetuneSettings(threshold_step=1.25, threshold_ceiling=2.0)
     >>> promoted_threshold(1.0, 1.0, 1.1, s), promoted_threshold(1.0, 1.0, 0.5, s)
     (1.1, 1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.evaluate import BoolArray, FileResult, TimeArray
+from service.offline.evaluate import BoolArray, FileResult, TimeArray
 
 
 def plot_results(results: Sequence[FileResult], path: Path) -> None:

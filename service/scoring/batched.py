@@ -15,7 +15,7 @@ rows `[k, n_weights]` and windows `[k, batch, time, sensors]`, a linear layer is
 The whole plan, with the errors of its reconstructions (`plan_errors`), runs without Python
 between its operations: the same conv call (25 windows, errors included) took 6.7 ms beside
 the busy thread against 0.8 ms alone (its convolutions still let the GIL go a few times).
-A layer of another kind raises `NotBatchableError`, and `service.stacked` checks every plan
+A layer of another kind raises `NotBatchableError`, and `service.scoring.stacked` checks every plan
 against vmap when it forms a group, so a family that changes falls back to vmap instead of
 scoring wrongly.
 
@@ -35,10 +35,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from service.models import Autoencoder
-from service.models.conv import ConvAE
-from service.models.dense import DenseAE
-from service.models.vae import VAE
+from service.scoring.models import Autoencoder
+from service.scoring.models.conv import ConvAE
+from service.scoring.models.dense import DenseAE
+from service.scoring.models.vae import VAE
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ def plan_errors(
 def residual_errors(
     residual: torch.Tensor, offset_weight: float, held: torch.Tensor | None
 ) -> torch.Tensor:
-    """`service.detector.sensor_errors` of a residual `[..., time, sensors]`."""
+    """`service.scoring.detector.sensor_errors` of a residual `[..., time, sensors]`."""
     return scripted(_errors)(residual, offset_weight, held)
 
 

@@ -44,7 +44,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from service.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
+from service.core.types import FloatArray, Reading, Rejection, RejectReason, Row, Window
 
 _TS = itemgetter(0)
 

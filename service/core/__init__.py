@@ -1,0 +1,1 @@
+"""What every part of aemon shares: the data types, settings, metrics, logs and threads."""

@@ -1,0 +1,1 @@
+"""Commands that work on files rather than a live plant: evaluate, train, their readers."""

@@ -1,0 +1,1 @@
+"""Models and what turns windows into scores: detectors, stacked model calls, thresholds."""

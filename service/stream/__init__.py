@@ -1,0 +1,1 @@
+"""The hot path: ingest -> window -> score -> alert -> publish, on the pipeline thread."""
