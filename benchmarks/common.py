@@ -199,6 +199,20 @@ def histogram(text: str, name: str) -> list[tuple[float, float]]:
     return sorted(buckets.items())
 
 
+def longest_between(before: str, after: str, name: str) -> float:
+    """The upper bound of the highest bucket that grew between two scrapes: the longest
+    observation is at most this (0 when none grew)."""
+    start = dict(histogram(before, name))
+    grown = 0.0
+    previous = 0.0
+    for le, count in histogram(after, name):
+        increase = count - start.get(le, 0.0)
+        if increase > previous:
+            grown = le
+        previous = increase
+    return grown
+
+
 def histogram_quantile(
     q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]
 ) -> float:

@@ -49,6 +49,7 @@ from benchmarks.common import (
     box_share,
     counter_delta,
     learn,
+    longest_between,
     loadavg,
     niced_share,
     percentile,
@@ -141,6 +142,8 @@ def phase_figures(before: str, after: str, seconds: float) -> dict[str, Any]:
         "scoring_p50": quantile_between(before, after, "aemon_scoring_latency_seconds", 0.5),
         "scoring_p99": quantile_between(before, after, "aemon_scoring_latency_seconds"),
         "lag_p99": quantile_between(before, after, "aemon_pipeline_lag_seconds"),
+        "cycle_p99": quantile_between(before, after, "aemon_pipeline_cycle_seconds"),
+        "cycle_longest_at_most": longest_between(before, after, "aemon_pipeline_cycle_seconds"),
         "scoring_cycles": counter_delta(before, after, "aemon_scoring_latency_seconds_count"),
         "finetune_runs": runs,
         "finetuner_busy": busy / seconds,
@@ -306,6 +309,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("scoring latency p50", "scoring_p50", 1e3, "ms"),
         ("scoring latency p99", "scoring_p99", 1e3, "ms"),
         ("pipeline lag p99", "lag_p99", 1e3, "ms"),
+        ("pipeline cycle p99", "cycle_p99", 1e3, "ms"),
+        ("longest pipeline cycle, at most", "cycle_longest_at_most", 1e3, "ms"),
         ("fine-tuner busy (share of phase)", "finetuner_busy", 100, "%"),
     ):
         print(f"{label:<34}{a[key] * scale:>11.1f} {unit:<2}{b[key] * scale:>11.1f} {unit:<2}")

@@ -133,6 +133,13 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.pipeline_cycle = Histogram(
+            "aemon_pipeline_cycle_seconds",
+            "Duration of one pipeline cycle: taking in readings, windowing, scoring, alerts "
+            "and the fine-tune requests it hands over. A long one delays every alert.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         self.last_reading_timestamp = Gauge(
             "aemon_last_reading_timestamp_seconds",
             "Event time of the newest reading accepted for the machine (Unix seconds).",
