@@ -10,11 +10,9 @@ import structlog
 
 from service.core.metrics import Metrics
 from service.core.types import AlertEvent
+from service.transport.status import OFFLINE, ONLINE  # noqa: F401  (the status payloads)
 
 log = structlog.get_logger(__name__)
-
-ONLINE = b"online"
-OFFLINE = b"offline"
 
 
 class MessageSink(Protocol):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,6 +17,8 @@ from service.core.metrics import Metrics
 from service.core.threads import Worker
 
 Probe = Callable[[], dict[str, Any]]
+# `/api/machines`: one record a machine (service.core.types.MachineRecord).
+Machines = Callable[[], Sequence[Mapping[str, Any]]]
 
 
 class HttpServer(Worker):
@@ -26,7 +29,7 @@ class HttpServer(Worker):
         metrics: Metrics,
         health: Probe,
         ready: Probe,
-        machines: Callable[[], list[dict[str, Any]]],
+        machines: Machines,
     ) -> None:
         super().__init__("http", metrics)
         handler = _handler_class(metrics.registry, health, ready, machines)
@@ -40,8 +43,14 @@ class HttpServer(Worker):
     def work(self) -> None:
         self.server.serve_forever(poll_interval=0.2)
 
-    def stop(self) -> None:
-        self.server.shutdown()
+    def stop(self, deadline: float) -> None:
+        """Stop serving and close the port, the thread ended by `deadline` (a
+        `time.monotonic()` time). `shutdown()` returns within a poll interval of the
+        serving loop; it is not asked of a thread that is not serving (it would wait for
+        ever)."""
+        if self.is_alive():
+            self.server.shutdown()
+            self.join(max(0.0, deadline - time.monotonic()))
         self.server.server_close()
 
 
@@ -49,7 +58,7 @@ def _handler_class(
     registry: CollectorRegistry,
     health: Probe,
     ready: Probe,
-    machines: Callable[[], list[dict[str, Any]]],
+    machines: Machines,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "aemon"
@@ -99,7 +108,7 @@ def selected(registry: CollectorRegistry, query: str) -> CollectorRegistry | Res
 
 
 def status_page(
-    health: dict[str, Any], ready: dict[str, Any], machines: list[dict[str, Any]]
+    health: dict[str, Any], ready: dict[str, Any], machines: Sequence[Mapping[str, Any]]
 ) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):

@@ -163,7 +163,7 @@ def test_broker_killed_mid_stream_alert_arrives_after_reconnect(tmp_path: Path) 
 
 
 def test_acks_go_out_in_arrival_order_once_processed() -> None:
-    from service.transport.mqtt import AckOrder
+    from service.transport.acks import AckOrder
 
     sent: list[tuple[int, int]] = []
     acks = AckOrder(lambda mid, qos: sent.append((mid, qos)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -24,8 +25,8 @@ def server() -> Iterator[HttpServer]:
     http = HttpServer("127.0.0.1", 0, metrics, dict, dict, list)
     http.start()
     yield http
-    http.stop()
-    http.join(5)
+    http.stop(time.monotonic() + 5)
+    assert not http.is_alive()
 
 
 def scrape(server: HttpServer, query: str = "") -> dict[str, list[float]]:

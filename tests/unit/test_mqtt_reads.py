@@ -1,7 +1,7 @@
 """Messages read by aemon's paho client: as paho decodes them, with fewer reads.
 
 paho reads a packet with three recv() calls and goes back to select() after each packet;
-every system call gives the GIL up. `_Client` serves paho's reads from a buffer, reads every
+every system call gives the GIL up. `FastClient` serves paho's reads from a buffer, reads every
 packet the socket has in one pass, and hands a plain PUBLISH (QoS 0 or 1, no properties)
 straight to `deliver`. These tests drive it over a socket pair, the broker's end written by
 hand, against a plain paho client fed the same bytes.
@@ -19,8 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service.transport import mqtt
-from service.transport.mqtt import _Client
+from service.transport import paho_client
+from service.transport.paho_client import FastClient
 
 Delivered = tuple[str, bytes, int, int]
 
@@ -67,7 +67,7 @@ class Wire:
         self.got: list[Delivered] = []
         self.paths: list[str] = []
         client.on_message = self._on_message
-        if isinstance(client, _Client):
+        if isinstance(client, FastClient):
             client.deliver = self._deliver
 
     def _on_message(self, client: paho.Client, userdata: object, m: paho.MQTTMessage) -> None:
@@ -106,7 +106,7 @@ def new_client(cls: type[paho.Client]) -> paho.Client:
 
 @pytest.fixture
 def ours() -> Iterator[Wire]:
-    wire = Wire(new_client(_Client))
+    wire = Wire(new_client(FastClient))
     yield wire
     wire.close()
 
@@ -119,7 +119,7 @@ def pahos() -> Iterator[Wire]:
 
 
 def buffer_empty(client: paho.Client) -> bool:
-    assert isinstance(client, _Client)
+    assert isinstance(client, FastClient)
     return client._read_pos >= len(client._read_buf)
 
 
@@ -167,8 +167,8 @@ def test_a_packet_split_across_reads_is_delivered_once_complete(ours: Wire) -> N
 def test_a_pass_ends_after_its_packets_with_the_buffer_empty(
     ours: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mqtt, "READ_CHUNK", 200)  # two or three messages a read
-    monkeypatch.setattr(mqtt, "PACKETS_PER_PASS", 5)
+    monkeypatch.setattr(paho_client, "READ_CHUNK", 200)  # two or three messages a read
+    monkeypatch.setattr(paho_client, "PACKETS_PER_PASS", 5)
     ours.send(b"".join(readings(100)))
     assert ours.client.loop_read() == paho.MQTT_ERR_SUCCESS
     first_pass = len(ours.got)
@@ -182,7 +182,7 @@ def test_a_pass_ends_after_its_packets_with_the_buffer_empty(
 
 def test_a_new_connection_starts_with_an_empty_buffer(ours: Wire) -> None:
     client = ours.client
-    assert isinstance(client, _Client)
+    assert isinstance(client, FastClient)
     ours.send(b"old connection")
     assert client._sock_recv(3) == b"old"  # the rest waits in the buffer
     new_broker, new_ours = socket.socketpair()

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.transport.mqtt import _Client
+from service.transport.paho_client import FastClient
 
 PUBACK = 0x40
 
 
 @pytest.fixture
-def client() -> Iterator[_Client]:
+def client() -> Iterator[FastClient]:
     """A client with the socket pair its network thread would have (none is started)."""
-    c = _Client(callback_api_version=CallbackAPIVersion.VERSION2, manual_ack=True)
+    c = FastClient(callback_api_version=CallbackAPIVersion.VERSION2, manual_ack=True)
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     c._sockpairR, c._sockpairW = reader, writer
@@ -31,7 +31,7 @@ def client() -> Iterator[_Client]:
     writer.close()
 
 
-def wakeups(c: _Client) -> int:
+def wakeups(c: FastClient) -> int:
     assert c._sockpairR is not None
     try:
         return len(c._sockpairR.recv(65536))
@@ -39,18 +39,18 @@ def wakeups(c: _Client) -> int:
         return 0
 
 
-def queued_acks(c: _Client) -> list[int]:
+def queued_acks(c: FastClient) -> list[int]:
     return [p["mid"] for p in c._out_packet if p["command"] == PUBACK]
 
 
-def test_acks_one_by_one_wake_paho_once_each(client: _Client) -> None:
+def test_acks_one_by_one_wake_paho_once_each(client: FastClient) -> None:
     for mid in range(1, 51):
         client.ack(mid, 1)
     assert wakeups(client) == 50
     assert queued_acks(client) == list(range(1, 51))
 
 
-def test_acks_together_wake_paho_once(client: _Client) -> None:
+def test_acks_together_wake_paho_once(client: FastClient) -> None:
     with client.together():
         for mid in range(1, 51):
             client.ack(mid, 1)
@@ -65,7 +65,7 @@ def test_acks_together_wake_paho_once(client: _Client) -> None:
     assert together == [dict(p) for p in client._out_packet]
 
 
-def test_only_the_thread_inside_together_is_held(client: _Client) -> None:
+def test_only_the_thread_inside_together_is_held(client: FastClient) -> None:
     with client.together():
         other = threading.Thread(target=client.ack, args=(7, 1))
         other.start()
