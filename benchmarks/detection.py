@@ -31,14 +31,9 @@ import torch
 from service.core.config import Settings, ThresholdSettings
 from service.core.logs import configure_logging
 from service.core.types import FloatArray
-from service.offline.evaluate import (
-    FileResult,
-    ScorerFactory,
-    default_factory,
-    evaluate_paths,
-    read_skab,
-    summarise,
-)
+from service.offline.evaluate import ScorerFactory, default_factory, evaluate_paths, summarise
+from service.offline.readers import read_skab
+from service.offline.results import FileResult
 from service.scoring.detector import Detector, split_holdout
 from service.scoring.models import family_names
 from service.scoring.threshold import calibrate

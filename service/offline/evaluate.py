@@ -1,7 +1,8 @@
 """`aemon evaluate`: replays labelled CSV files through `window -> detector -> alert`.
 
-Two formats: SKAB (`;`-separated, `datetime`, sensor columns, `anomaly`, `changepoint`) and
-NAB (`timestamp,value`, labelled by a windows JSON such as NAB's `combined_windows.json`).
+Two formats (`service.offline.readers`): SKAB (`;`-separated, `datetime`, sensor columns,
+`anomaly`, `changepoint`) and NAB (`timestamp,value`, labelled by a windows JSON such as
+NAB's `combined_windows.json`).
 
 Per file, a fresh detector is fitted on the windows of the first `warmup` rows (assumed
 normal, as SKAB's leaderboard does); the rest is streamed causally through the daemon's own
@@ -13,22 +14,27 @@ the row, so rows in a sampling gap keep the current alert state.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 import structlog
 
 from service.core.config import Settings, ThresholdSettings
 from service.core.types import AlertState, FloatArray, Reading, Score, Window
+from service.offline.readers import (
+    BoolArray,
+    NabWindows,
+    SkabFile,
+    TimeArray,
+    read_labelled,
+    read_nab_windows,
+)
+from service.offline.results import FileResult
 from service.offline.scoring_metrics import (
     NAB_WINDOW_S,
     Confusion,
@@ -41,12 +47,6 @@ from service.offline.scoring_metrics import (
 from service.stream.machines import MachineRuntime
 
 log = structlog.get_logger(__name__)
-
-LABEL_COLUMNS = ("anomaly", "changepoint")
-TIME_COLUMN = "datetime"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-TimeArray = npt.NDArray[np.float64]  # Unix seconds: float32 would round them to minutes
-BoolArray = npt.NDArray[np.bool_]
 
 
 class Scorer(Protocol):
@@ -63,145 +63,16 @@ class Scorer(Protocol):
 ScorerFactory = Callable[[tuple[str, ...]], Scorer]
 
 
-@dataclass(frozen=True)
-class SkabFile:
-    """A labelled file in memory, whichever format it was read from."""
-
-    name: str
-    sensors: tuple[str, ...]
-    ts: TimeArray  # the file's naive local time read as UTC
-    values: FloatArray  # [rows, sensors]
-    anomaly: BoolArray
-    changepoint: BoolArray
-
-
-def read_skab(path: Path) -> SkabFile:
-    """A `;`-separated SKAB file; files without label columns (anomaly-free) get all-0 labels."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
-    if not header or header[0] != TIME_COLUMN:
-        raise ValueError(f"{path}: first column must be {TIME_COLUMN!r}, got {header[:1]}")
-    sensors = tuple(h for h in header[1:] if h not in LABEL_COLUMNS)
-    index = {h: i for i, h in enumerate(header)}
-    ts = np.array([_parse_time(r[0]) for r in body], dtype=np.float64)
-    values = np.array([[float(r[index[s]]) for s in sensors] for r in body], dtype=np.float32)
-
-    def labels(col: str) -> BoolArray:
-        if col not in index:
-            return np.zeros(len(body), dtype=bool)
-        return np.array([float(r[index[col]]) > 0.5 for r in body], dtype=bool)
-
-    _require_increasing(path, ts)
-    return SkabFile(str(path), sensors, ts, values, labels("anomaly"), labels("changepoint"))
-
-
-def _parse_time(text: str) -> float:
-    return datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=UTC).timestamp()
-
-
-def _require_increasing(path: Path, ts: TimeArray) -> None:
-    if np.any(np.diff(ts) <= 0):
-        raise ValueError(f"{path}: timestamps must increase strictly")
-
-
-# NAB: a file's label windows, keyed by its path under NAB's data/ folder.
-NabWindows = dict[str, list[tuple[float, float]]]
-
-
-def read_nab_windows(path: Path) -> NabWindows:
-    """NAB's label format: `{"<dir>/<file>.csv": [["<start>", "<end>"], ...], ...}`."""
-    document = json.loads(path.read_text())
-    if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected an object of file -> windows")
-    try:
-        return {
-            str(key): [(parse_iso_time(a), parse_iso_time(b)) for a, b in windows]
-            for key, windows in document.items()
-        }
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: windows must be [start, end] timestamp pairs ({exc})") from None
-
-
-def parse_iso_time(text: str) -> float:
-    """ISO 8601 times such as NAB's (`2013-12-10 06:25:00.000000`); naive ones are UTC."""
-    stamp = datetime.fromisoformat(text.strip())
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
-
-
-def windows_for(labels: NabWindows, path: Path) -> list[tuple[float, float]]:
-    """The windows whose key is a tail of `path` (`realKnownCause/x.csv` matches
-    `.../realKnownCause/x.csv`), else the one key with the same file name."""
-    posix = path.as_posix()
-    by_tail = [k for k in labels if posix == k or posix.endswith("/" + k)]
-    by_name = [k for k in labels if Path(k).name == path.name]
-    keys = by_tail or by_name
-    if len(keys) != 1:
-        found = "no" if not keys else f"{len(keys)} ({', '.join(sorted(keys))})"
-        raise ValueError(f"{path}: {found} label keys match this file")
-    return labels[keys[0]]
-
-
-def read_nab(path: Path, windows: list[tuple[float, float]]) -> SkabFile:
-    """A NAB file (`timestamp,value`): one sensor, `value`; a row is anomalous inside a
-    label window, and each window's first row is its changepoint."""
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    header = [h.strip() for h in rows[0]]
-    if header != ["timestamp", "value"]:
-        raise ValueError(f"{path}: a NAB file has the columns timestamp,value, not {header}")
-    ts = np.array([parse_iso_time(r[0]) for r in rows[1:]], dtype=np.float64)
-    values = np.array([[float(r[1])] for r in rows[1:]], dtype=np.float32)
-    _require_increasing(path, ts)
-    anomaly = np.zeros(len(ts), dtype=bool)
-    changepoint = np.zeros(len(ts), dtype=bool)
-    for start, end in windows:
-        inside = (ts >= start) & (ts <= end)
-        anomaly |= inside
-        if inside.any():
-            changepoint[np.argmax(inside)] = True
-    return SkabFile(str(path), ("value",), ts, values, anomaly, changepoint)
-
-
-def read_labelled(path: Path, labels: NabWindows | None) -> SkabFile:
-    """SKAB or NAB, told apart by the header line; NAB files need `labels`."""
-    with path.open(newline="") as f:
-        first = f.readline()
-    if first.split(",")[0].strip() != "timestamp":
-        return read_skab(path)
-    if labels is None:
-        raise ValueError(f"{path}: a NAB file needs --labels (a windows JSON)")
-    return read_nab(path, windows_for(labels, path))
-
-
-@dataclass
-class FileResult:
-    name: str
-    ts: TimeArray  # test rows
-    truth: BoolArray
-    predicted: BoolArray
-    changepoints: list[float]
-    threshold: float
-    sensors: tuple[str, ...] = field(repr=False)
-    values: FloatArray = field(repr=False)  # test rows' sensor values, for plots
-    score_ts: TimeArray = field(repr=False)  # scored windows' end times and scores, for plots
-    scores: FloatArray = field(repr=False)
-
-    @property
-    def confusion(self) -> Confusion:
-        return Confusion.of(self.truth, self.predicted)
-
-
 def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerFactory:
     """Fresh detectors of `settings.model`; with `base`, each starts from one pre-trained
     on the base file's windows (its sensors must match) and is then fitted per file."""
-    import torch
-
-    from service.scoring.detector import Detector  # torch is imported only when a model is needed
+    # torch is imported only when a model is needed
+    from service.scoring.detector import Detector
+    from service.scoring.runtime import configure_torch
 
     # As the daemon does: torch's default of one thread per core makes these small fits
     # 20x slower on a 2-core box through thread contention.
-    torch.set_num_threads(settings.model.torch_threads)
+    configure_torch(settings.model.torch_threads)
     length = settings.window.length
     if base is None:
         return lambda sensors: Detector.new(sensors, length, settings.model)

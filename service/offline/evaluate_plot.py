@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.offline.evaluate import BoolArray, FileResult, TimeArray
+from service.offline.readers import BoolArray, TimeArray
+from service.offline.results import FileResult
 
 
 def plot_results(results: Sequence[FileResult], path: Path) -> None:

@@ -7,26 +7,13 @@ learning machine's (`fit_new`), and written as the machine's next version by `Mo
 with `reason = "train"`. Windows that a row labelled anomalous (or held on from one, up to
 `window.max_stale`) reaches are left out.
 
-Two CSV formats, told apart by their header:
-
-- SKAB: `;`-separated, `datetime` (`%Y-%m-%d %H:%M:%S`, read as UTC) first, then sensors,
-  optionally `anomaly` and `changepoint` (1 marks the row anomalous).
-- Simple: `,`-separated, `ts` (Unix seconds or RFC 3339) first, then sensors, optionally
-  the same label columns. An empty cell is no reading.
-
->>> import tempfile
->>> with tempfile.TemporaryDirectory() as d:
-...     path = Path(d) / "pump-7.csv"
-...     _ = path.write_text("ts,pressure,current\\n0,3.2,1.1\\n1,3.3,\\n2,3.1,1.2\\n")
-...     history = read_history(path)
->>> history.sensors, history.ts.tolist(), [round(float(v), 2) for v in history.values[1]]
-(('pressure', 'current'), [0.0, 1.0, 2.0], [3.3, nan])
+The CSV formats (SKAB's, and a simple one of `ts` and sensor columns) are read by
+`service.offline.readers.read_history`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -41,34 +28,17 @@ from service.core.config import Settings
 from service.core.types import FloatArray, Reading
 from service.learning.finetune import fit_new
 from service.learning.store import ModelStore, TrainingFacts
-from service.offline.evaluate import (
-    LABEL_COLUMNS,
-    TIME_COLUMN,
-    BoolArray,
-    TimeArray,
-    parse_iso_time,
-    read_skab,
-)
+from service.offline.readers import History, read_history
 from service.stream.machines import MachineRuntime
 
 log = structlog.get_logger(__name__)
 
-SIMPLE_TIME_COLUMN = "ts"
 # Progress of one machine's fit: (epochs done, epochs in all).
 Progress = Callable[[int, int], None]
 
 
 class TrainError(ValueError):
     """The history cannot train a model; the message says why."""
-
-
-@dataclass(frozen=True)
-class History:
-    path: Path
-    sensors: tuple[str, ...]
-    ts: TimeArray
-    values: FloatArray  # [rows, sensors]; NaN where a row has no reading
-    anomalous: BoolArray
 
 
 @dataclass(frozen=True)
@@ -80,55 +50,6 @@ class TrainResult:
     excluded: int
     final_loss: float
     threshold: float
-
-
-def read_history(path: Path) -> History:
-    """One CSV file of either format."""
-    with path.open(newline="") as f:
-        first = f.readline()
-    if first.split(";")[0].strip() == TIME_COLUMN:
-        skab = read_skab(path)
-        return History(path, skab.sensors, skab.ts, skab.values, skab.anomaly | skab.changepoint)
-    if first.split(",")[0].strip() == SIMPLE_TIME_COLUMN:
-        return _read_simple(path)
-    raise TrainError(
-        f"{path}: the header must start with {TIME_COLUMN!r} (SKAB, ';') "
-        f"or {SIMPLE_TIME_COLUMN!r} (',')"
-    )
-
-
-def _read_simple(path: Path) -> History:
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    header = [h.strip() for h in rows[0]]
-    sensors = tuple(h for h in header[1:] if h not in LABEL_COLUMNS)
-    index = {h: i for i, h in enumerate(header)}
-    body = rows[1:]
-    try:
-        ts = np.array([_parse_ts(r[0]) for r in body], dtype=np.float64)
-        values = np.array([[_cell(r, index[s]) for s in sensors] for r in body], np.float32)
-        labels = [
-            np.array([_cell(r, index[c]) > 0.5 for r in body]) for c in LABEL_COLUMNS if c in index
-        ]
-    except (ValueError, IndexError) as exc:
-        raise TrainError(f"{path}: {exc}") from exc
-    anomalous = np.logical_or.reduce([np.zeros(len(body), bool), *labels])
-    if np.any(np.diff(ts) <= 0):
-        raise TrainError(f"{path}: timestamps must increase strictly")
-    return History(path, sensors, ts, values, anomalous)
-
-
-def _parse_ts(text: str) -> float:
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        return parse_iso_time(text)
-
-
-def _cell(row: Sequence[str], i: int) -> float:
-    text = row[i].strip() if i < len(row) else ""
-    return float(text) if text else math.nan
 
 
 def machine_sensors(
@@ -231,9 +152,9 @@ def group_by_machine(paths: Sequence[Path], machine: str | None) -> dict[str, li
 
 def run_train(settings: Settings, args: argparse.Namespace) -> int:
     """The `aemon train` command: one line per machine trained."""
-    import torch
+    from service.scoring.runtime import configure_torch
 
-    torch.set_num_threads(settings.model.torch_threads)
+    configure_torch(settings.model.torch_threads)
     groups = group_by_machine(args.csv, args.machine)
     failed = False
     with _progress() as track:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.offline.evaluate import read_skab
+from service.offline.readers import read_skab
 from tests.integration.conftest import FAST_CONFIG
 from tests.support import REPO, Daemon, Mosquitto, Publisher, running, wait_until
 

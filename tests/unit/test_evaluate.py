@@ -14,14 +14,8 @@ import pytest
 
 from service.core.config import Settings, ThresholdSettings
 from service.core.types import FloatArray
-from service.offline.evaluate import (
-    evaluate_file,
-    read_labelled,
-    read_nab_windows,
-    read_skab,
-    summarise,
-    windows_for,
-)
+from service.offline.evaluate import evaluate_file, summarise
+from service.offline.readers import read_labelled, read_nab_windows, read_skab, windows_for
 
 SENSORS = ("Accelerometer1RMS", "Current", "Pressure", "Volume Flow RateRMS")
 START = datetime(2020, 3, 9, 10, 0, 0)

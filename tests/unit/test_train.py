@@ -12,7 +12,8 @@ from service import cli
 from service.cli import main
 from service.core.config import Settings
 from service.learning.store import ModelStore
-from service.offline.train import TrainError, machine_sensors, normal_windows, read_history
+from service.offline.readers import read_history
+from service.offline.train import TrainError, machine_sensors, normal_windows
 from tests.support import REPO, write_toml
 from tests.synthetic import SENSORS, Fault, machine_rows
 
