@@ -3,7 +3,8 @@
 The core is pure: `Plant.samples` / `Plant.stream` yield readings for a span of event time
 with no MQTT involved, and the values depend only on the machines, the seed and the faults,
 never on the wall clock or on `start_ts` (which only offsets the timestamps). The CLI
-(`run`, `python -m simulators.plant --help`) publishes the stream to MQTT.
+(`simulators.plant_cli.main`, `python -m simulators.plant --help`) publishes the stream to
+MQTT.
 
 >>> plant = Plant(3, seed=1, jitter=0.0)
 >>> [(s.machine, s.ts) for s in plant.samples(1000.0, 2)]
@@ -38,7 +39,6 @@ __all__ = [
     "expected_signature",
     "load_faults",
     "parse_fault",
-    "run",
 ]
 
 
@@ -151,12 +151,9 @@ def _ticks(duration_s: float, period: float) -> Iterator[int]:
     return iter(range(math.ceil(duration_s / period - 1e-9)))
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """The CLI: `python -m simulators.plant --help`."""
+if __name__ == "__main__":
+    # `python -m simulators.plant`: this file runs as `__main__`, and the CLI imports it
+    # again as `simulators.plant`; imported, it never imports the CLI.
     from simulators.plant_cli import main
 
-    return main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(run())
+    raise SystemExit(main())

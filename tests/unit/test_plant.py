@@ -5,6 +5,8 @@ from __future__ import annotations
 import doctest
 import importlib
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,8 @@ from simulators.plant import (
     expected_signature,
     load_faults,
     parse_fault,
-    run,
 )
-from simulators.plant_cli import default_start
+from simulators.plant_cli import default_start, main
 
 START, DURATION, LENGTH = 200, 300, 600  # the fault window and the stream, seconds
 SEED = 3
@@ -414,7 +415,7 @@ def test_cli_prints_both_payload_forms_and_the_truth(capsys: pytest.CaptureFixtu
         "--seed",
         "5",
     ]
-    assert run([*common, "--payload", "per-machine"]) == 0
+    assert main([*common, "--payload", "per-machine"]) == 0
     lines = [ln.split(" ", 1) for ln in capsys.readouterr().out.splitlines()]
     topics = [t for t, _ in lines]
     assert topics.count("plant/pump-1") == 4
@@ -427,7 +428,7 @@ def test_cli_prints_both_payload_forms_and_the_truth(capsys: pytest.CaptureFixtu
     first = orjson.loads(lines[0][1])
     assert abs(first["ts"] - 1000.0) < 0.25
     assert set(first["values"]) <= set(KINDS[MachineKind.PUMP].sensor_names)
-    assert run([*common, "--payload", "per-sensor"]) == 0
+    assert main([*common, "--payload", "per-sensor"]) == 0
     sensor_lines = [ln.split(" ", 1) for ln in capsys.readouterr().out.splitlines()]
     per_sensor = [(t, orjson.loads(p)) for t, p in sensor_lines if t.startswith("plant/")]
     assert per_sensor[0][0] == "plant/pump-1/current"
@@ -440,12 +441,25 @@ def test_cli_prints_both_payload_forms_and_the_truth(capsys: pytest.CaptureFixtu
 
 def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        run(["--fault", "pump-1:meltdown:0:1"])
+        main(["--fault", "pump-1:meltdown:0:1"])
     assert "unknown fault kind" in capsys.readouterr().err
-    assert run(["--fault", "pump-9:spikes:0:1", "--stdout", "--duration", "1"]) == 2
-    assert run(["--speed", "0", "--stdout"]) == 2  # endless and faster than real time
-    assert run(["--list", "--machines", "1"]) == 0
+    assert main(["--fault", "pump-9:spikes:0:1", "--stdout", "--duration", "1"]) == 2
+    assert main(["--speed", "0", "--stdout"]) == 2  # endless and faster than real time
+    assert main(["--list", "--machines", "1"]) == 0
     assert "suction_pressure" in capsys.readouterr().out
+
+
+def test_python_m_simulators_plant_runs_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "simulators.plant", "--list", "--machines", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    ).stdout
+    assert "pump-1 (pump)" in out
+    assert "suction_pressure" in out
 
 
 @pytest.mark.parametrize(
