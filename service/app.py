@@ -12,17 +12,19 @@ from typing import Any
 
 import prometheus_client
 import structlog
-import torch
 from prometheus_client import CollectorRegistry
 
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.core.threads import armed_faults
 from service.core.types import MachineState, Rejection, RejectReason
-from service.learning.finetune import FineTuner, FitResult
+from service.faults import arm_callback, arm_pipeline, armed_faults
+from service.learning.finetune import FineTuner
 from service.learning.store import ModelStore
+from service.scoring.runtime import configure_torch
+from service.stream.arrivals import Batch
 from service.stream.ingest import Ingestor
-from service.stream.pipeline import Batch, Pipeline
+from service.stream.learning import FitResult
+from service.stream.pipeline import Pipeline
 from service.stream.publish import Publisher
 from service.stream.rejections import RejectionLog
 from service.transport.http import HttpServer
@@ -35,6 +37,13 @@ log = structlog.get_logger(__name__)
 # cycle that waits for one delays every alert (benchmarks/latency.py: scoring p99 while a
 # fine-tune runs).
 FINETUNER_NICE = 10
+# Seconds each stage may take to stop after the drain (`pipeline.drain_timeout`): the
+# pipeline finishes its last cycle, a cancelled fit reaches its next batch, MQTT publishes
+# `offline` after the alerts queued before it, HTTP ends its serving loop.
+PIPELINE_GRACE = 2.0
+FINETUNER_GRACE = 1.0
+MQTT_GRACE = 5.0
+HTTP_GRACE = 1.0
 
 
 class App:
@@ -52,15 +61,18 @@ class App:
             allow_undeclared=settings.discovery.enabled,
         )
         prefix = settings.mqtt.topic_prefix
+        faults = armed_faults()
         self.mqtt = MqttClient(
             settings.mqtt,
             self.ingestor.subscriptions,
             f"{prefix}/status",
-            self.on_message,
+            arm_callback(self.on_message, faults),
             self.metrics,
         )
         self.publisher = Publisher(self.mqtt, prefix, self.metrics)
         self.store = ModelStore(settings.state.dir)
+        # Learning beside the hot path: the pipeline knows the fine-tuner as a `Learner`
+        # and hands its results back through `install`, taken in at its next cycle.
         self.finetuner = FineTuner(settings, self.metrics, self._install, self.store)
         self.pipeline = Pipeline(
             settings,
@@ -79,10 +91,7 @@ class App:
             self.ready,
             self.pipeline.snapshot,
         )
-        faults = armed_faults()
-        self.pipeline.fault_armed = "pipeline" in faults
-        self.mqtt.fault_armed = "mqtt" in faults
-        self.pipeline.stall_armed = "stall" in faults
+        arm_pipeline(self.pipeline, faults)
 
     def _install(self, result: FitResult) -> None:
         self.pipeline.install(result)
@@ -150,7 +159,7 @@ class App:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        torch.set_num_threads(self.settings.model.torch_threads)
+        configure_torch(self.settings.model.torch_threads)
         sys.setswitchinterval(self.settings.pipeline.switch_interval)
         # A `_created` sample for each counter child is a third of the lines of a plant's
         # /metrics (and series Prometheus keeps): rendering them held the GIL while scoring
@@ -188,15 +197,13 @@ class App:
         self.stop_input()
         # A fit in progress is abandoned (the machine learns again at restart); cancelling
         # it first keeps it from competing with the drain for the GIL.
-        self.finetuner.stop()
-        self.pipeline.stop(self.settings.pipeline.drain_timeout)
-        self.pipeline.join(self.settings.pipeline.drain_timeout + 2)
-        # Cancelled above; a fit stuck in torch (e.g. its first optimizer on a loaded box)
-        # cannot be interrupted, and a daemon thread dies with the process: store writes are
-        # atomic, so nothing half-written can become current.
-        self.finetuner.join(1)
-        self.mqtt.stop()
-        self.http.stop()
+        drained = time.monotonic() + self.settings.pipeline.drain_timeout
+        self.finetuner.stop(drained)
+        self.pipeline.stop(drained)
+        self.pipeline.join_until(drained + PIPELINE_GRACE)
+        self.finetuner.join_until(time.monotonic() + FINETUNER_GRACE)
+        self.mqtt.stop(time.monotonic() + MQTT_GRACE)
+        self.http.stop(time.monotonic() + HTTP_GRACE)
         log.info("aemon_stopped", seconds=round(time.monotonic() - started, 2))
 
 

@@ -13,12 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from service import __version__
-from service.core.types import MachineState
+from service.core.types import FitOutcome, MachineState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FINETUNE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-FINETUNE_OUTCOMES = ("promoted", "rejected_gate", "too_few_windows", "error", "initial")
+FINETUNE_OUTCOMES = tuple(o.value for o in FitOutcome)
 
 M = TypeVar("M", Counter, Gauge)
 

@@ -1,4 +1,4 @@
-"""Worker threads that cannot die quietly.
+"""Worker threads that cannot die quietly, and stop in one shape.
 
 An exception in a worker is logged with its traceback and counted, and the worker is then
 marked failed, which turns `/healthz` red so systemd's watchdog or Kubernetes restarts the
@@ -7,8 +7,8 @@ process, instead of leaving a daemon that looks alive and no longer scores.
 
 from __future__ import annotations
 
-import os
 import threading
+import time
 
 import structlog
 
@@ -16,23 +16,10 @@ from service.core.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-# Test-only fault injection, read once at start from the environment (never from MQTT or
-# HTTP, so nothing on the network can trigger it): a comma-separated list of `pipeline`
-# (the pipeline thread raises on its first batch), `mqtt` (an exception escapes a paho
-# callback, which kills paho's network thread) and `stall` (the pipeline takes nothing from
-# its queue, so received readings stay unprocessed and unacknowledged).
-FAULT_ENV = "AEMON_TEST_FAULT"
-
 
 class InjectedFaultError(RuntimeError):
-    """Raised by the test-only fault hook; never by normal operation."""
-
-
-def armed_faults() -> frozenset[str]:
-    faults = frozenset(f for f in os.environ.get(FAULT_ENV, "").split(",") if f.strip())
-    if faults:
-        log.warning("test_fault_armed", faults=sorted(faults))
-    return faults
+    """Raised by an armed test fault (service.faults); never by normal operation. The MQTT
+    client lets it escape paho's callback, as an unexpected error once did."""
 
 
 class Worker(threading.Thread):
@@ -43,6 +30,16 @@ class Worker(threading.Thread):
 
     def work(self) -> None:
         raise NotImplementedError
+
+    def stop(self, deadline: float) -> None:
+        """Asks the thread to end by `deadline` (`time.monotonic()`); `join_until` waits."""
+        raise NotImplementedError
+
+    def join_until(self, deadline: float) -> bool:
+        """Waits for the thread until `deadline`; True when it has ended."""
+        if self.ident is not None:
+            self.join(max(0.0, deadline - time.monotonic()))
+        return not self.is_alive()
 
     def run(self) -> None:
         try:

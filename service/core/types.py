@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,48 @@ class AlertState(StrEnum):
     PENDING = "pending"
     FIRING = "firing"
     RESOLVED = "resolved"
+
+
+class AlertKind(StrEnum):
+    """What happened to an alert episode: the `event` field of its payload."""
+
+    RAISED = "raised"
+    UPDATED = "updated"
+    RESOLVED = "resolved"
+
+
+class TuneReason(StrEnum):
+    """Why a fine-tune was requested: due by `finetune.interval`, or early by a drift."""
+
+    INTERVAL = "finetune"
+    DRIFT = "drift"
+
+
+class FitOutcome(StrEnum):
+    """How a fit or fine-tune ended: the `outcome` label of `aemon_finetune_runs_total`."""
+
+    PROMOTED = "promoted"
+    REJECTED_GATE = "rejected_gate"
+    TOO_FEW_WINDOWS = "too_few_windows"
+    ERROR = "error"
+    INITIAL = "initial"
+
+
+class MachineRecord(TypedDict):
+    """One machine as `/api/machines` describes it."""
+
+    machine: str
+    state: str
+    sensors: list[str]
+    alert: str
+    alert_id: str | None
+    score: float | None
+    threshold: float | None
+    model_version: int | None
+    learning_windows: int
+    fitting: bool
+    newest_ts: float | None
+    scored_until: float | None
 
 
 class Reading(NamedTuple):
@@ -115,7 +157,7 @@ class SensorShare:
 class AlertEvent:
     """A raise, update or resolve of one alert episode. Times are event time (Unix seconds)."""
 
-    kind: str  # "raised" | "updated" | "resolved"
+    kind: AlertKind
     alert_id: str
     machine: str
     state: AlertState

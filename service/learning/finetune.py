@@ -1,10 +1,14 @@
 """`FineTuner`: fits and refits models on its own thread, never on the pipeline's.
 
-The scorer and the fine-tuner never share a torch module: the pipeline hands over clones,
-the fine-tuner trains a copy and hands a finished detector back through `install`.
+The pipeline knows it only as a `service.stream.learning.Learner`: it hands over requests
+that refer to its windows and its current detector, and everything that costs (stacking
+the windows, cloning the model, training, the gate, saving) happens here. The scorer and
+the fine-tuner never share a torch module: a fine-tune trains its own clone and hands a
+finished detector back through `install`.
 
 A fine-tune must never teach a model that a fault is normal, so it trains only on windows
-that scored clean, outside every alert episode and a margin around it (`TrainingBuffer`),
+that scored clean, outside every alert episode and a margin around it
+(`service.stream.training.TrainingBuffer`),
 and the candidate must pass a gate: reconstruct held-out recent clean windows no worse
 than the current model, and still flag the windows of the machine's recent episodes.
 """
@@ -14,7 +18,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,10 +25,10 @@ import numpy as np
 import structlog
 import torch
 
-from service.core.config import FinetuneSettings, Settings
+from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.core.threads import Worker
-from service.core.types import FloatArray
+from service.core.types import FitOutcome, FloatArray, TuneReason
 from service.learning.store import ModelStore, TrainingFacts
 from service.scoring.detector import (
     Detector,
@@ -35,128 +38,41 @@ from service.scoring.detector import (
     train_model,
 )
 from service.scoring.threshold import calibrate, promoted_threshold
+from service.stream.learning import FitRequest, FitResult, TuneRequest
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """What a job gives back: a detector to install (None: keep the current one)."""
-
-    machine: str
-    detector: Detector | None
-    initial: bool
 
 
 Install = Callable[[FitResult], None]
 
 
 @dataclass(frozen=True)
-class FitJob:
-    machine: str
-    sensors: tuple[str, ...]
-    windows: FloatArray
+class _Tune:
+    """A `TuneRequest` made into arrays, with its own copy of the current model."""
 
-
-@dataclass(frozen=True)
-class FineTuneJob:
     machine: str
-    current: Detector  # a clone: the pipeline keeps scoring with its own
+    current: Detector
     train: FloatArray
     holdout: FloatArray
     episodes: FloatArray
-    reason: str = "finetune"  # or "drift": requested early by a drift in the scores
+    reason: TuneReason
 
-
-class TrainingBuffer:
-    """One machine's clean windows for fine-tuning, kept on the pipeline thread.
-
-    Windows wait in a holding line of `margin` admissions before they are admitted, so
-    when an alert starts, the windows that led up to it are dropped too; after an episode
-    the next `margin` windows are dropped as well. Admitted windows go to a bounded recent
-    buffer; the learning windows and those the recent buffer evicts are reservoir-sampled,
-    so older normal operation is not forgotten. Anomalous windows of episodes are kept for
-    the gate.
-    """
-
-    def __init__(self, settings: FinetuneSettings, seed: int = 0) -> None:
-        self.s = settings
-        hold = -(-settings.margin_windows // settings.admit_every)
-        self._holding: deque[FloatArray] = deque()
-        self._hold = hold
-        self._cooldown = 0
-        self._counter = 0
-        self._seen_evicted = 0
-        self._rng = np.random.default_rng(seed)
-        self.recent: deque[FloatArray] = deque(maxlen=settings.recent_windows)
-        self.reservoir: list[FloatArray] = []
-        self.episodes: deque[FloatArray] = deque(maxlen=settings.episode_windows)
-        self.new_since_fit = 0
-        self.excluded = 0
-
-    def observe(
-        self, values: FloatArray, score: float, threshold: float, alert_active: bool
-    ) -> None:
-        anomalous = score > threshold
-        if alert_active:
-            self.excluded += len(self._holding) + 1
-            self._holding.clear()
-            self._cooldown = self.s.margin_windows
-            if score >= threshold * self.s.episode_factor:
-                self.episodes.append(values)
-            return
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            self.excluded += 1
-            return
-        self._counter += 1
-        if anomalous or self._counter % self.s.admit_every:
-            return
-        self._holding.append(values)
-        if len(self._holding) > self._hold:
-            self._admit(self._holding.popleft())
-
-    def seed(self, windows: FloatArray) -> None:
-        """The learning windows are the first older normal windows: without them, the
-        fine-tunes before the recent buffer first overflows train on the latest windows
-        alone and forget the operating points the machine has not visited since learning."""
-        for values in windows:
-            self._keep_in_reservoir(values.copy())  # a view would keep the whole set alive
-
-    @property
-    def cooling(self) -> bool:
-        """Within the margin after an alert episode."""
-        return self._cooldown > 0
-
-    def split(self, holdout_share: float) -> tuple[FloatArray, FloatArray]:
-        """Training windows, and the newest block of recent ones held out: windows next to
-        a training window are near copies of it and would calibrate too low a threshold,
-        so the admissions between the two that could share a step with both are dropped
-        (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
-        recent = list(self.recent)
-        cut = len(recent) - max(1, round(len(recent) * holdout_share))
-        gap = -(-(recent[0].shape[0] - 1) // self.s.admit_every)
-        train = recent[: max(1, cut - gap)]
-        return np.stack([*train, *self.reservoir]), np.stack(recent[cut:])
-
-    def _admit(self, values: FloatArray) -> None:
-        if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
-            self._keep_in_reservoir(self.recent[0])
-        self.recent.append(values)
-        self.new_since_fit += 1
-
-    def _keep_in_reservoir(self, values: FloatArray) -> None:
-        self._seen_evicted += 1
-        if len(self.reservoir) < self.s.reservoir_windows:
-            self.reservoir.append(values)
-            return
-        slot = int(self._rng.integers(self._seen_evicted))
-        if slot < self.s.reservoir_windows:
-            self.reservoir[slot] = values
+    @classmethod
+    def of(cls, request: TuneRequest) -> _Tune:
+        empty = np.empty((0, *request.window_shape), np.float32)
+        return cls(
+            request.machine,
+            request.current.clone(),
+            np.stack(request.train),
+            np.stack(request.holdout),
+            np.stack(request.episodes) if request.episodes else empty,
+            request.reason,
+        )
 
 
 class FineTuner(Worker):
-    """Runs fit and fine-tune jobs one at a time and hands each result to `install`."""
+    """Runs fit and fine-tune requests one at a time and hands each result to `install`
+    (a `service.stream.learning.Learner`)."""
 
     def __init__(
         self, settings: Settings, metrics: Metrics, install: Install, store: ModelStore | None
@@ -165,15 +81,21 @@ class FineTuner(Worker):
         self.settings = settings
         self.store = store
         self.install = install
-        self.jobs: queue.Queue[FitJob | FineTuneJob | None] = queue.Queue()
+        self.jobs: queue.Queue[FitRequest | TuneRequest | None] = queue.Queue()
         self.busy = threading.Event()
         self.cancel = threading.Event()
 
-    def submit(self, job: FitJob | FineTuneJob) -> None:
-        self.jobs.put(job)
+    def submit(self, request: FitRequest | TuneRequest) -> None:
+        self.jobs.put(request)
 
-    def stop(self) -> None:
-        """Ends the thread at the next training batch; queued jobs are dropped."""
+    def pending(self) -> int:
+        return self.jobs.qsize()
+
+    def stop(self, deadline: float) -> None:
+        """Ends the thread at the next training batch; queued jobs are dropped. A fit stuck
+        in torch (e.g. its first optimizer on a loaded box) cannot be interrupted: the
+        caller's `join_until(deadline)` then gives up, and the daemon thread dies with the
+        process (store writes are atomic, so nothing half-written becomes current)."""
         self.cancel.set()
         self.jobs.put(None)
 
@@ -189,17 +111,17 @@ class FineTuner(Worker):
             finally:
                 self.busy.clear()
 
-    def handle(self, job: FitJob | FineTuneJob) -> None:
+    def handle(self, job: FitRequest | TuneRequest) -> None:
         started = time.perf_counter()
-        initial = isinstance(job, FitJob)
+        initial = isinstance(job, FitRequest)
         try:
-            result = self._fit(job) if isinstance(job, FitJob) else self._tune(job)
+            result = self._fit(job) if isinstance(job, FitRequest) else self._tune(_Tune.of(job))
         except FitCancelledError:
             log.info("model_fit_cancelled", machine=job.machine)
             return
         except Exception:
             log.exception("model_fit_failed", machine=job.machine)
-            result = Trained(None, "error")
+            result = Trained(None, FitOutcome.ERROR)
         self.metrics.finetune_duration.observe(time.perf_counter() - started)
         if result.detector is not None and self.store is not None:
             result = self._persist(job.machine, result)
@@ -214,11 +136,12 @@ class FineTuner(Worker):
             result.detector.version = self.store.save(machine, result.detector, result.facts)
         except OSError:
             log.exception("model_save_failed", machine=machine)
-            return Trained(None, "error")
+            return Trained(None, FitOutcome.ERROR)
         return result
 
-    def _fit(self, job: FitJob) -> Trained:
-        detector, report = fit_new(self.settings, job.sensors, job.windows, self.cancel)
+    def _fit(self, job: FitRequest) -> Trained:
+        windows = np.stack(job.windows)
+        detector, report = fit_new(self.settings, job.sensors, windows, self.cancel)
         log.info(
             "model_fitted",
             machine=job.machine,
@@ -230,9 +153,9 @@ class FineTuner(Worker):
         facts = TrainingFacts(
             reason="learned", windows=report.windows_train, final_loss=report.final_loss
         )
-        return Trained(detector, "initial", facts)
+        return Trained(detector, FitOutcome.INITIAL, facts)
 
-    def _tune(self, job: FineTuneJob) -> Trained:
+    def _tune(self, job: _Tune) -> Trained:
         """Trains a clone of the current model (same scaler, so errors stay comparable)
         and promotes it only through the gate."""
         s = self.settings
@@ -263,17 +186,17 @@ class FineTuner(Worker):
             candidate_threshold=round(threshold, 5),
         )
         if not passed:
-            return Trained(None, "rejected_gate")
+            return Trained(None, FitOutcome.REJECTED_GATE)
         candidate.threshold = threshold
         candidate.version = job.current.version + 1
         parent = job.current.version or None
         facts = TrainingFacts(
             reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent
         )
-        return Trained(candidate, "promoted", facts)
+        return Trained(candidate, FitOutcome.PROMOTED, facts)
 
     def _promoted_threshold(
-        self, job: FineTuneJob, candidate: Detector, holdout_scores: FloatArray
+        self, job: _Tune, candidate: Detector, holdout_scores: FloatArray
     ) -> float:
         """Calibrated as a first fit is (held-out scores, floored by the training windows'
         own), then bounded by `promoted_threshold`; reaching the ceiling is logged."""
@@ -300,7 +223,7 @@ class Trained:
     the outcome counted, and the facts saved with the version."""
 
     detector: Detector | None
-    outcome: str
+    outcome: FitOutcome
     facts: TrainingFacts | None = None
 
 

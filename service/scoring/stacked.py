@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -62,8 +63,16 @@ MAX_CALL_MODELS = 64
 TRIM_AFTER_BYTES = 32 << 20
 
 Scored = tuple[FloatArray, FloatArray]  # scores [windows], per-sensor errors [windows, sensors]
-# Family, its params, window length, sensor count, and the offset weight of the errors.
-GroupKey = tuple[str, tuple[tuple[str, float], ...], int, int, float]
+
+
+class GroupKey(NamedTuple):
+    """What two detectors must share for their models to be stacked in one call."""
+
+    kind: str
+    params: tuple[tuple[str, float], ...]
+    window: int
+    n_sensors: int
+    offset_weight: float  # of the errors
 
 
 def group_key(detector: Detector) -> GroupKey | None:
@@ -72,7 +81,9 @@ def group_key(detector: Detector) -> GroupKey | None:
     if settings.kind not in STACKABLE:
         return None
     params = tuple(sorted((k, float(v)) for k, v in settings.params.items()))
-    return settings.kind, params, detector.window, len(detector.sensors), settings.offset_weight
+    return GroupKey(
+        settings.kind, params, detector.window, len(detector.sensors), settings.offset_weight
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +98,7 @@ class StackedGroup:
 
     def __init__(self, key: GroupKey, template: Detector) -> None:
         self.key = key
-        kind, _, window, n_sensors, _ = key
+        kind, window, n_sensors = key.kind, key.window, key.n_sensors
         with torch.device("meta"):
             self.base: Autoencoder = build_model(
                 kind, window, n_sensors, dict(template.settings.params)
@@ -205,14 +216,24 @@ class StackedGroup:
                 mean, std, held = (torch.from_numpy(a) for a in (self.mean, self.std, self.held))
                 xt = torch.from_numpy(x)
                 errors = plan_errors(
-                    self.weights, mean, std, held, index, rows, xt, self.plan, self.key[4]
+                    self.weights,
+                    mean,
+                    std,
+                    held,
+                    index,
+                    rows,
+                    xt,
+                    self.plan,
+                    self.key.offset_weight,
                 )
                 return errors.numpy()
             scaled = (x - self.mean[slots][:, None, None]) / self.std[slots][:, None, None]
             scaled_t = torch.from_numpy(scaled)
             torch.index_select(self.weights, 0, index, out=rows)
             held_of = self.held[slots][:, None]  # per item: broadcast over its windows
-            return sensor_errors(self._vmapped(rows, scaled_t) - scaled_t, self.key[4], held_of)
+            return sensor_errors(
+                self._vmapped(rows, scaled_t) - scaled_t, self.key.offset_weight, held_of
+            )
 
     def _choose_plan(self, template: Detector) -> Plan | None:
         """The family's plan if it gives what vmap gives, else None (vmap)."""
@@ -227,10 +248,10 @@ class StackedGroup:
                 got, want = run_plan(rows, x, plan), self._vmapped(rows, x)
                 agree = torch.allclose(got, want, rtol=1e-4, atol=1e-5)
         except (NotBatchableError, RuntimeError) as exc:
-            log.warning("stacked_forward_unusable", kind=self.key[0], error=str(exc))
+            log.warning("stacked_forward_unusable", kind=self.key.kind, error=str(exc))
             return None
         if not agree:
-            log.warning("stacked_forward_unusable", kind=self.key[0], error="differs from vmap")
+            log.warning("stacked_forward_unusable", kind=self.key.kind, error="differs from vmap")
             return None
         return plan
 
@@ -290,7 +311,7 @@ class StackedScorer:
         group = self.groups[key]
         self._freed_bytes += group.weights.element_size() * group.width
         self._placed[machine] = (group, group.add(machine, detector))
-        log.debug("stack_member_added", machine=machine, members=len(group), kind=key[0])
+        log.debug("stack_member_added", machine=machine, members=len(group), kind=key.kind)
         return self._placed[machine]
 
     def _remove(self, machine: str) -> None:

@@ -12,13 +12,15 @@ episode replayed twice keeps its id.
 >>> t.observe(score(2, 3.0)) is None, t.state.value
 (True, 'pending')
 >>> raised = t.observe(score(3, 4.0))
->>> raised.kind, raised.state.value, raised.started_at, raised.top_sensors[0].sensor
+>>> raised.kind.value, raised.state.value, raised.started_at, raised.top_sensors[0].sensor
 ('raised', 'firing', 2, 'vibration')
 >>> t.observe(score(4, 0.5)) is None
 True
 >>> resolved = t.observe(score(5, 0.5))
->>> resolved.kind, resolved.state.value, resolved.alert_id == raised.alert_id, resolved.ended_at
-('resolved', 'resolved', True, 4)
+>>> resolved.kind.value, resolved.state.value, resolved.ended_at
+('resolved', 'resolved', 4)
+>>> resolved.alert_id == raised.alert_id
+True
 >>> t.state.value
 'normal'
 """
@@ -30,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from service.core.types import AlertEvent, AlertState, Score, SensorShare
+from service.core.types import AlertEvent, AlertKind, AlertState, Score, SensorShare
 
 _ID_NAMESPACE = uuid.UUID("6f1c2a64-5b8e-4a8e-9d7e-3c1f0a2b4d5e")
 
@@ -78,20 +80,20 @@ class AlertTracker:
         for s in anomalous:
             self._accumulate(s)
         self._clean_run = []
-        return self._event("raised", latest, AlertState.FIRING, None)
+        return self._event(AlertKind.RAISED, latest, AlertState.FIRING, None)
 
     def _while_firing(self, score: Score) -> AlertEvent | None:
         if score.anomalous:
             self._clean_run = []
             self._accumulate(score)
             if score.end_ts - self._last_event_at >= self.update_interval:
-                return self._event("updated", score, AlertState.FIRING, None)
+                return self._event(AlertKind.UPDATED, score, AlertState.FIRING, None)
             return None
         self._clean_run.append(score)
         if len(self._clean_run) < self.m:
             return None
         ended_at = self._clean_run[0].end_ts
-        event = self._event("resolved", score, AlertState.RESOLVED, ended_at)
+        event = self._event(AlertKind.RESOLVED, score, AlertState.RESOLVED, ended_at)
         self.state = AlertState.NORMAL
         self._recent.clear()
         self._clean_run = []
@@ -111,7 +113,7 @@ class AlertTracker:
         )
 
     def _event(
-        self, kind: str, score: Score, state: AlertState, ended_at: float | None
+        self, kind: AlertKind, score: Score, state: AlertState, ended_at: float | None
     ) -> AlertEvent:
         self._last_event_at = score.end_ts
         return AlertEvent(

@@ -11,25 +11,25 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 from service.core.config import Settings
 from service.core.types import (
     AlertState,
     FloatArray,
+    MachineRecord,
     MachineState,
     Reading,
     Rejection,
     RejectReason,
     Row,
+    TuneReason,
     Window,
 )
-from service.learning.finetune import FineTuneJob, TrainingBuffer
 from service.scoring.detector import Detector
 from service.scoring.threshold import ScoreDrift
 from service.stream.alert import AlertTracker
+from service.stream.learning import TuneRequest
+from service.stream.training import TrainingBuffer
 from service.stream.window import MachineWindower
 
 # Readings kept while a machine's sensors are being discovered.
@@ -100,8 +100,8 @@ class MachineRuntime:
         """Pending or firing: its windows are kept out of fine-tuning."""
         return self.tracker.state in {AlertState.PENDING, AlertState.FIRING}
 
-    def finetune_job(self) -> FineTuneJob | None:
-        """A fine-tune job when one is due by event time (or requested by a drift) and
+    def finetune_job(self) -> TuneRequest | None:
+        """A fine-tune request when one is due by event time (or requested by a drift) and
         enough clean windows are new; None otherwise. Raises `TooFewWindowsError` when due
         by the interval but the buffer is too thin; a drift request waits for windows."""
         s = self.settings.finetune
@@ -112,9 +112,9 @@ class MachineRuntime:
         elapsed = self.scored_until - self.last_fit_ts
         enough = self.buffer.new_since_fit >= s.min_windows
         if elapsed >= s.interval:
-            reason = "finetune"
+            reason = TuneReason.INTERVAL
         elif self._drift_due(elapsed) and enough:
-            reason = "drift"
+            reason = TuneReason.DRIFT
         else:
             return None
         self.last_fit_ts = self.scored_until
@@ -127,19 +127,19 @@ class MachineRuntime:
         spaced = elapsed >= self.settings.finetune.drift_min_spacing
         return self._drift_wait == 0 and spaced and not self._near_alert
 
-    def _job(self, reason: str) -> FineTuneJob:
+    def _job(self, reason: TuneReason) -> TuneRequest:
+        """References only: the learner stacks and clones on its own thread."""
         assert self.detector is not None
         self.buffer.new_since_fit = 0
         self.tuning = True
-        window_shape = (0, self.settings.window.length, len(self.sensors))
-        episodes = self.buffer.episodes
         train, holdout = self.buffer.split(self.settings.threshold.holdout)
-        return FineTuneJob(
+        return TuneRequest(
             self.name,
-            self.detector.clone(),
+            self.detector,
             train,
             holdout,
-            np.stack(episodes) if episodes else np.empty(window_shape, np.float32),
+            list(self.buffer.episodes),
+            (self.settings.window.length, len(self.sensors)),
             reason,
         )
 
@@ -218,7 +218,7 @@ class MachineRuntime:
         new, self._gaps_counted = self.windower.gaps - self._gaps_counted, self.windower.gaps
         return new
 
-    def collect(self, windows: list[Window]) -> FloatArray | None:
+    def collect(self, windows: list[Window]) -> list[FloatArray] | None:
         """Learning: keeps windows as normal; returns the training set once it is complete.
         Windows past it, and those that arrive while the model is being fitted, wait to be
         scored by it: the training set is the first `learning.windows` windows however the
@@ -232,8 +232,7 @@ class MachineRuntime:
             return None
         self._wait_for_model(windows[missing:])
         self._fitting = True
-        training = np.stack(self._learning)
-        self._learning = []
+        training, self._learning = self._learning, []
         self.buffer.seed(training)
         return training
 
@@ -266,7 +265,7 @@ class MachineRuntime:
             self.state = MachineState.SCORING
         return backlog
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> MachineRecord:
         return {
             "machine": self.name,
             "state": self.state.value,

@@ -11,17 +11,11 @@ together (`service.scoring.stacked`: one model call per group of like-shaped mod
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from itertools import groupby
-from operator import attrgetter
-from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -29,29 +23,30 @@ import structlog
 from service.core import heap
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.core.threads import InjectedFaultError, Worker
+from service.core.threads import Worker
 from service.core.types import (
+    AlertKind,
+    FitOutcome,
     FloatArray,
+    MachineRecord,
     MachineState,
-    Reading,
     Rejection,
     RejectReason,
-    Row,
     Score,
     Window,
 )
-from service.learning.finetune import FineTuner, FitJob, FitResult
-from service.learning.store import ModelStore
 from service.scoring.detector import Detector
-from service.scoring.stacked import Scored, StackedScorer
+from service.scoring.passes import ScoringPass, Work
+from service.stream.arrivals import Arrivals, Batch, by_machine
+from service.stream.board import Board
+from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import DriftEvent, MachineRuntime, TooFewWindowsError
 from service.stream.publish import Publisher
+from service.stream.registry import new_machine
 from service.stream.rejections import RejectionLog
 
 log = structlog.get_logger(__name__)
 
-_MACHINE = attrgetter("machine")
-_VALUES = attrgetter("values")
 # Jobs waiting for the fine-tuner beyond which no fine-tune job is built. Machines that
 # learned together fall due together, and each job holds a clone and its training windows:
 # a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
@@ -60,79 +55,6 @@ MAX_QUEUED_JOBS = 4
 # Seconds between freezes of the long-lived objects (service.core.heap.freeze): a plant's first
 # fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
 FREEZE_INTERVAL = 30.0
-# Windows in a cycle from which it is scored in parts on the scoring thread (a batch's
-# cycles: thousands), each part's model calls beside the Python that takes the part before.
-OVERLAP_WINDOWS = 2_048
-OVERLAP_PARTS = 4
-
-# A cycle's scoring work: each machine's current detector and windows [n, time, sensors].
-Work = dict[str, tuple[Detector, FloatArray]]
-
-
-class Batch(NamedTuple):
-    """One MQTT message's accepted values. A named tuple: one is made per message on
-    paho's thread, and a frozen dataclass costs three times as much to build."""
-
-    received_at: float
-    readings: list[Reading]
-    # Called once the readings are taken in (counted accepted or rejected): the MQTT
-    # message is acknowledged only then, so the broker re-sends what a crash lost.
-    ack: Callable[[], None] | None = None
-    # Whole records of `machine` (service.stream.ingest), which come before `readings`.
-    rows: Sequence[Row] = ()
-    machine: str = ""
-
-
-@dataclass(slots=True)
-class Arrivals:
-    """One machine's rows and readings of a cycle, in arrival order: spans of rows, each
-    followed by readings, since a message's rows come before its readings."""
-
-    spans: list[tuple[list[Row], list[Reading]]] = field(default_factory=list)
-    count: int = 0  # values: readings and every row's
-
-    def add_rows(self, rows: Sequence[Row]) -> None:
-        if not self.spans or self.spans[-1][1]:
-            self.spans.append(([], []))
-        self.spans[-1][0].extend(rows)
-        self.count += sum(map(len, map(_VALUES, rows)))
-
-    def add_readings(self, readings: list[Reading]) -> None:
-        if not self.spans:
-            self.spans.append(([], []))
-        self.spans[-1][1].extend(readings)
-        self.count += len(readings)
-
-
-def _split(work: Work, size: int) -> list[Work]:
-    """`work` cut into runs of machines of about `size` windows each."""
-    out: list[Work] = [{}]
-    windows = 0
-    for name, item in work.items():
-        if windows >= size:
-            out.append({})
-            windows = 0
-        out[-1][name] = item
-        windows += len(item[1])
-    return out
-
-
-def _by_machine(batches: list[Batch]) -> dict[str, Arrivals]:
-    """The batches' rows and readings per machine, each machine's in arrival order."""
-    runs: dict[str, Arrivals] = {}
-    for batch in batches:
-        if batch.rows:
-            arrivals = runs.get(batch.machine)
-            if arrivals is None:
-                arrivals = runs[batch.machine] = Arrivals()
-            arrivals.add_rows(batch.rows)
-        # A message's readings are of one machine; groupby keeps a mixed list right too.
-        for machine, run in groupby(batch.readings, _MACHINE):
-            arrivals = runs.get(machine)
-            if arrivals is None:
-                arrivals = runs[machine] = Arrivals()
-            arrivals.add_readings(list(run))
-    return runs
 
 
 class Pipeline(Worker):
@@ -142,8 +64,8 @@ class Pipeline(Worker):
         metrics: Metrics,
         rejections: RejectionLog,
         publisher: Publisher,
-        finetuner: FineTuner,
-        store: ModelStore | None = None,
+        learner: Learner,
+        store: SavedModels | None = None,
         together: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         super().__init__("pipeline", metrics)
@@ -154,12 +76,11 @@ class Pipeline(Worker):
         self.store = store
         self.settings = settings
         self.publisher = publisher
-        self.finetuner = finetuner
+        self.learner = learner
         # SimpleQueue (C) costs a fraction of Queue per message; `submit` keeps the bound.
         self.queue: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self.machines: dict[str, MachineRuntime] = {}
-        self.scorer = StackedScorer()
-        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+        self.scoring = ScoringPass(metrics.scoring_latency)
         self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
         self._drain_until = 0.0
@@ -168,10 +89,7 @@ class Pipeline(Worker):
         # The first cycle freezes what start-up made: imports, saved models, runtimes.
         self._installed_since_freeze = True
         self._frozen_at = -FREEZE_INTERVAL
-        self._snapshot: dict[str, dict[str, Any]] = {}
-        self._snapshot_lock = threading.Lock()
-        self.fault_armed = False  # test-only: see service.core.threads.FAULT_ENV
-        self.stall_armed = False  # test-only: take nothing from the queue
+        self.board = Board(metrics)
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
         for name in store.machines() if store is not None else []:
@@ -192,14 +110,13 @@ class Pipeline(Worker):
     def install(self, result: FitResult) -> None:
         self._installs.put(result)
 
-    def stop(self, drain_timeout: float) -> None:
-        """Finish what is queued (up to `drain_timeout`), then end the thread."""
-        self._drain_until = time.monotonic() + drain_timeout
+    def stop(self, deadline: float) -> None:
+        """Finish what is queued until `deadline` (monotonic), then end the thread."""
+        self._drain_until = deadline
         self._stopping.set()
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._snapshot_lock:
-            return list(self._snapshot.values())
+    def snapshot(self) -> list[MachineRecord]:
+        return self.board.records()
 
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
@@ -214,7 +131,7 @@ class Pipeline(Worker):
             rest = min_cycle - (time.monotonic() - started)
             if rest > 0:
                 self._stopping.wait(rest)
-        self._scoring.shutdown()
+        self.scoring.shutdown()
         left = self.queue.qsize()
         if left:
             log.warning("pipeline_stopped_with_queue", messages=left)
@@ -227,18 +144,13 @@ class Pipeline(Worker):
         """One round: take in new models, drain the queue, score what is complete."""
         started = time.monotonic()
         self._take_installs()
-        if self.stall_armed:
-            self._stopping.wait(timeout)
-            return
         waited = time.monotonic()
         batches = self._drain(timeout)
         # The cycle's work, without its wait for the first message.
         started += time.monotonic() - waited
-        if batches and self.fault_armed:
-            raise InjectedFaultError("AEMON_TEST_FAULT=pipeline")
         touched: dict[str, MachineRuntime] = {}
         accepted: dict[str, int] = {}
-        received = _by_machine(batches)
+        received = by_machine(batches)
         # One run per machine and cycle, in arrival order: per-sensor messages bring one
         # reading each, and routing each alone cost more than taking it in.
         for machine, arrivals in received.items():
@@ -322,34 +234,10 @@ class Pipeline(Worker):
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
     ) -> MachineRuntime:
-        self.metrics.add_machine(name)
-        detector = self._load_saved(name)
-        if detector is not None and sensors is not None and detector.sensors != sensors:
-            log.warning("saved_model_ignored", machine=name, reason="sensors changed in config")
-            detector = None
-        runtime = MachineRuntime(name, self.settings, sensors, period, detector)
+        runtime = new_machine(name, sensors, period, self.settings, self.metrics, self.store)
         self.machines[name] = runtime
         self._changed[name] = runtime
-        if detector is not None:
-            self.metrics.model_version.labels(machine=name).set(detector.version)
-            self.metrics.anomaly_threshold.labels(machine=name).set(detector.threshold)
-        log.info(
-            "machine_added",
-            machine=name,
-            sensors=runtime.sensors,
-            state=runtime.state.value,
-            model_version=detector.version if detector else None,
-        )
         return runtime
-
-    def _load_saved(self, name: str) -> Detector | None:
-        if self.store is None:
-            return None
-        failures = self.store.unusable[name]
-        detector = self.store.load_current(name)
-        failed = self.store.unusable[name] - failures
-        self.metrics.model_load_failures.labels(machine=name).inc(failed)
-        return detector
 
     def _take_installs(self) -> None:
         while not self._installs.empty():
@@ -394,41 +282,15 @@ class Pipeline(Worker):
             elif runtime.detector is not None:
                 values = np.stack([w.values for w in machine_windows])
                 work[name] = (runtime.detector, values)
-        for part, scored in self._scored_parts(work):
+        for part, scored in self.scoring.parts(work):
             for name, (scores, errors) in scored.items():
                 self._take_scores(self.machines[name], part[name][0], windows[name], scores, errors)
-
-    def _scored_parts(self, work: Work) -> Iterator[tuple[Work, dict[str, Scored]]]:
-        """`work` and its scores, in parts. A cycle of `OVERLAP_WINDOWS` or more is scored
-        part by part on the scoring thread, the next part's model calls running while this
-        thread takes the scores of the one before: the calls give the GIL up, so the model's
-        time (two thirds of a batch's pipeline with conv) and the per-window Python overlap."""
-        total = sum(len(values) for _, values in work.values())
-        if total < OVERLAP_WINDOWS:
-            if work:
-                yield work, self._timed_score(work)
-            return
-        # Stack changes (models new to the scorer) on this thread, before any part runs.
-        self.scorer.place(work)
-        parts = _split(work, math.ceil(total / OVERLAP_PARTS))
-        pending = self._scoring.submit(self._timed_score, parts[0])
-        for k, part in enumerate(parts):
-            scored = pending.result()
-            if k + 1 < len(parts):
-                pending = self._scoring.submit(self._timed_score, parts[k + 1])
-            yield part, scored
-
-    def _timed_score(self, work: Work) -> dict[str, Scored]:
-        started = time.perf_counter()
-        scored = self.scorer.score(work)
-        self.metrics.scoring_latency.observe(time.perf_counter() - started)
-        return scored
 
     def _learn(self, runtime: MachineRuntime, windows: list[Window]) -> None:
         job = runtime.collect(windows)
         if job is not None:
             log.info("machine_learning_complete", machine=runtime.name, windows=len(job))
-            self.finetuner.submit(FitJob(runtime.name, runtime.sensors, job))
+            self.learner.submit(FitRequest(runtime.name, runtime.sensors, job))
 
     def _take_scores(
         self,
@@ -453,7 +315,7 @@ class Pipeline(Worker):
             event = runtime.tracker.observe(result)
             if event is not None:
                 self.publisher.publish_alert(event)
-                if event.kind == "raised":
+                if event.kind == AlertKind.RAISED:
                     self.metrics.alerts_raised.labels(machine=name).inc()
             runtime.buffer.observe(
                 window.values, result.score, detector.threshold, runtime.alert_active
@@ -488,12 +350,14 @@ class Pipeline(Worker):
             runtime.buffer.excluded = 0
 
     def _maybe_finetune(self, runtime: MachineRuntime) -> None:
-        if self.finetuner.jobs.qsize() >= MAX_QUEUED_JOBS:
+        if self.learner.pending() >= MAX_QUEUED_JOBS:
             return  # still due: asked again at its next scored window
         try:
             job = runtime.finetune_job()
         except TooFewWindowsError as exc:
-            self.metrics.finetune_runs.labels(machine=runtime.name, outcome="too_few_windows").inc()
+            self.metrics.finetune_runs.labels(
+                machine=runtime.name, outcome=FitOutcome.TOO_FEW_WINDOWS
+            ).inc()
             log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
             return
         if job is not None:
@@ -503,21 +367,11 @@ class Pipeline(Worker):
                 reason=job.reason,
                 windows=len(job.train),
             )
-            self.finetuner.submit(job)
+            self.learner.submit(job)
 
     def _publish_snapshot(self) -> None:
         """Describes again (for /api/machines) and updates the gauges of the machines that
         changed this cycle."""
-        if not self._changed:
-            return
-        described = {}
-        for name, runtime in self._changed.items():
-            described[name] = runtime.describe()
-            if runtime.published_state != runtime.state:
-                self.metrics.set_machine_state(name, runtime.state)
-                runtime.published_state = runtime.state
-            if runtime.newest_ts is not None:
-                self.metrics.last_reading_of[name].set(runtime.newest_ts)
-        self._changed = {}
-        with self._snapshot_lock:
-            self._snapshot.update(described)
+        if self._changed:
+            self.board.refresh(self._changed)
+            self._changed = {}

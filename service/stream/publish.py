@@ -31,7 +31,7 @@ def alert_document(event: AlertEvent) -> dict[str, Any]:
         "alert_id": event.alert_id,
         "machine": event.machine,
         "state": event.state.value,
-        "event": event.kind,
+        "event": event.kind.value,
         "started_at": rfc3339(event.started_at),
         "updated_at": rfc3339(event.updated_at),
         "ended_at": rfc3339(event.ended_at),
@@ -64,7 +64,7 @@ class Publisher:
         self.sink.publish(f"{self.prefix}/events", payload, qos=1, retain=False)
         self.metrics.alerts_published.inc(2)
         log.info(
-            "alert_" + event.kind,
+            f"alert_{event.kind.value}",
             machine=event.machine,
             alert_id=event.alert_id,
             score=round(event.score, 4),

@@ -14,8 +14,8 @@ import pytest
 
 from service.core.config import ModelSettings, Settings, ThresholdSettings
 from service.core.types import Score, Window
+from service.scoring import passes
 from service.scoring.detector import Detector
-from service.stream import pipeline as pipeline_module
 from service.stream.pipeline import Pipeline
 from tests.unit.wiring import wired_pipeline
 
@@ -139,19 +139,19 @@ def test_a_large_cycle_scored_in_parts_on_the_scoring_thread_scores_the_same(
         for name in detectors
     }
     whole, seen_whole = _pipeline(detectors)
-    monkeypatch.setattr(pipeline_module, "OVERLAP_WINDOWS", 10**9)
+    monkeypatch.setattr(passes, "OVERLAP_WINDOWS", 10**9)
     whole._score(cycle)
 
     parts, seen_parts = _pipeline(detectors)
     calls: list[tuple[str, list[str]]] = []
-    score = parts.scorer.score
+    score = parts.scoring.scorer.score
 
     def recorded(work: Any) -> Any:
         calls.append((threading.current_thread().name, list(work)))
         return score(work)
 
-    parts.scorer.score = recorded  # type: ignore[method-assign]
-    monkeypatch.setattr(pipeline_module, "OVERLAP_WINDOWS", 1)
+    parts.scoring.scorer.score = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(passes, "OVERLAP_WINDOWS", 1)
     parts._score(cycle)
 
     # 111 windows in up to 4 parts of about 28: one machine (37 windows) a part.

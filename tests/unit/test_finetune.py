@@ -19,10 +19,12 @@ from structlog.testing import capture_logs
 from service.core.config import ModelSettings, Settings
 from service.core.metrics import Metrics
 from service.core.types import FloatArray, Reading
-from service.learning.finetune import FineTuneJob, FineTuner, FitResult, fit_new
+from service.learning.finetune import FineTuner, fit_new
 from service.learning.store import ModelStore
 from service.scoring.detector import Detector
-from service.stream.pipeline import Batch, Pipeline
+from service.stream.learning import FitResult, TuneRequest
+from service.stream.arrivals import Batch
+from service.stream.pipeline import Pipeline
 from tests.support import metric_value
 from tests.synthetic import SENSORS, Fault, machine_rows
 from tests.unit.wiring import wired_pipeline
@@ -201,10 +203,9 @@ def test_the_rise_of_a_fault_requests_no_fine_tune() -> None:
 
 
 # -- the threshold of a promoted model ----------------------------------------------------
-def tune_job(current: Detector, seed: int) -> FineTuneJob:
-    windows = window_stack(machine_rows(0.0, 700, seed=seed), length=20)[::3]
-    empty = np.empty((0, 20, len(SENSORS)), np.float32)
-    return FineTuneJob(MACHINE, current.clone(), windows[:150], windows[150:], empty)
+def tune_job(current: Detector, seed: int) -> TuneRequest:
+    windows = list(window_stack(machine_rows(0.0, 700, seed=seed), length=20)[::3])
+    return TuneRequest(MACHINE, current, windows[:150], windows[150:], [], (20, len(SENSORS)))
 
 
 def window_stack(rows: Iterable[tuple[float, dict[str, float]]], length: int) -> FloatArray:
@@ -212,7 +213,7 @@ def window_stack(rows: Iterable[tuple[float, dict[str, float]]], length: int) ->
     return np.stack([values[i : i + length] for i in range(len(values) - length + 1)])
 
 
-def promote(tuner: FineTuner, installed: list[FitResult], job: FineTuneJob) -> Detector:
+def promote(tuner: FineTuner, installed: list[FitResult], job: TuneRequest) -> Detector:
     tuner.handle(job)
     detector = installed[-1].detector
     assert detector is not None, "the candidate should have passed the gate"

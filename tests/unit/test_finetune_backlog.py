@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from service.core.config import Settings
 from service.core.types import MachineState, Reading
-from service.learning.finetune import FineTuneJob, FineTuner
-from service.stream.pipeline import MAX_QUEUED_JOBS, Batch, Pipeline
+from service.learning.finetune import FineTuner
+from service.stream.learning import TuneRequest
+from service.stream.arrivals import Batch
+from service.stream.pipeline import MAX_QUEUED_JOBS, Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
 
@@ -59,7 +61,7 @@ def handle_all(pipeline: Pipeline, finetuner: FineTuner) -> list[str]:
     while not finetuner.jobs.empty():
         job = finetuner.jobs.get_nowait()
         assert job is not None
-        if isinstance(job, FineTuneJob):
+        if isinstance(job, TuneRequest):
             tuned.append(job.machine)
         finetuner.handle(job)
     pipeline.cycle(timeout=0)

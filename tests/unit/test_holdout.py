@@ -10,9 +10,9 @@ from structlog.testing import capture_logs
 
 from service.core.config import FinetuneSettings, ModelSettings, ThresholdSettings
 from service.core.types import FloatArray
-from service.learning.finetune import TrainingBuffer
 from service.scoring import detector as detector_module
 from service.scoring.detector import Detector, split_holdout
+from service.stream.training import TrainingBuffer
 
 
 def step_windows(n_steps: int, length: int, stride: int) -> FloatArray:
@@ -22,8 +22,8 @@ def step_windows(n_steps: int, length: int, stride: int) -> FloatArray:
     return np.stack([steps[i : i + length] for i in starts])[:, :, None]
 
 
-def steps_of(windows: FloatArray) -> set[int]:
-    return {int(v) for v in windows[:, :, 0].ravel()}
+def steps_of(windows: FloatArray | list[FloatArray]) -> set[int]:
+    return {int(v) for v in np.stack(windows)[:, :, 0].ravel()}
 
 
 @pytest.mark.parametrize(

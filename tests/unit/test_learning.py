@@ -13,10 +13,12 @@ import pytest
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.core.types import MachineState, Reading, Window
-from service.learning.finetune import FineTuner, FitJob, FitResult
+from service.learning.finetune import FineTuner
 from service.scoring.detector import Detector
+from service.stream.learning import FitRequest, FitResult
 from service.stream.machines import MachineRuntime
-from service.stream.pipeline import Batch, Pipeline
+from service.stream.arrivals import Batch
+from service.stream.pipeline import Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
 
@@ -68,7 +70,7 @@ def test_windows_past_the_backlog_are_counted_when_the_model_comes() -> None:
 ROWS = list(machine_rows(1_000_000.0, 60))  # 51 windows of 10 steps, the last held back
 
 
-def one_big_batch(tmp_path: Path) -> tuple[Pipeline, FineTuner, Metrics, FitJob]:
+def one_big_batch(tmp_path: Path) -> tuple[Pipeline, FineTuner, Metrics, FitRequest]:
     """A pipeline that took all of ROWS for a new machine in one batch (a replay's), and the
     fit job its first LEARN windows made."""
     s = Settings.model_validate(
@@ -85,7 +87,7 @@ def one_big_batch(tmp_path: Path) -> tuple[Pipeline, FineTuner, Metrics, FitJob]
     assert pipeline.submit(Batch(0.0, readings))
     pipeline.cycle(timeout=0)
     job = finetuner.jobs.get_nowait()
-    assert isinstance(job, FitJob)
+    assert isinstance(job, FitRequest)
     return pipeline, finetuner, metrics, job
 
 
@@ -115,7 +117,7 @@ def test_a_failed_first_fit_learns_again_from_the_windows_that_waited(tmp_path: 
     # The backlog held the newest LEARN of the 31 windows that waited: the next training
     # set at once. The 11 before them had no room, and are counted as before.
     second = finetuner.jobs.get_nowait()
-    assert isinstance(second, FitJob)
+    assert isinstance(second, FitRequest)
     np.testing.assert_allclose(second.windows, windows[51 - LEARN :])
     assert pipeline.machines["pump-1"].state == MachineState.LEARNING
     unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()

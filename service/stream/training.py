@@ -1,0 +1,101 @@
+"""Which scored windows a machine may learn from: `TrainingBuffer`, on the pipeline thread.
+
+It only chooses and keeps references to windows; the learner stacks them into training
+sets on its own thread (service.stream.learning).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from service.core.config import FinetuneSettings
+from service.core.types import FloatArray
+
+
+class TrainingBuffer:
+    """One machine's clean windows for fine-tuning, kept on the pipeline thread.
+
+    Windows wait in a holding line of `margin` admissions before they are admitted, so
+    when an alert starts, the windows that led up to it are dropped too; after an episode
+    the next `margin` windows are dropped as well. Admitted windows go to a bounded recent
+    buffer; the learning windows and those the recent buffer evicts are reservoir-sampled,
+    so older normal operation is not forgotten. Anomalous windows of episodes are kept for
+    the gate.
+    """
+
+    def __init__(self, settings: FinetuneSettings, seed: int = 0) -> None:
+        self.s = settings
+        hold = -(-settings.margin_windows // settings.admit_every)
+        self._holding: deque[FloatArray] = deque()
+        self._hold = hold
+        self._cooldown = 0
+        self._counter = 0
+        self._seen_evicted = 0
+        self._rng = np.random.default_rng(seed)
+        self.recent: deque[FloatArray] = deque(maxlen=settings.recent_windows)
+        self.reservoir: list[FloatArray] = []
+        self.episodes: deque[FloatArray] = deque(maxlen=settings.episode_windows)
+        self.new_since_fit = 0
+        self.excluded = 0
+
+    def observe(
+        self, values: FloatArray, score: float, threshold: float, alert_active: bool
+    ) -> None:
+        anomalous = score > threshold
+        if alert_active:
+            self.excluded += len(self._holding) + 1
+            self._holding.clear()
+            self._cooldown = self.s.margin_windows
+            if score >= threshold * self.s.episode_factor:
+                self.episodes.append(values)
+            return
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            self.excluded += 1
+            return
+        self._counter += 1
+        if anomalous or self._counter % self.s.admit_every:
+            return
+        self._holding.append(values)
+        if len(self._holding) > self._hold:
+            self._admit(self._holding.popleft())
+
+    def seed(self, windows: list[FloatArray]) -> None:
+        """The learning windows are the first older normal windows: without them, the
+        fine-tunes before the recent buffer first overflows train on the latest windows
+        alone and forget the operating points the machine has not visited since learning."""
+        for values in windows:
+            self._keep_in_reservoir(values)
+
+    @property
+    def cooling(self) -> bool:
+        """Within the margin after an alert episode."""
+        return self._cooldown > 0
+
+    def split(self, holdout_share: float) -> tuple[list[FloatArray], list[FloatArray]]:
+        """Training windows, and the newest block of recent ones held out: windows next to
+        a training window are near copies of it and would calibrate too low a threshold,
+        so the admissions between the two that could share a step with both are dropped
+        (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
+        recent = list(self.recent)
+        cut = len(recent) - max(1, round(len(recent) * holdout_share))
+        gap = -(-(recent[0].shape[0] - 1) // self.s.admit_every)
+        train = recent[: max(1, cut - gap)]
+        return [*train, *self.reservoir], recent[cut:]
+
+    def _admit(self, values: FloatArray) -> None:
+        if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
+            self._keep_in_reservoir(self.recent[0])
+        self.recent.append(values)
+        self.new_since_fit += 1
+
+    def _keep_in_reservoir(self, values: FloatArray) -> None:
+        self._seen_evicted += 1
+        if len(self.reservoir) < self.s.reservoir_windows:
+            self.reservoir.append(values)
+            return
+        slot = int(self._rng.integers(self._seen_evicted))
+        if slot < self.s.reservoir_windows:
+            self.reservoir[slot] = values
