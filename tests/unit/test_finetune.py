@@ -22,8 +22,8 @@ from service.core.types import FloatArray, Reading
 from service.learning.finetune import FineTuner, fit_new
 from service.learning.store import ModelStore
 from service.scoring.detector import Detector
-from service.stream.learning import FitResult, TuneRequest
 from service.stream.arrivals import Batch
+from service.stream.learning import FitResult, TuneRequest
 from service.stream.pipeline import Pipeline
 from tests.support import metric_value
 from tests.synthetic import SENSORS, Fault, machine_rows

@@ -11,8 +11,8 @@ from __future__ import annotations
 from service.core.config import Settings
 from service.core.types import MachineState, Reading
 from service.learning.finetune import FineTuner
-from service.stream.learning import TuneRequest
 from service.stream.arrivals import Batch
+from service.stream.learning import TuneRequest
 from service.stream.pipeline import MAX_QUEUED_JOBS, Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline

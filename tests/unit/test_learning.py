@@ -15,9 +15,9 @@ from service.core.metrics import Metrics
 from service.core.types import MachineState, Reading, Window
 from service.learning.finetune import FineTuner
 from service.scoring.detector import Detector
+from service.stream.arrivals import Batch
 from service.stream.learning import FitRequest, FitResult
 from service.stream.machines import MachineRuntime
-from service.stream.arrivals import Batch
 from service.stream.pipeline import Pipeline
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
