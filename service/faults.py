@@ -11,6 +11,7 @@ so received readings stay unprocessed and unacknowledged).
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -35,15 +36,16 @@ def armed_faults() -> frozenset[str]:
 
 
 def arm_pipeline(pipeline: Pipeline, faults: frozenset[str]) -> None:
-    """Replaces the pipeline's cycle: `pipeline` raises once a batch is queued, `stall`
-    waits out each cycle without taking anything."""
-    cycle = pipeline.cycle
+    """Replaces the pipeline's cycle: `pipeline` raises on the first batch it takes,
+    `stall` waits out each cycle without taking anything."""
     if "pipeline" in faults:
 
         def failing_cycle(timeout: float) -> None:
-            if not pipeline.queue.empty():
-                raise InjectedFaultError(f"{FAULT_ENV}=pipeline")
-            cycle(timeout)
+            try:
+                pipeline.queue.get(timeout=timeout)
+            except queue.Empty:
+                return
+            raise InjectedFaultError(f"{FAULT_ENV}=pipeline")
 
         pipeline.cycle = failing_cycle  # type: ignore[method-assign]
     if "stall" in faults:
