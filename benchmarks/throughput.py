@@ -64,7 +64,7 @@ from benchmarks.common import (
     niced_share,
     value,
 )
-from service.transport.mqtt import _Client
+from service.transport.paho_client import FastClient
 from tests.support import Daemon, Mosquitto, metric_value, running
 
 
@@ -108,11 +108,11 @@ def _count(port: int, topic: str, expected: int, aemons: bool, conn: Connection)
     stopped. Reports (count, first, last)."""
     tally = Tally(expected)
     subscribed = threading.Event()
-    cls = _Client if aemons else paho.Client
+    cls = FastClient if aemons else paho.Client
     client = cls(
         CallbackAPIVersion.VERSION2, client_id=f"counter-{os.getpid()}", protocol=paho.MQTTv5
     )
-    if isinstance(client, _Client):
+    if isinstance(client, FastClient):
         client.deliver = lambda topic, payload, mid, qos: tally.on_message(None, None, None)
     client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
     client.on_subscribe = lambda *a: subscribed.set()

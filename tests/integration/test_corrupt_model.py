@@ -9,7 +9,8 @@ import numpy as np
 
 from service.core.config import load_settings
 from service.learning.store import ModelStore
-from service.offline.train import History, train_machine
+from service.offline.readers import History
+from service.offline.train import train_machine
 from tests.integration.conftest import FAST_CONFIG
 from tests.support import Daemon, Mosquitto, Publisher, running, wait_until
 from tests.synthetic import SENSORS, machine_rows

@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from simulators.plant import Plant, default_machines, parse_fault, run
+from simulators.plant import Plant, default_machines, parse_fault
+from simulators.plant_cli import main as run
 from simulators.publish import MqttSink
 from simulators.replay import read_csv, replay
 from tests.support import Mosquitto, Subscriber, wait_until

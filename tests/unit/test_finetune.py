@@ -7,12 +7,14 @@ between pipeline cycles, so event time alone decides when they run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+import torch
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
@@ -240,3 +242,36 @@ def test_a_promotion_never_lowers_the_threshold_and_raises_it_in_bounded_steps()
     assert thresholds == pytest.approx([1.25, 1.25**2, 1.25**3, 2.0, 2.0])
     assert [e["event"] for e in logs].count("finetune_threshold_capped") == 2
     assert current.base_threshold == calibrated / 100
+
+
+# -- learning beside the hot path ---------------------------------------------------------
+def test_the_pipeline_hands_over_references_and_the_learner_copies() -> None:
+    """Nothing costly runs on the pipeline thread: a fine-tune request holds the scoring
+    detector itself and the buffer's own window arrays (no clone, no stacked copy); the
+    fine-tuner trains its own clone, so the scoring detector's weights never change."""
+    s = settings(True, interval=300.0)
+    pipeline, finetuner, _ = wired_pipeline(s)
+    rows = iter(machine_rows(0.0, 1400))
+    request = None
+    while request is None:
+        chunk = [Reading(MACHINE, k, ts, v) for ts, vs in islice(rows, 60) for k, v in vs.items()]
+        assert chunk, "no fine-tune was requested"
+        assert pipeline.submit(Batch(0.0, chunk))
+        pipeline.cycle(timeout=0)
+        while not finetuner.jobs.empty():
+            job = finetuner.jobs.get_nowait()
+            if isinstance(job, TuneRequest):
+                request = job
+            else:
+                assert job is not None
+                finetuner.handle(job)
+                pipeline.cycle(timeout=0)
+    runtime = pipeline.machines[MACHINE]
+    assert request.current is runtime.detector
+    recent = {id(w) for w in runtime.buffer.recent} | {id(w) for w in runtime.buffer.reservoir}
+    assert request.train
+    assert {id(w) for w in request.train} <= recent
+    before = [p.detach().clone() for p in request.current.model.parameters()]
+    finetuner.handle(request)
+    after = list(request.current.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

@@ -44,7 +44,7 @@ NOT_FOR_SERVICE = frozenset({"simulators", "tests", "benchmarks"})
 
 # -- Temporary allowlists: empty them as the fixes land. --------------------------------
 # Over MAX_LINES while another engineer splits it.
-BEING_SPLIT: set[str] = {"service/stream/pipeline.py"}
+BEING_SPLIT: set[str] = set()
 # Over MAX_LINES in the working tree of another engineer (367 lines when this was written,
 # 453 with their change in progress): to be cut below the limit.
 LONG_EXCEPTIONS: set[str] = {"service/core/config.py"}
