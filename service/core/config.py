@@ -24,6 +24,8 @@ class Section(BaseModel):
 
 
 class MqttSettings(Section):
+    """The MQTT broker: connection, credentials, TLS, input topics, output topic prefix."""
+
     host: str = Field("127.0.0.1", description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     topics: tuple[str, ...] = Field(
@@ -58,15 +60,21 @@ class MqttSettings(Section):
 
 
 class HttpSettings(Section):
+    """The HTTP server: metrics, health and readiness probes, machines, a status page."""
+
     host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
-    port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz, /.")
+    port: int = Field(9108, ge=0, le=65535, description="Port of every HTTP endpoint.")
 
 
 class StateSettings(Section):
+    """Where models and their versions are kept on disk."""
+
     dir: Path = Field(Path("/var/lib/aemon"), description="Models and their versions.")
 
 
 class IngestSettings(Section):
+    """Limits on what is taken in: payload size, clock skew, queue, machines."""
+
     max_payload_bytes: int = Field(
         65536, ge=64, description="Larger payloads are rejected as too_large before parsing."
     )
@@ -80,6 +88,8 @@ class IngestSettings(Section):
 
 
 class WindowSettings(Section):
+    """The time grid each machine's readings are aligned onto, and its windows."""
+
     period: float = Field(1.0, gt=0, description="Default sample period of the grid, seconds.")
     length: int = Field(30, ge=2, description="Grid steps in one window.")
     stride: int = Field(1, ge=1, description="Grid steps between consecutive windows.")
@@ -92,11 +102,15 @@ class WindowSettings(Section):
 
 
 class MachineSettings(Section):
+    """A declared machine: its sensors fixed, without discovery."""
+
     sensors: tuple[str, ...] = Field(description="The machine's sensors, in model order.")
     period: float | None = Field(None, gt=0, description="Sample period (default window.period).")
 
 
 class DiscoverySettings(Section):
+    """Machines not declared: found from the topics, their sensors fixed at first."""
+
     enabled: bool = Field(True, description="Accept machines that are not declared.")
     period: float = Field(
         30.0, ge=0, description="Event-time seconds during which a new machine's sensors are seen."
@@ -104,9 +118,11 @@ class DiscoverySettings(Section):
 
 
 class ModelSettings(Section):
+    """The autoencoder family, its training, and how a window's error is scored."""
+
     kind: str = Field("conv", description="Autoencoder family (dense, conv, lstm, vae).")
     params: dict[str, int | float] = Field(
-        default_factory=dict, description="Family config fields, e.g. hidden = 64."
+        default_factory=dict, description="Family config fields, e.g. channels = 32 (conv)."
     )
     epochs: int = Field(60, ge=1, description="Training epochs of a fit from scratch.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
@@ -149,6 +165,8 @@ class ModelSettings(Section):
 
 
 class ThresholdSettings(Section):
+    """How a machine's threshold is calibrated on the scores of normal windows."""
+
     method: Literal["quantile", "spot"] = Field(
         "quantile",
         description="Calibration on normal scores: quantile, or spot (a GPD tail fit, "
@@ -180,6 +198,8 @@ class ThresholdSettings(Section):
 
 
 class LearningSettings(Section):
+    """How a new machine learns its first model."""
+
     windows: int = Field(
         600,
         ge=20,
@@ -190,6 +210,8 @@ class LearningSettings(Section):
 
 
 class FinetuneSettings(Section):
+    """Fine-tuning on recent clean windows, its gate, and drift on the scores."""
+
     enabled: bool = Field(True, description="Fine-tune each machine's model on recent normal data.")
     interval: float = Field(
         3600.0, gt=0, description="Event-time seconds between fine-tunes of a machine."
@@ -265,6 +287,8 @@ class FinetuneSettings(Section):
 
 
 class AlertSettings(Section):
+    """When an alert is raised, updated and resolved: the k-of-n rule."""
+
     k: int = Field(3, ge=1, description="Anomalous windows among the last n that raise an alert.")
     n: int = Field(5, ge=1, description="Windows the k-of-n rule looks at.")
     m: int = Field(10, ge=1, description="Consecutive clean windows that resolve an alert.")
@@ -281,6 +305,8 @@ class AlertSettings(Section):
 
 
 class PipelineSettings(Section):
+    """The pipeline thread's cycle, its shutdown drain, and the GIL switch interval."""
+
     max_batch: int = Field(5000, ge=1, description="Messages taken from the queue per cycle.")
     min_cycle: float = Field(
         0.005,
@@ -305,6 +331,8 @@ class PipelineSettings(Section):
 
 
 class LogSettings(Section):
+    """Log level and format."""
+
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="json for journald/Kubernetes; auto picks console on a terminal."
