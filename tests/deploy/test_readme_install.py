@@ -1,7 +1,8 @@
-"""The README's install steps for systemd and for the Prometheus rules, followed literally
-into a scratch root: every command of their `sh` blocks is run (absolute paths moved under
-the root) or is on a short list of steps that need PID 1, an editor or a package index,
-each with the reason. A new step in the README fails here until it is run or listed."""
+"""The manual's install steps for systemd and for the Prometheus rules (docs/deployment.md),
+followed literally into a scratch root: every command of their `sh` blocks is run (absolute
+paths moved under the root) or is on a short list of steps that need PID 1, an editor or a
+package index, each with the reason. A new step in the manual fails here until it is run or
+listed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 from tests.support import find_binary
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
+DEPLOYMENT = REPO / "docs" / "deployment.md"
 INSTALLED_AEMON = "/opt/aemon/.venv/bin/aemon"
 
 # First word (or words) of a command -> why the test cannot run it here.
@@ -34,7 +35,7 @@ NOT_RUN = {
 def sh_block(section: str) -> list[str]:
     """The commands of the first ```sh block under `## {section}`, continuations joined and
     comments dropped."""
-    text = README.read_text()
+    text = DEPLOYMENT.read_text()
     body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```sh\n(.*?)```", body, re.S)
     assert match, f"no sh block under {section!r}"
@@ -105,7 +106,7 @@ def test_systemd_install_steps(tmp_path: Path) -> None:
 def test_prometheus_rules_install_steps(tmp_path: Path) -> None:
     etc = tmp_path / "etc/prometheus"
     etc.mkdir(parents=True)
-    # The step the README leaves to a person: merge the example's `aemon` job and rule file
+    # The step the manual leaves to a person: merge the example's `aemon` job and rule file
     # into the host's prometheus.yml (Debian's default when present).
     host = Path("/etc/prometheus/prometheus.yml")
     config = (yaml.safe_load(host.read_text()) if host.exists() else None) or {}
@@ -131,4 +132,4 @@ def test_every_step_is_run_or_explained(section: str) -> None:
             "cp",
             "promtool",
             INSTALLED_AEMON,
-        ), f"README step the test neither runs nor explains: {command}"
+        ), f"docs/deployment.md step the test neither runs nor explains: {command}"
