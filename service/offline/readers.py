@@ -1,16 +1,21 @@
 """The CSV files `aemon evaluate` and `aemon train` read, as arrays.
 
-Labelled files (`read_labelled`, for evaluation), in two formats told apart by the header:
+Labelled files (`read_labelled`, for evaluation), in three formats told apart by the header:
 
 - SKAB: `;`-separated, `datetime` (`%Y-%m-%d %H:%M:%S`, read as UTC) first, then sensors,
   optionally `anomaly` and `changepoint` (1 marks the row anomalous).
 - NAB: `timestamp,value`, labelled by a windows JSON such as NAB's `combined_windows.json`.
-
-Histories (`read_history`, for training), in two formats told apart by the header:
-
-- SKAB, as above.
 - Simple: `,`-separated, `ts` (Unix seconds or RFC 3339) first, then sensors, optionally
-  the same label columns. An empty cell is no reading.
+  the same label columns (read by `read_history`'s code); without a `changepoint` column
+  the first row of each anomalous run is its changepoint. An empty cell is no reading
+  (NaN). The Tennessee Eastman files are in this format.
+
+Histories (`read_history`, for training), in two formats told apart by the header: SKAB
+and simple, as above.
+
+Rows are kept in the file's order, timestamps as written: a repeated or out-of-order one is
+not refused here; the windower that the rows are streamed through rejects it as the
+daemon does (`duplicate`, `late`).
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
@@ -86,17 +91,11 @@ def read_skab(path: Path) -> SkabFile:
             return np.zeros(len(body), dtype=bool)
         return np.array([float(r[index[col]]) > 0.5 for r in body], dtype=bool)
 
-    _require_increasing(path, ts)
     return SkabFile(str(path), sensors, ts, values, labels("anomaly"), labels("changepoint"))
 
 
 def _parse_time(text: str) -> float:
     return datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=UTC).timestamp()
-
-
-def _require_increasing(path: Path, ts: TimeArray) -> None:
-    if np.any(np.diff(ts) <= 0):
-        raise ValueError(f"{path}: timestamps must increase strictly")
 
 
 # NAB: a file's label windows, keyed by its path under NAB's data/ folder.
@@ -146,7 +145,6 @@ def read_nab(path: Path, windows: list[tuple[float, float]]) -> SkabFile:
         raise ValueError(f"{path}: a NAB file has the columns timestamp,value, not {header}")
     ts = np.array([parse_iso_time(r[0]) for r in rows[1:]], dtype=np.float64)
     values = np.array([[float(r[1])] for r in rows[1:]], dtype=np.float32)
-    _require_increasing(path, ts)
     anomaly = np.zeros(len(ts), dtype=bool)
     changepoint = np.zeros(len(ts), dtype=bool)
     for start, end in windows:
@@ -158,10 +156,13 @@ def read_nab(path: Path, windows: list[tuple[float, float]]) -> SkabFile:
 
 
 def read_labelled(path: Path, labels: NabWindows | None) -> SkabFile:
-    """SKAB or NAB, told apart by the header line; NAB files need `labels`."""
+    """SKAB, NAB or simple, told apart by the header line; NAB files need `labels`."""
     with path.open(newline="") as f:
         first = f.readline()
-    if first.split(",")[0].strip() != "timestamp":
+    head = first.split(",")[0].strip()
+    if head == SIMPLE_TIME_COLUMN:
+        return _simple_labelled(path)
+    if head != "timestamp":
         return read_skab(path)
     if labels is None:
         raise ValueError(f"{path}: a NAB file needs --labels (a windows JSON)")
@@ -176,14 +177,24 @@ def read_history(path: Path) -> History:
         skab = read_skab(path)
         return History(path, skab.sensors, skab.ts, skab.values, skab.anomaly | skab.changepoint)
     if first.split(",")[0].strip() == SIMPLE_TIME_COLUMN:
-        return _read_simple(path)
+        simple = _read_simple(path)
+        anomalous = np.logical_or.reduce([np.zeros(len(simple.ts), bool), *simple.labels.values()])
+        return History(path, simple.sensors, simple.ts, simple.values, anomalous)
     raise HistoryError(
         f"{path}: the header must start with {TIME_COLUMN!r} (SKAB, ';') "
         f"or {SIMPLE_TIME_COLUMN!r} (',')"
     )
 
 
-def _read_simple(path: Path) -> History:
+@dataclass(frozen=True)
+class _Simple:
+    sensors: tuple[str, ...]
+    ts: TimeArray
+    values: FloatArray
+    labels: dict[str, BoolArray]  # the label columns present
+
+
+def _read_simple(path: Path) -> _Simple:
     with path.open(newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     header = [h.strip() for h in rows[0]]
@@ -193,15 +204,26 @@ def _read_simple(path: Path) -> History:
     try:
         ts = np.array([_parse_ts(r[0]) for r in body], dtype=np.float64)
         values = np.array([[_cell(r, index[s]) for s in sensors] for r in body], np.float32)
-        labels = [
-            np.array([_cell(r, index[c]) > 0.5 for r in body]) for c in LABEL_COLUMNS if c in index
-        ]
+        labels = {
+            c: np.array([_cell(r, index[c]) > 0.5 for r in body], dtype=bool)
+            for c in LABEL_COLUMNS
+            if c in index
+        }
     except (ValueError, IndexError) as exc:
         raise HistoryError(f"{path}: {exc}") from exc
-    anomalous = np.logical_or.reduce([np.zeros(len(body), bool), *labels])
-    if np.any(np.diff(ts) <= 0):
-        raise HistoryError(f"{path}: timestamps must increase strictly")
-    return History(path, sensors, ts, values, anomalous)
+    if not np.all(np.isfinite(ts)):
+        raise HistoryError(f"{path}: a timestamp is not finite")
+    return _Simple(sensors, ts, values.reshape(len(body), len(sensors)), labels)
+
+
+def _simple_labelled(path: Path) -> SkabFile:
+    simple = _read_simple(path)
+    no = np.zeros(len(simple.ts), dtype=bool)
+    anomaly = simple.labels.get("anomaly", no)
+    changepoint = simple.labels.get("changepoint")
+    if changepoint is None:
+        changepoint = anomaly & ~np.concatenate([[False], anomaly[:-1]])
+    return SkabFile(str(path), simple.sensors, simple.ts, simple.values, anomaly, changepoint)
 
 
 def _parse_ts(text: str) -> float:

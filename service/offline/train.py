@@ -78,7 +78,7 @@ def normal_windows(
     runtime = MachineRuntime(machine, settings, sensors, declared.period if declared else None)
     columns = [history.sensors.index(s) for s in sensors]
     span = (settings.window.length - 1) * runtime.period + settings.window.max_stale
-    bad_ts = history.ts[history.anomalous]
+    bad_ts = np.sort(history.ts[history.anomalous])  # rows may be out of order
     kept: list[FloatArray] = []
     excluded = rejected = 0
     for t, row in zip(history.ts, history.values[:, columns], strict=True):
