@@ -124,20 +124,34 @@ def _facts(facts: dict[str, Any]) -> list[str]:
 
 def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = commands.add_parser(
-        "evaluate", help="replay labelled SKAB or NAB CSV files, print metrics"
+        "evaluate",
+        help="replay labelled CSV files (SKAB, NAB, or ts,<sensor>...,anomaly), print metrics",
     )
     ev.add_argument(
         "--config", type=Path, help="TOML config (default: $AEMON_CONFIG, else the defaults)"
     )
     ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
-    ev.add_argument("--warmup", type=int, default=400, help="rows per file fitted as normal")
+    ev.add_argument(
+        "--warmup",
+        type=int,
+        default=400,
+        help="rows per file fitted as normal (default 400); 0 with --base: learn from the "
+        "base file only and score every row",
+    )
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     ev.add_argument("--plot", type=Path, help="write a PNG of every file (needs the [bench] extra)")
-    ev.add_argument("--base", type=Path, help="normal history to pre-train on first")
+    ev.add_argument(
+        "--base", type=Path, help="normal history to pre-train on first (any of the formats)"
+    )
     ev.add_argument(
         "--labels", type=Path, help="NAB files' label windows (e.g. NAB's combined_windows.json)"
     )
-    ev.add_argument("csv", type=Path, nargs="+")
+    ev.add_argument(
+        "csv",
+        type=Path,
+        nargs="+",
+        help="labelled files; each is cut at its own period unless the config sets window.period",
+    )
 
 
 def _load(path: Path | None) -> Settings | None:

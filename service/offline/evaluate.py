@@ -1,14 +1,20 @@
 """`aemon evaluate`: replays labelled CSV files through `window -> detector -> alert`.
 
-Two formats (`service.offline.readers`): SKAB (`;`-separated, `datetime`, sensor columns,
-`anomaly`, `changepoint`) and NAB (`timestamp,value`, labelled by a windows JSON such as
-NAB's `combined_windows.json`).
+Three formats (`service.offline.readers`): SKAB (`;`-separated, `datetime`, sensor columns,
+`anomaly`, `changepoint`), NAB (`timestamp,value`, labelled by a windows JSON such as
+NAB's `combined_windows.json`) and the simple `ts,<sensor>...[,anomaly]` that `aemon train`
+reads (the Tennessee Eastman files).
 
 Per file, a fresh detector is fitted on the windows of the first `warmup` rows (assumed
-normal, as SKAB's leaderboard does); the rest is streamed causally through the daemon's own
-`MachineRuntime` (windower and alert tracker) with the file's own timestamps. A test row is
-predicted anomalous while the alert is firing after the last window that ends at or before
-the row, so rows in a sampling gap keep the current alert state.
+normal, as SKAB's leaderboard does); with `--base` it starts from one pre-trained on the
+base file, and with `warmup` 0 that one scores every row of every file unchanged (TEP's
+protocol: learn from normal training data only). The rest is streamed causally through
+the daemon's own `MachineRuntime` (windower and alert tracker) with the file's own
+timestamps; rows the windower refuses (a repeated time, or one too far behind) are skipped
+and counted. Unless the config sets `window.period`, each file is cut at its own period
+(`file_settings`). A test row is predicted anomalous while the alert is firing after the
+last window that ends at or before the row, so rows in a sampling gap keep the current
+alert state.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +32,7 @@ import numpy as np
 import structlog
 
 from service.core.config import Settings, ThresholdSettings
-from service.core.types import AlertState, FloatArray, Reading, Score, Window
+from service.core.types import AlertState, FloatArray, Row, Score, Window
 from service.offline.readers import (
     BoolArray,
     NabWindows,
@@ -34,6 +41,7 @@ from service.offline.readers import (
     read_labelled,
     read_nab_windows,
 )
+from service.offline.report import build_report, format_report, progress
 from service.offline.results import FileResult
 from service.offline.scoring_metrics import (
     NAB_WINDOW_S,
@@ -77,7 +85,9 @@ def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerF
     if base is None:
         return lambda sensors: Detector.new(sensors, length, settings.model)
     pretrained = Detector.new(base.sensors, length, settings.model)
-    base_windows = windows_of(base, settings, len(base.ts))[0]
+    base_windows = replay(base, file_settings(settings, base.ts), len(base.ts)).before
+    if len(base_windows) < 4:
+        raise ValueError(f"{base.name}: only {len(base_windows)} windows in the base file")
     pretrained.fit(_stack(base_windows), settings.threshold)
     log.info("base_fitted", file=base.name, windows=len(base_windows))
 
@@ -89,57 +99,120 @@ def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerF
     return from_base
 
 
-def windows_of(
-    data: SkabFile, settings: Settings, warmup: int
-) -> tuple[list[Window], list[Window], MachineRuntime]:
-    """Streams the rows through the daemon's windower: `(windows emitted while the first
-    `warmup` rows were read, windows emitted after, the runtime)`."""
+@dataclass(frozen=True)
+class Replay:
+    """A file streamed through the daemon's windower."""
+
+    before: list[Window]  # emitted while the first `warmup` rows were read
+    after: list[Window]
+    runtime: MachineRuntime
+    taken: BoolArray  # rows taken onto the grid (not refused as duplicate or late)
+    skipped: dict[str, int]  # rows refused, by reason
+
+
+def replay(data: SkabFile, settings: Settings, warmup: int) -> Replay:
+    """Streams the rows, in the file's order, through the daemon's windower. A row whose
+    every value the windower refuses (its time repeated, or behind the grid's last step
+    by more than `window.lateness`) is skipped and counted by reason; empty cells are no
+    readings."""
     runtime = MachineRuntime(Path(data.name).stem, settings, data.sensors, None)
     before: list[Window] = []
     after: list[Window] = []
-    for i, (t, row) in enumerate(zip(data.ts, data.values, strict=True)):
-        for sensor, value in zip(data.sensors, row, strict=True):
-            rejection = runtime.add(Reading(runtime.name, sensor, float(t), float(value)))
-            if rejection is not None:
-                log.warning("reading_rejected", file=data.name, reason=rejection.reason.value)
+    taken = np.ones(len(data.ts), dtype=np.bool_)
+    skipped: dict[str, int] = {}
+    finite = np.isfinite(data.values)
+    for i, (t, row, ok) in enumerate(zip(data.ts, data.values, finite, strict=True)):
+        values = {s: float(v) for s, v, f in zip(data.sensors, row, ok, strict=True) if f}
+        rejections = runtime.add_rows([Row(float(t), values)]) if values else []
+        if rejections and len(rejections) == len(values):
+            taken[i] = False
+            reason = rejections[0].reason.value
+            skipped[reason] = skipped.get(reason, 0) + 1
+        elif rejections:
+            log.warning("readings_rejected", file=data.name, row=i, readings=len(rejections))
         (before if i < warmup else after).extend(runtime.advance())
-    return before, after, runtime
+    return Replay(before, after, runtime, taken, skipped)
+
+
+def inferred_period(ts: TimeArray) -> float | None:
+    """The median of the positive steps between consecutive rows; None without any.
+
+    >>> inferred_period(np.array([0.0, 300.0, 600.0, 600.0, 1200.0, 1500.0]))
+    300.0
+    """
+    steps = np.diff(ts)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else None
+
+
+def file_settings(settings: Settings, ts: TimeArray) -> Settings:
+    """`settings` for one file: unless the config sets `window.period`, the grid takes
+    the file's own period (`inferred_period`), and `max_stale` and `lateness`, unless
+    set, keep the same number of periods as the defaults."""
+    window = settings.window
+    period = inferred_period(ts)
+    if "period" in window.model_fields_set or period is None or period == window.period:
+        return settings
+    scale = period / window.period
+    update: dict[str, float] = {"period": period}
+    for name in ("max_stale", "lateness"):
+        if name not in window.model_fields_set:
+            update[name] = getattr(window, name) * scale
+    return settings.model_copy(update={"window": window.model_copy(update=update)})
 
 
 def evaluate_file(
     data: SkabFile, settings: Settings, warmup: int, factory: ScorerFactory
 ) -> FileResult:
+    """Fits the factory's scorer on the windows of the first `warmup` rows (with 0 it is
+    used as the factory gives it: fitted already, e.g. on `--base`), then replays the
+    rest of the file through it and the alert tracker."""
+    started = time.perf_counter()
+    if warmup < 0:
+        raise ValueError(f"warmup must not be negative, got {warmup}")
     if len(data.ts) <= warmup:
         raise ValueError(f"{data.name}: {len(data.ts)} rows, not more than warmup {warmup}")
-    train, test, runtime = windows_of(data, settings, warmup)
-    if len(train) < 4:
-        raise ValueError(f"{data.name}: only {len(train)} windows in the first {warmup} rows")
+    settings = file_settings(settings, data.ts)
+    streamed = replay(data, settings, warmup)
     detector = factory(data.sensors)
-    detector.fit(_stack(train), settings.threshold)
-    end_ts, firing, scores = _track(runtime, detector, test)
-    test_ts = data.ts[warmup:]
+    if warmup > 0:
+        if len(streamed.before) < 4:
+            raise ValueError(
+                f"{data.name}: only {len(streamed.before)} windows in the first {warmup} rows"
+            )
+        detector.fit(_stack(streamed.before), settings.threshold)
+    runtime = streamed.runtime
+    end_ts, firing, scores = _track(runtime, detector, streamed.after)
+    test = streamed.taken & (np.arange(len(data.ts)) >= warmup)
+    # In time order: rows the windower took out of order (within its lateness) were sorted.
+    rows = np.flatnonzero(test)[np.argsort(data.ts[test], kind="stable")]
+    test_ts = data.ts[rows]
     # The alert state after the last window ending at or before each row (none yet: normal).
     last = np.searchsorted(end_ts, test_ts, side="right") - 1
     predicted = np.where(last >= 0, firing[np.maximum(last, 0)], False)
     log.info(
         "file_evaluated",
         file=data.name,
-        train_windows=len(train),
-        test_windows=len(test),
+        period=settings.window.period,
+        train_windows=len(streamed.before),
+        test_windows=len(streamed.after),
         threshold=detector.threshold,
         gaps=runtime.windower.gaps if runtime.windower else 0,
+        skipped=streamed.skipped,
     )
     return FileResult(
         data.name,
         test_ts,
-        data.anomaly[warmup:],
+        data.anomaly[rows],
         predicted.astype(bool),
-        [float(t) for t in test_ts[data.changepoint[warmup:]]],
+        [float(t) for t in test_ts[data.changepoint[rows]]],
         detector.threshold,
         data.sensors,
-        data.values[warmup:],
+        data.values[rows],
         end_ts,
         scores,
+        dict(streamed.skipped),
+        time.perf_counter() - started,
     )
 
 
@@ -214,17 +287,24 @@ def evaluate_paths(
 
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """The `aemon evaluate` command: prints the summary (a table, or JSON with `--json`)."""
+    """The `aemon evaluate` command: prints the figures (tables, or JSON with `--json`)."""
     if args.model:
         settings = settings.model_copy(
             update={"model": settings.model.model_copy(update={"kind": args.model})}
         )
+    if args.warmup < 0 or (args.warmup == 0 and args.base is None):
+        print(
+            "aemon: evaluate: --warmup must be positive, or 0 with --base (learn from the "
+            "base file only)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         labels = read_nab_windows(args.labels) if args.labels else None
         base = read_labelled(args.base, labels) if args.base else None
         factory = default_factory(settings, base)
-        with _progress(len(args.csv)) as advance:
-            results = evaluate_paths(args.csv, settings, args.warmup, factory, advance, labels)
+        with progress(len(args.csv)) as on_file:
+            results = evaluate_paths(args.csv, settings, args.warmup, factory, on_file, labels)
         if args.plot:
             from service.offline.evaluate_plot import plot_results
 
@@ -232,23 +312,6 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, ValueError, ImportError) as exc:
         print(f"aemon: evaluate: {exc}", file=sys.stderr)
         return 2
-    summary = summarise(results)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>13}  {value:.4f}" if isinstance(value, float) else f"{key:>13}  {value}")
+    report = build_report(summarise(results), results)
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
-
-
-@contextmanager
-def _progress(total: int) -> Iterator[Callable[[FileResult], None]]:
-    """A rich progress bar on a terminal; silent otherwise (pipes, --json into files)."""
-    if not sys.stdout.isatty():
-        yield lambda _result: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as progress:
-        task = progress.add_task("evaluating", total=total)
-        yield lambda _result: progress.advance(task)

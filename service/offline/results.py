@@ -21,6 +21,14 @@ class FileResult:
     values: FloatArray = field(repr=False)  # test rows' sensor values, for plots
     score_ts: TimeArray = field(repr=False)  # scored windows' end times and scores, for plots
     scores: FloatArray = field(repr=False)
+    # Rows of the file not taken onto the grid, by the windower's reason (duplicate, late).
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0  # the file's replay, its detector's fit included
+
+    @property
+    def rows(self) -> int:
+        """Test rows scored."""
+        return len(self.ts)
 
     @property
     def confusion(self) -> Confusion:

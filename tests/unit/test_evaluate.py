@@ -128,9 +128,12 @@ def test_evaluate_json_end_to_end(tmp_path: Path) -> None:
         files.append(str(path))
     summary = evaluate_json(*files)
     keys = {"f1", "precision", "recall", "far", "mar", "nab_standard", "nab_low_fp"}
-    assert keys | {"nab_low_fn", "files", "rows"} == set(summary)
+    assert keys | {"nab_low_fn", "files", "rows", "skipped", "per_file"} == set(summary)
     assert summary["files"] == 2
     assert summary["rows"] == 600
+    assert [r["file"] for r in summary["per_file"]] == files
+    assert [r["rows"] for r in summary["per_file"]] == [300, 300]
+    assert "tep" not in summary  # no TEP file among them
     # A shift of 50 standard deviations in every sensor is found.
     assert summary["recall"] > 0.8
 
