@@ -70,6 +70,25 @@ def test_windows_reached_by_an_anomalous_row_are_left_out(tmp_path: Path, rfc333
     assert len(kept) + excluded == 900 - 19
 
 
+def test_repeated_and_out_of_order_rows_are_rejected_as_the_daemon_does(tmp_path: Path) -> None:
+    """No longer refused by the reader: the windower rejects them (duplicate, late) and the
+    windows are those of the clean file."""
+    clean = tmp_path / "clean.csv"
+    lines = write_simple(clean, 900).read_text().splitlines()
+    # Header, then the row at offset t is line t + 1.
+    messy = [*lines[:102], lines[101], *lines[102:302], lines[51], *lines[302:]]
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(messy) + "\n")
+    history = read_history(path)
+    assert len(history.ts) == 902
+    s = settings(tmp_path)
+    sensors = tuple(sorted(SENSORS))
+    kept, excluded = normal_windows("m", history, sensors, s)
+    clean_kept, clean_excluded = normal_windows("m", read_history(clean), sensors, s)
+    assert excluded == clean_excluded
+    assert np.array_equal(np.stack(kept), np.stack(clean_kept))
+
+
 def test_a_declared_machine_keeps_the_configured_sensor_order(tmp_path: Path) -> None:
     history = read_history(write_simple(tmp_path / "m.csv", 60))
     order = ["vibration", "current", "temperature", "pressure"]
