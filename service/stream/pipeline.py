@@ -47,10 +47,10 @@ from service.stream.rejections import RejectionLog
 
 log = structlog.get_logger(__name__)
 
-# Jobs waiting for the fine-tuner beyond which no fine-tune job is built. Machines that
-# learned together fall due together, and each job holds a clone and its training windows:
-# a plant's worth at once stalled the cycle that built them (2 s at 1,000 machines) and
-# queued hundreds of MB.
+# Requests waiting for the learner beyond which no fine-tune is requested. Machines that
+# learned together fall due together; a request holds references to the windows of the
+# moment it was made, so a machine still due asks again later with fresher ones instead
+# of waiting in a plant-long queue (and the learner's copies are made one at a time).
 MAX_QUEUED_JOBS = 4
 # Seconds between freezes of the long-lived objects (service.core.heap.freeze): a plant's first
 # fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
