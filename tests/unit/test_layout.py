@@ -13,15 +13,11 @@ imports the modules it checks.
 - No module under service/ over `MAX_LINES` lines.
 - torch is imported only under service/scoring and service/learning (others may call
   their functions that use it, e.g. `service.scoring.runtime.configure_torch`).
-
-The allowlists below are temporary: each says what is still being fixed, and an entry
-that no longer occurs is reported (as a warning) so that they only shrink.
 """
 
 from __future__ import annotations
 
 import ast
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,23 +37,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 TORCH_LAYERS = frozenset({"scoring", "learning"})
 NOT_FOR_SERVICE = frozenset({"simulators", "tests", "benchmarks"})
-
-# -- Temporary allowlists: empty them as the fixes land. --------------------------------
-# Over MAX_LINES while another engineer splits it.
-BEING_SPLIT: set[str] = set()
-# Over MAX_LINES in the working tree of another engineer (367 lines when this was written,
-# 453 with their change in progress): to be cut below the limit.
-LONG_EXCEPTIONS: set[str] = {"service/core/config.py"}
-# Upward imports still to be removed, (importing module, imported module). (Emptied: stream
-# no longer imports learning, since the fine-tuner's interface moved to stream/learning.py.)
-LAYER_EXCEPTIONS: set[tuple[str, str]] = set()
-# Modules outside scoring/learning that still import torch. (Emptied: app.py calls
-# service.scoring.runtime.configure_torch.)
-TORCH_EXCEPTIONS: set[str] = set()
-# Import cycles still to be broken, each as the set of its modules.
-CYCLE_EXCEPTIONS: set[frozenset[str]] = set()
-# ----------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Import:
@@ -225,39 +204,22 @@ def import_cycles() -> list[frozenset[str]]:
 
 def test_imports_go_down_the_layers() -> None:
     found = layer_violations()
-    unexpected = [why for edge, why in sorted(found.items()) if edge not in LAYER_EXCEPTIONS]
-    assert not unexpected, "\n".join(unexpected)
+    assert not found, "\n".join(why for _, why in sorted(found.items()))
 
 
 def test_no_import_cycles() -> None:
-    found = [c for c in import_cycles() if c not in CYCLE_EXCEPTIONS]
+    found = import_cycles()
     assert not found, "\n".join(" <-> ".join(sorted(c)) for c in found)
 
 
 def test_no_module_over_the_line_limit() -> None:
-    allowed = BEING_SPLIT | LONG_EXCEPTIONS
-    found = {path: n for path, n in long_modules().items() if path not in allowed}
+    found = long_modules()
     assert not found, f"over {MAX_LINES} lines: {found}"
 
 
 def test_torch_only_under_scoring_and_learning() -> None:
-    found = [why for name, why in sorted(torch_importers().items()) if name not in TORCH_EXCEPTIONS]
-    assert not found, "\n".join(found)
-
-
-def test_the_allowlists_hold_only_what_still_happens() -> None:
-    """A warning, not a failure, while the fixes land from several hands: an entry that
-    no longer occurs is to be taken out of its allowlist above."""
-    long = set(long_modules())
-    stale = [
-        *(f"BEING_SPLIT: {p}" for p in sorted(BEING_SPLIT - long)),
-        *(f"LONG_EXCEPTIONS: {p}" for p in sorted(LONG_EXCEPTIONS - long)),
-        *(f"LAYER_EXCEPTIONS: {e}" for e in sorted(LAYER_EXCEPTIONS - set(layer_violations()))),
-        *(f"TORCH_EXCEPTIONS: {m}" for m in sorted(TORCH_EXCEPTIONS - set(torch_importers()))),
-        *(f"CYCLE_EXCEPTIONS: {sorted(c)}" for c in CYCLE_EXCEPTIONS - set(import_cycles())),
-    ]
-    for entry in stale:
-        warnings.warn(f"fixed, take it out of the allowlist: {entry}", stacklevel=1)
+    found = torch_importers()
+    assert not found, "\n".join(why for _, why in sorted(found.items()))
 
 
 # -- the checker itself --------------------------------------------------------------------
