@@ -121,16 +121,50 @@ def _default(field: FieldInfo) -> str:
     return _toml(field.get_default(call_default_factory=True))
 
 
-def _section_model(field: FieldInfo) -> tuple[type[BaseModel], bool] | None:
-    """The model of a section field, and whether it is a table of such models (machines)."""
-    annotation = field.annotation
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    if typing.get_origin(annotation) is dict:
-        value = typing.get_args(annotation)[1]
-        if isinstance(value, type) and issubclass(value, BaseModel):
-            return value, True
+def _model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model of an annotation `Model` or `Model | None`, else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
     return None
+
+
+def _section_model(field: FieldInfo) -> tuple[type[BaseModel], str] | None:
+    """The model of a section field and how the file holds it: "" (one table), `.<name>`
+    (a table of them, keyed by name: machines) or `[]` (an array of tables: maintenance)."""
+    annotation = field.annotation
+    if typing.get_origin(annotation) is dict:
+        model = _model(typing.get_args(annotation)[1])
+        return (model, f".{MACHINE_KEY}") if model else None
+    if typing.get_origin(annotation) is tuple:
+        model = _model(typing.get_args(annotation)[0])
+        return (model, "[]") if model else None
+    model = _model(annotation)
+    return (model, "") if model else None
+
+
+def _rows(model: type[BaseModel], key: str, env: str | None, section: str) -> list[Setting]:
+    """A model's fields as rows, a field that is a table of its own followed by its fields.
+    `env`: the variable's stem, None inside an array (set only as JSON, whole)."""
+    delimiter = str(Settings.model_config.get("env_nested_delimiter", "__"))
+    rows = []
+    for name, field in model.model_fields.items():
+        field_env = None if env is None else env + delimiter + name.upper()
+        rows.append(
+            Setting(
+                section=section,
+                key=f"{key}.{name}",
+                env=field_env or "",
+                type=_type_name(field.annotation),
+                default=_default(field),
+                allowed=_allowed(field),
+                description=field.description or "",
+            )
+        )
+        nested = _model(field.annotation)
+        if nested is not None:
+            rows += _rows(nested, f"{key}.{name}", field_env, section)
+    return rows
 
 
 def settings_sections() -> list[Section]:
@@ -143,25 +177,20 @@ def settings_sections() -> list[Section]:
         found = _section_model(section_field)
         if found is None:
             raise TypeError(f"Settings.{name} is not a section: the generator needs updating")
-        model, keyed = found
-        path = [name, MACHINE_KEY] if keyed else [name]
-        rows = []
-        for field_name, field in model.model_fields.items():
-            key = ".".join([*path, field_name])
-            env = prefix + delimiter.join(p.upper() for p in [*path, field_name])
-            rows.append(
-                Setting(
-                    section=name,
-                    key=key,
-                    env=env,
-                    type=_type_name(field.annotation),
-                    default=_default(field),
-                    allowed=_allowed(field),
-                    description=field.description or "",
-                )
-            )
-        table = ".".join(path)
+        model, kind = found
+        table = name + kind
+        env: str | None = prefix + name.upper()
+        if kind == f".{MACHINE_KEY}":
+            env = f"{env}{delimiter}{MACHINE_KEY.upper()}"
+        elif kind == "[]":
+            env = None
+        rows = _rows(model, table, env, name)
         description = section_field.description or model.__doc__ or ""
+        if kind == "[]":
+            whole = f"{prefix}{name.upper()}"
+            description += (
+                f" Given as `[[{name}]]` tables; from the environment, as JSON in `{whole}`."
+            )
         sections.append(Section(name, table, " ".join(description.split()), tuple(rows)))
     return sections
 
@@ -202,10 +231,11 @@ def configuration_page() -> str:
         ]
         for s in section.settings:
             default = _code(s.default) if s.default not in ("required", "unset") else s.default
-            facts = [f"environment `{s.env}`"] + ([f"allowed {s.allowed}"] if s.allowed else [])
+            facts = [f"environment `{s.env}`"] if s.env else []
+            facts += [f"allowed {s.allowed}"] if s.allowed else []
             lines.append(
                 f"| `{s.key}`<br>{_cell(s.type)} | {default} "
-                f"| {_cell(s.description)}<br>{_cell('; '.join(facts))} |"
+                f"| {_cell(s.description)}<br>{_cell('; '.join(facts))} |".replace("<br> |", " |")
             )
         lines.append("")
     return "\n".join(lines)

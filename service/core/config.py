@@ -32,8 +32,11 @@ from service.core.sections import (
     IngestSettings,
     LogSettings,
     MachineSettings,
+    MaintenanceWindow,
     MqttSettings,
+    OffSettings,
     PipelineSettings,
+    RunningRule,
     Section,
     StateSettings,
     WindowSettings,
@@ -49,9 +52,12 @@ __all__ = [
     "LearningSettings",
     "LogSettings",
     "MachineSettings",
+    "MaintenanceWindow",
     "ModelSettings",
     "MqttSettings",
+    "OffSettings",
     "PipelineSettings",
+    "RunningRule",
     "Section",
     "Settings",
     "StateSettings",
@@ -81,6 +87,10 @@ class Settings(BaseSettings):
     alert: AlertSettings = Field(default_factory=AlertSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    off: OffSettings = Field(default_factory=OffSettings)
+    maintenance: tuple[MaintenanceWindow, ...] = Field(
+        (), description="Recurring maintenance windows ([[maintenance]] tables)."
+    )
     machines: dict[str, MachineSettings] = Field(
         default_factory=dict, description="Declared machines; others are discovered from topics."
     )

@@ -54,6 +54,12 @@ class HttpSettings(Section):
 
     host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
     port: int = Field(9108, ge=0, le=65535, description="Port of every HTTP endpoint.")
+    command_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token that POST /api/machines/<machine>/commands "
+        "requires (and `aemon machine` sends). Unset: commands over HTTP are refused (403); "
+        "the read-only endpoints stay open either way.",
+    )
 
 
 class StateSettings(Section):
@@ -91,11 +97,64 @@ class WindowSettings(Section):
     )
 
 
+class RunningRule(Section):
+    """When a machine runs: one sensor above and/or below a level (e.g. current above 0.5)."""
+
+    sensor: str = Field(description="The sensor that tells whether the machine runs.")
+    above: float | None = Field(None, description="Running while the sensor is above this.")
+    below: float | None = Field(None, description="Running while the sensor is below this.")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> RunningRule:
+        if self.above is None and self.below is None:
+            raise ValueError("a running rule needs `above` or `below`")
+        return self
+
+
 class MachineSettings(Section):
     """A declared machine: its sensors fixed, without discovery."""
 
     sensors: tuple[str, ...] = Field(description="The machine's sensors, in model order.")
     period: float | None = Field(None, gt=0, description="Sample period (default window.period).")
+    running: RunningRule | None = Field(
+        None,
+        description="When the machine runs; a window whose last value of the sensor is "
+        "outside the rule is `off`: not scored, not learnt. Unset: `off.auto` decides.",
+    )
+
+
+class OffSettings(Section):
+    """Machines that are switched off or idle are not scored as if they ran."""
+
+    auto: bool = Field(
+        True,
+        description="Where a machine has no `running` rule: a window in which every sensor "
+        "rests (moves less than `flat_fraction` of its learned spread) is off.",
+    )
+    flat_fraction: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="A sensor rests when its range in a window is below this "
+        "share of its spread in the learning windows.",
+    )
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class MaintenanceWindow(Section):
+    """A recurring maintenance window: no alert is raised and nothing is learnt in it."""
+
+    machines: tuple[str, ...] = Field(
+        ("*",), description="Machine name patterns (shell style: `pump-*`) it applies to."
+    )
+    weekdays: tuple[Weekday, ...] = Field(
+        ("mon", "tue", "wed", "thu", "fri", "sat", "sun"), description="Days it starts on (UTC)."
+    )
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="Start, HH:MM UTC.")
+    hours: float = Field(gt=0, le=168, description="Length, hours.")
+    reason: str = Field("scheduled maintenance", description="Said in the events and logs.")
 
 
 class DiscoverySettings(Section):
@@ -104,6 +163,16 @@ class DiscoverySettings(Section):
     enabled: bool = Field(True, description="Accept machines that are not declared.")
     period: float = Field(
         30.0, ge=0, description="Event-time seconds during which a new machine's sensors are seen."
+    )
+    mode: Literal["open", "allowlist"] = Field(
+        "open",
+        description="open: any machine on the input topics is taken (one first seen after "
+        "`period` past start-up is logged at warning level and published as a "
+        "machine_discovered event); allowlist: only declared machines and names matching "
+        "`allow`, the others rejected as unknown_topic and counted.",
+    )
+    allow: tuple[str, ...] = Field(
+        (), description="Machine name patterns (shell style: `pump-*`) the allowlist takes."
     )
 
 
@@ -116,6 +185,13 @@ class AlertSettings(Section):
     top_sensors: int = Field(3, ge=1, description="Contributing sensors named in an alert.")
     update_interval: float = Field(
         60.0, gt=0, description="Event-time seconds between updates of a firing alert."
+    )
+    stale_after: float = Field(
+        300.0,
+        ge=0,
+        description="Wall-clock seconds without an accepted reading after which a machine is "
+        "`stale`; a firing alert of a stale machine is resolved with resolution no_data. "
+        "0: never stale.",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -42,20 +43,36 @@ hook = _load_hook()
 
 def setting_keys() -> dict[str, str | None]:
     """Every setting's TOML key path -> its description, walked here independently of the
-    generator: a section (its model's docstring, or the field's description) and its fields;
-    a table of sections (machines) is keyed `<name>`."""
+    generator: a section (its model's docstring, or the field's description) and its fields,
+    a field that is a table of its own and its fields; a table of sections (machines) is
+    keyed `<name>`, an array of tables (maintenance) `[]`."""
     keys: dict[str, str | None] = {}
+
+    def model_of(annotation: Any) -> type[BaseModel] | None:
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                return candidate
+        return None
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field_name, leaf in model.model_fields.items():
+            keys[f"{prefix}.{field_name}"] = leaf.description
+            nested = model_of(leaf.annotation)
+            if nested is not None:
+                walk(nested, f"{prefix}.{field_name}")
+
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
-        prefix = name
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            annotation = getattr(annotation, "__args__", (None, None))[1]  # dict[str, Model]
-            prefix = f"{name}.<name>"
-        assert isinstance(annotation, type), name
-        assert issubclass(annotation, BaseModel), name
-        keys[name] = field.description or annotation.__doc__
-        for field_name, leaf in annotation.model_fields.items():
-            keys[f"{prefix}.{field_name}"] = leaf.description
+        origin = getattr(annotation, "__origin__", None)
+        if origin is dict:
+            model, prefix = model_of(annotation.__args__[1]), f"{name}.<name>"  # type: ignore[union-attr]
+        elif origin is tuple:
+            model, prefix = model_of(annotation.__args__[0]), f"{name}[]"  # type: ignore[union-attr]
+        else:
+            model, prefix = model_of(annotation), name
+        assert model is not None, name
+        keys[name] = field.description or model.__doc__
+        walk(model, prefix)
     return keys
 
 
