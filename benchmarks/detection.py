@@ -1,54 +1,108 @@
-"""Detection quality on SKAB valve1: aemon's families and peers through the same code.
+"""Detection quality on SKAB valve1 and the Tennessee Eastman process (TEP), side by side:
+every autoencoder family under both threshold methods, and peers, through the same code.
 
 Every detector sees the same windows (the daemon's `MachineWindower`), goes through the
-same alert tracker (k of n to raise, m clean to resolve) and the same SKAB metrics, with
-the default `Settings()`; only the scorer differs. Each row is scored on all 16 files and,
-for an honest check of the defaults, on the odd-numbered files alone: the defaults were
-chosen on the even-numbered ones. SKAB's published figures (all 34 files, not causal; see
-the dataset's README) are printed in the same table for orientation.
+same alert tracker (k of n to raise, m clean to resolve) and the same point-wise metrics,
+through `aemon evaluate`'s own code (`service.offline.evaluate`); only the scorer differs.
+aemon's rows are the detectors `aemon evaluate` builds (`default_factory`) with the model
+family and threshold method replaced; peers follow the same `Scorer` protocol, with their
+own threshold rule (the configured quantile and margin, calibrated on held-out windows).
 
-    make bench-detection            # or: .venv/bin/python -m benchmarks.detection [--data DIR]
+- SKAB valve1 (`--data-skab`, default `$SKAB_DIR` or `../shared/datasets/skab` beside the
+  repository): per file, a fresh detector fits on the windows of the first 400 rows and
+  the rest streams causally. Each row is scored on all 16 files and on the odd-numbered
+  ones alone (the held-out half: the scoring was designed on the even-numbered ones).
+  SKAB's published figures (all 34 files, not causal) are printed for orientation.
+- TEP (`--data-tep`, default `$TEP_DIR` or `../shared/datasets/tep`), by its protocol and
+  `benchmarks/configs/tep.toml`: each detector learns once from the windows of
+  `normal-train.csv` only (`aemon evaluate --base ... --warmup 0`), then scores
+  `normal-test.csv` and `fault01.csv` .. `fault21.csv` causally, unchanged. Headline: the
+  mean detection rate over the 18 faults other than 3, 9 and 15, the false alarm rate on
+  `normal-test.csv` and on the fault files' first 160 rows (before the fault), and the
+  detection rate of the faults that separate detectors (5, 10, 16, 19, 20, 21). The PCA
+  figures of the data set's README are printed for orientation.
 
-About 3 minutes on 2 cores (the LSTM takes most of it).
+At the end, one JSON line with every figure (rates as fractions) and the time taken.
+
+    make bench-detection       # or: .venv/bin/python -m benchmarks.detection [options]
+    .venv/bin/python -m benchmarks.detection --only tep --families conv,lstm
+    .venv/bin/python -m benchmarks.detection --quick     # conv and PCA only: a smoke run
+
+About 10 minutes on 2 cores, nearly all of it the autoencoders' fits on SKAB's 16 files
+(each family fits twice per file, once per threshold method, as `aemon evaluate` would).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import math
 import os
 import platform
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from service.core.config import Settings, ThresholdSettings
+from service.core.config import Settings, ThresholdSettings, load_settings
 from service.core.logs import configure_logging
 from service.core.types import FloatArray
-from service.offline.evaluate import ScorerFactory, default_factory, evaluate_paths, summarise
-from service.offline.readers import read_skab
+from service.offline.evaluate import (
+    Scorer,
+    ScorerFactory,
+    default_factory,
+    evaluate_paths,
+    file_settings,
+    replay,
+    summarise,
+)
+from service.offline.readers import SkabFile, read_labelled, read_skab
+from service.offline.report import TEP_FAULT, tep_headline
 from service.offline.results import FileResult
-from service.scoring.detector import Detector, split_holdout
+from service.scoring.detector import split_holdout
 from service.scoring.models import family_names
 from service.scoring.threshold import calibrate
 
-DEFAULT_DATA = Path(os.environ.get("SKAB_DIR", Path(__file__).parents[2] / "shared/datasets/skab"))
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared/datasets/skab"))
+DEFAULT_TEP = Path(os.environ.get("TEP_DIR", REPO.parent / "shared/datasets/tep"))
+TEP_CONFIG = REPO / "benchmarks" / "configs" / "tep.toml"
 BASE_FILE = Path("anomaly-free") / "anomaly-free.csv"
+TEP_BASE = "normal-train.csv"
+TEP_NORMAL = "normal-test.csv"
+TEP_HARD = (5, 10, 16, 19, 20, 21)
+METHODS = ("quantile", "spot")
+DATASETS = ("skab", "tep")
 
-# SKAB README (commit b2c0d46): F1, FAR %, MAR % over all 34 labelled files.
+# SKAB README (commit b2c0d46): F1, FAR, MAR over all 34 labelled files.
 PUBLISHED = {
-    "Conv-AE": (0.78, 13.55, 28.02),
-    "MSET": (0.78, 39.73, 14.13),
-    "T-squared+Q (PCA)": (0.76, 26.62, 24.92),
-    "LSTM-AE": (0.74, 29.96, 25.92),
-    "Isolation forest": (0.29, 2.56, 82.89),
-    "always alarm": (0.70, 100.0, 0.0),
+    "Conv-AE": (0.78, 0.1355, 0.2802),
+    "MSET": (0.78, 0.3973, 0.1413),
+    "T-squared+Q (PCA)": (0.76, 0.2662, 0.2492),
+    "LSTM-AE": (0.74, 0.2996, 0.2592),
+    "Isolation forest": (0.29, 0.0256, 0.8289),
+    "always alarm": (0.70, 1.0, 0.0),
+}
+
+# The TEP data set's README: PCA T²+Q (31 components, no windowing) on these files.
+TEP_REFERENCE: dict[str, dict[str, float]] = {
+    "PCA, 99 % train limits": {
+        "mean_detection_rate": 0.90,
+        "far_normal_test": 0.29,
+    },
+    "PCA, oracle (FAR 5 %)": {
+        "mean_detection_rate": 0.80,
+        "far_normal_test": 0.05,
+        **{
+            f"dr_{k}": v
+            for k, v in zip(TEP_HARD, (0.31, 0.61, 0.57, 0.26, 0.63, 0.53), strict=True)
+        },
+    },
 }
 
 # The scoring of the defaults before held offsets were weighted and discounted: the plain
@@ -57,6 +111,9 @@ PLAIN_SCORING: dict[str, dict[str, object]] = {
     "model": {"kind": "dense", "offset_weight": 0.0, "drift_widening": 0.0, "offset_discount": 0.0},
     "threshold": {"margin": 1.5},
 }
+
+Update = dict[str, dict[str, object]]
+Figures = dict[str, float]
 
 
 def is_held_out(path: Path) -> bool:
@@ -81,13 +138,16 @@ class AlwaysAlarm:
 
 
 class RowPeer:
-    """A peer that judges the newest row of each window, as SKAB's peers judge rows.
+    """A peer that judges the newest row of each window, as SKAB's peers judge rows (with
+    `lags` > 0, the newest row and the `lags` rows before it, stacked side by side).
 
     Rows are z-scored on the training part; the threshold is calibrated like aemon's, on the
     held-out part of the learning windows (`split_holdout`), by the same method and margin.
-    Per-sensor errors (for the alert's top sensors only) are the squared z-scores."""
+    Per-sensor errors (for the alert's top sensors only) are the newest row's squared
+    z-scores."""
 
     version = 0
+    lags = 0
 
     def __init__(self, sensors: tuple[str, ...]) -> None:
         self.threshold = float("inf")
@@ -95,21 +155,30 @@ class RowPeer:
         self.std = np.ones(len(sensors))
 
     def fit(self, windows: FloatArray, threshold: ThresholdSettings) -> object:
+        if windows.shape[1] <= self.lags:
+            raise ValueError(f"{self.lags} lags need windows of more than {self.lags} steps")
         train, holdout = split_holdout(windows, threshold.holdout)
         rows = train[:, -1, :].astype(np.float64)
         self.mean = rows.mean(axis=0)
         self.std = np.maximum(rows.std(axis=0), 1e-9)
-        self.fit_rows(self.z(train))
-        self.threshold = self.calibrate(self.z(holdout), threshold)
+        self.fit_rows(self.features(train))
+        self.threshold = self.calibrate(self.features(holdout), threshold)
         return None
 
     def z(self, windows: FloatArray) -> FloatArray:
-        z: FloatArray = (windows[:, -1, :].astype(np.float64) - self.mean) / self.std
+        """The newest `lags + 1` rows of each window, z-scored: `[n, lags + 1, sensors]`."""
+        z: FloatArray = (windows[:, -1 - self.lags :, :].astype(np.float64) - self.mean) / self.std
         return z
+
+    def features(self, windows: FloatArray) -> FloatArray:
+        """What the peer judges: the rows of `z`, side by side."""
+        z = self.z(windows)
+        return z.reshape(len(z), -1)
 
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
         z = self.z(windows)
-        return self.score_rows(z).astype(np.float32), np.square(z).astype(np.float32)
+        scores = self.score_rows(z.reshape(len(z), -1))
+        return scores.astype(np.float32), np.square(z[:, -1, :]).astype(np.float32)
 
     def calibrate(self, rows: FloatArray, threshold: ThresholdSettings) -> float:
         return calibrate(self.score_rows(rows), threshold)
@@ -148,6 +217,14 @@ class PcaT2Q(RowPeer):
         t2, q = self.stats(rows)
         score: FloatArray = np.maximum(t2 / self.limits[0], q / self.limits[1])
         return score
+
+
+class DynamicPca(PcaT2Q):
+    """Dynamic PCA (Ku, Storer and Georgakis, 1995): PCA T²+Q on the newest row and the
+    two before it side by side, so that the model sees how the variables move together
+    from step to step, not only their levels; the usual choice of lags for TEP."""
+
+    lags = 2
 
 
 class ExcessPeer(RowPeer):
@@ -217,91 +294,83 @@ def _features(row: FloatArray) -> dict[str, float]:
     return {str(i): float(v) for i, v in enumerate(row)}
 
 
-class FitOnce:
-    """Fits one detector per file and settings, whatever threshold method is evaluated: a
-    second method recalibrates the same model on the same held-out scores, so the methods
-    differ in the threshold alone (and the slow families are fitted once)."""
+def base_factory(make: ScorerFactory, settings: Settings, base: SkabFile) -> ScorerFactory:
+    """What `default_factory(settings, base)` does for aemon's detectors, for any scorer:
+    one, fitted on the windows of the base file (cut as `aemon evaluate` cuts it), scores
+    every file as it is (`--warmup 0`). Peers do not learn while they score, so one serves
+    every file."""
+    windows = replay(base, file_settings(settings, base.ts), len(base.ts)).before
+    if len(windows) < 4:
+        raise ValueError(f"{base.name}: only {len(windows)} windows in the base file")
+    scorer = make(base.sensors)
+    scorer.fit(np.stack([w.values for w in windows]), settings.threshold)
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.fits: dict[bytes, tuple[Detector, FloatArray]] = {}
-        # As the daemon does: one thread per core makes these small fits far slower.
-        torch.set_num_threads(settings.model.torch_threads)
+    def from_base(sensors: tuple[str, ...]) -> Scorer:
+        if sensors != base.sensors:
+            raise ValueError(f"base sensors {base.sensors} differ from {sensors}")
+        return scorer
 
-    def factory(self, threshold: ThresholdSettings) -> ScorerFactory:
-        return lambda sensors: Recalibrated(self, sensors, threshold)
-
-    def fitted(self, sensors: tuple[str, ...], windows: FloatArray) -> tuple[Detector, FloatArray]:
-        key = hashlib.sha256(np.ascontiguousarray(windows).tobytes()).digest()
-        if key not in self.fits:
-            detector = Detector.new(sensors, self.settings.window.length, self.settings.model)
-            report = detector.fit(windows, self.settings.threshold)
-            self.fits[key] = (detector, report.holdout_scores)
-        return self.fits[key]
-
-
-class Recalibrated:
-    """A detector from `FitOnce` with its threshold set by `threshold`'s method."""
-
-    def __init__(
-        self, fits: FitOnce, sensors: tuple[str, ...], threshold: ThresholdSettings
-    ) -> None:
-        self.fits, self.sensors, self.method = fits, sensors, threshold
-        self.detector: Detector | None = None
-        self.threshold = float("inf")
-        self.version = 0
-
-    def fit(self, windows: FloatArray, threshold: ThresholdSettings) -> object:
-        fitted, holdout_scores = self.fits.fitted(self.sensors, windows)
-        self.detector = fitted.clone()
-        self.detector.threshold = self.threshold = calibrate(holdout_scores, self.method)
-        return None
-
-    def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
-        assert self.detector is not None, "fit first"
-        return self.detector.score_many(windows)
+    return from_base
 
 
 @dataclass(frozen=True)
-class Row:
+class Entry:
+    """A row of the tables: aemon's detector with `update` applied to the data set's
+    settings, or a `peer` (which takes the settings' threshold section as it is)."""
+
     name: str
-    settings: Settings
-    factory: Callable[[], ScorerFactory]
+    update: Update
+    peer: ScorerFactory | None = None
+    skab_base: bool = False  # SKAB only: pre-trained on anomaly-free.csv (`--base`)
+
+    def datasets(self) -> tuple[str, ...]:
+        # TEP's protocol learns from its base file already: `--base` is every TEP row.
+        return ("skab",) if self.skab_base else DATASETS
+
+    def skab_factory(self, settings: Settings, data: Path) -> ScorerFactory:
+        """Per file, fitted on its first rows by `evaluate_file`."""
+        if self.peer is not None:
+            return self.peer
+        if self.skab_base:
+            return default_factory(settings, read_skab(data / BASE_FILE))
+        return default_factory(settings)
+
+    def tep_factory(self, settings: Settings, base: SkabFile) -> ScorerFactory:
+        """Fitted once, on the base file."""
+        if self.peer is not None:
+            return base_factory(self.peer, settings, base)
+        return default_factory(settings, base)
 
 
-def rows(settings: Settings, data: Path) -> list[Row]:
-    out: list[Row] = []
-    spot = settings.threshold.model_copy(update={"method": "spot"})
-    for kind in family_names():
-        chosen = with_update(settings, {"model": {"kind": kind}})
-        fits = FitOnce(chosen)
-        marker = " (default)" if kind == settings.model.kind else ""
-        out.append(
-            Row(f"aemon {kind}, quantile{marker}", chosen, _const(fits.factory(chosen.threshold)))
-        )
-        out.append(Row(f"aemon {kind}, spot", chosen, _const(fits.factory(spot))))
-    plain = with_update(settings, PLAIN_SCORING)
-    out.append(Row("aemon dense, plain MSE (old)", plain, lambda: default_factory(plain)))
-    base = data / BASE_FILE
-    if base.exists():
-        label = f"aemon {settings.model.kind}, --base"
-        out.append(Row(label, settings, lambda: default_factory(settings, read_skab(base))))
-    for name, peer in (
-        ("Half-Space Trees", HalfSpaceTreesPeer),
-        ("PCA T²+Q", PcaT2Q),
-        ("Isolation Forest", IsolationForestPeer),
-        ("always alarm", AlwaysAlarm),
-    ):
-        out.append(Row(name, settings, _const(peer)))
+PEERS: tuple[tuple[str, ScorerFactory], ...] = (
+    ("PCA T²+Q", PcaT2Q),
+    ("dynamic PCA T²+Q (2 lags)", DynamicPca),
+    ("Isolation Forest", IsolationForestPeer),
+    ("Half-Space Trees", HalfSpaceTreesPeer),
+    ("always alarm", AlwaysAlarm),
+)
+
+
+def entries(families: Sequence[str], quick: bool = False) -> list[Entry]:
+    """Every family under each threshold method; unless `quick`, the old defaults' plain
+    error and SKAB's `--base`; then the peers (PCA T²+Q alone if `quick`)."""
+    default = Settings()
+    out: list[Entry] = []
+    for kind in families:
+        for method in METHODS:
+            is_default = (kind, method) == (default.model.kind, default.threshold.method)
+            name = f"aemon {kind}, {method}" + (" (default)" if is_default else "")
+            out.append(Entry(name, {"model": {"kind": kind}, "threshold": {"method": method}}))
+    if not quick:
+        out.append(Entry("aemon dense, plain MSE (old)", PLAIN_SCORING))
+        out.append(Entry(f"aemon {default.model.kind}, --base (SKAB)", {}, skab_base=True))
+    out += [Entry(name, {}, peer) for name, peer in PEERS[: 1 if quick else None]]
     return out
 
 
-def _const(factory: ScorerFactory) -> Callable[[], ScorerFactory]:
-    return lambda: factory
-
-
-def with_update(settings: Settings, update: dict[str, dict[str, object]]) -> Settings:
-    """`settings` with some fields of some sections replaced."""
+def with_update(settings: Settings, update: Update) -> Settings:
+    """`settings` with some fields of some sections replaced (the others' fields, and which
+    of them were set, as they were)."""
     changed = {
         section: getattr(settings, section).model_copy(update=fields)
         for section, fields in update.items()
@@ -309,93 +378,285 @@ def with_update(settings: Settings, update: dict[str, dict[str, object]]) -> Set
     return settings.model_copy(update=changed)
 
 
-def figures(results: Sequence[FileResult]) -> dict[str, float]:
-    """All files, then the tuning half and the held-out half apart."""
+def skab_figures(results: Sequence[FileResult]) -> Figures:
+    """All files, then the tuning half and the held-out half apart; rates as fractions."""
     held = [r for r in results if is_held_out(Path(r.name))]
     tuning = [r for r in results if not is_held_out(Path(r.name))]
-    out = {}
+    out: Figures = {}
     for prefix, part in (("", results), ("tune_", tuning), ("held_", held)):
-        s = summarise(part)
-        out |= {f"{prefix}f1": s["f1"], f"{prefix}far": 100 * s["far"]}
-        out |= {f"{prefix}mar": 100 * s["mar"], f"{prefix}nab": s["nab_standard"]}
+        s = summarise(part) if part else {}
+        for key in ("f1", "far", "mar", "nab_standard"):
+            out[f"{prefix}{key}"] = float(s.get(key, math.nan))
     return out
 
 
-HEADER = (
-    f"| {'detector':<34} | {'F1':>5} | {'FAR %':>6} | {'MAR %':>6} | {'NAB':>5} "
-    f"| {'tuning F1':>9} | {'FAR %':>6} | {'MAR %':>6} "
-    f"| {'held-out F1':>11} | {'FAR %':>6} | {'MAR %':>6} | {'s':>4} |"
+def tep_figures(results: Sequence[FileResult]) -> Figures:
+    """`aemon evaluate`'s TEP headline, and every fault's detection rate (`dr_<k>`)."""
+    headline = tep_headline(results) or {}
+    out: Figures = {
+        key: float(headline.get(key, math.nan))
+        for key in ("mean_detection_rate", "far_normal_test", "far_fault_files")
+    }
+    out["faults"] = float(headline.get("faults", 0))
+    for r in results:
+        match = TEP_FAULT.fullmatch(Path(r.name).name)
+        if match:
+            out[f"dr_{int(match[1])}"] = r.confusion.recall
+    return out
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table: `key` of a row's figures, shown in percent or not."""
+
+    title: str
+    key: str
+    digits: int = 3
+    percent: bool = False
+    width: int = 5
+
+    def cell(self, figures: Figures) -> str:
+        """Blank where the figure is not measured (a published row), "-" where it has no
+        value (no file to count it on)."""
+        width = max(self.width, len(self.title))
+        if self.key not in figures:
+            return " " * width
+        value = figures[self.key]
+        if not math.isfinite(value):
+            return f"{'-':>{width}}"
+        shown = 100 * value if self.percent else value
+        return f"{shown:>{width}.{self.digits}f}"
+
+
+NAME_WIDTH = 36
+SKAB_COLUMNS = (
+    Column("F1", "f1"),
+    Column("FAR %", "far", 2, True, 6),
+    Column("MAR %", "mar", 2, True, 6),
+    Column("NAB", "nab_standard", 1),
+    Column("held-out F1", "held_f1"),
+    Column("FAR %", "held_far", 2, True, 6),
+    Column("MAR %", "held_mar", 2, True, 6),
+    Column("s", "seconds", 0, width=4),
+)
+TEP_COLUMNS = (
+    Column("mean DR (18)", "mean_detection_rate"),
+    Column("FAR % normal-test", "far_normal_test", 2, True),
+    Column("FAR % pre-fault", "far_fault_files", 2, True),
+    *(Column(f"DR {k}", f"dr_{k}", 2) for k in TEP_HARD),
+    Column("s", "seconds", 0, width=4),
 )
 
 
-SEPARATOR = "|" + "|".join("-" * len(cell) for cell in HEADER.split("|")[1:-1]) + "|"
+def header(columns: Sequence[Column]) -> list[str]:
+    """The header line and the separator line of a markdown table."""
+    cells = [
+        f"{'detector':<{NAME_WIDTH}}",
+        *(f"{c.title:>{max(c.width, len(c.title))}}" for c in columns),
+    ]
+    return [
+        "| " + " | ".join(cells) + " |",
+        "|" + "|".join("-" * (len(c) + 2) for c in cells) + "|",
+    ]
 
 
-def table_line(name: str, f: dict[str, float], seconds: float) -> str:
-    return (
-        f"| {name:<34} | {f['f1']:>5.3f} | {f['far']:>6.2f} | {f['mar']:>6.2f} | {f['nab']:>5.1f} "
-        f"| {f['tune_f1']:>9.3f} | {f['tune_far']:>6.2f} | {f['tune_mar']:>6.2f} "
-        f"| {f['held_f1']:>11.3f} | {f['held_far']:>6.2f} | {f['held_mar']:>6.2f} "
-        f"| {seconds:>4.0f} |"
+def line(name: str, figures: Figures, columns: Sequence[Column]) -> str:
+    return "| " + " | ".join([f"{name:<{NAME_WIDTH}}", *(c.cell(figures) for c in columns)]) + " |"
+
+
+def skab_paths(data: Path) -> list[Path]:
+    return sorted((data / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
+
+
+def tep_paths(data: Path) -> list[Path]:
+    faults = sorted(p for p in data.glob("fault*.csv") if TEP_FAULT.fullmatch(p.name))
+    normal = data / TEP_NORMAL
+    return ([normal] if normal.exists() else []) + faults
+
+
+def run_skab(
+    chosen: Sequence[Entry], data: Path, warmup: int, settings: Settings
+) -> dict[str, Figures]:
+    paths = skab_paths(data)
+    held = sum(is_held_out(p) for p in paths)
+    print(f"SKAB valve1: {len(paths)} files ({held} held out, odd-numbered), {warmup} rows of")
+    print("warm-up per file (a fresh detector fits on them), the rest streamed causally.\n")
+    print("\n".join(header(SKAB_COLUMNS)))
+    out: dict[str, Figures] = {}
+    for entry in chosen:
+        if "skab" not in entry.datasets():
+            continue
+        started = time.perf_counter()
+        row_settings = with_update(settings, entry.update)
+        factory = entry.skab_factory(row_settings, data)
+        results = evaluate_paths(paths, row_settings, warmup, factory)
+        out[entry.name] = skab_figures(results) | {"seconds": time.perf_counter() - started}
+        print(line(entry.name, out[entry.name], SKAB_COLUMNS), flush=True)
+    for name, (f1, far, mar) in PUBLISHED.items():
+        published = {"f1": f1, "far": far, "mar": mar}
+        print(line(f"SKAB published: {name}", published, SKAB_COLUMNS))
+    return out
+
+
+def run_tep(chosen: Sequence[Entry], data: Path, settings: Settings) -> dict[str, Figures]:
+    paths = tep_paths(data)
+    base = read_labelled(data / TEP_BASE, None)
+    faults = len(paths) - (paths[0].name == TEP_NORMAL)
+    print(
+        f"TEP: learnt from {TEP_BASE} only ({len(base.ts)} rows, period "
+        f"{settings.window.period:g} s, windows of {settings.window.length}), then "
+        f"{TEP_NORMAL} and {faults} fault files"
     )
+    print("scored causally from their first row. DR: fault detection rate; mean over the")
+    print("faults but 3, 9, 15; pre-fault: rows 0-159 of the fault files.\n")
+    print("\n".join(header(TEP_COLUMNS)))
+    out: dict[str, Figures] = {}
+    for entry in chosen:
+        if "tep" not in entry.datasets():
+            continue
+        started = time.perf_counter()
+        row_settings = with_update(settings, entry.update)
+        factory = entry.tep_factory(row_settings, base)
+        results = evaluate_paths(paths, row_settings, 0, factory)
+        out[entry.name] = tep_figures(results) | {"seconds": time.perf_counter() - started}
+        print(line(entry.name, out[entry.name], TEP_COLUMNS), flush=True)
+    for name, reference in TEP_REFERENCE.items():
+        print(line(f"TEP README: {name}", reference, TEP_COLUMNS))
+    return out
 
 
-def published_line(name: str, f1: float, far: float, mar: float) -> str:
-    label = f"SKAB published: {name}"
-    blank = "".join(f"| {'':>{w}} " for w in (9, 6, 6, 11, 6, 6, 4))
-    return f"| {label:<34} | {f1:>5.2f} | {far:>6.2f} | {mar:>6.2f} | {'':>5} {blank}|"
+def machine(torch_threads: int) -> dict[str, Any]:
+    """The CPU, torch's threads and the load: what the times depend on."""
+    import torch
 
-
-def machine() -> str:
     cpu = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = text.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, load {_load()}"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "torch_threads": torch_threads,
+        "python": platform.python_version(),
+        "load": _load(),
+        "revision": revision(),
+    }
 
 
-def _load() -> str:
+def revision() -> str:
+    """The commit measured, `+` if the service's code differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
     try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+        head, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "service")
     except OSError:
         return "unknown"
+    return (head or "unknown") + ("+" if changed else "")
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _finite(value: Any) -> Any:
+    """The JSON line's values: to 4 decimals, NaN as null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    return value
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--data-skab", "--data", type=Path, default=DEFAULT_SKAB, help="folder holding valve1/"
+    )
+    parser.add_argument(
+        "--data-tep", type=Path, default=DEFAULT_TEP, help="folder of the TEP files"
+    )
+    parser.add_argument("--only", choices=DATASETS, help="run one data set only")
+    parser.add_argument(
+        "--families",
+        help=f"comma-separated autoencoder families (default: all, {','.join(family_names())})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="conv (unless --families) and PCA T²+Q only"
+    )
+    parser.add_argument("--rows", help="run only the rows whose name contains this text")
+    parser.add_argument("--warmup", type=int, default=400, help="SKAB rows fitted on per file")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    return parser.parse_args(argv)
+
+
+def missing_data(datasets: Sequence[str], args: argparse.Namespace) -> str | None:
+    if "skab" in datasets and not skab_paths(args.data_skab):
+        return f"no valve1/*.csv under {args.data_skab} (--data-skab, SKAB_DIR)"
+    if "tep" in datasets and not (args.data_tep / TEP_BASE).exists():
+        return f"no {TEP_BASE} under {args.data_tep} (--data-tep, TEP_DIR)"
+    if "tep" in datasets and not tep_paths(args.data_tep):
+        return f"no {TEP_NORMAL} or fault*.csv under {args.data_tep}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SKAB data folder")
-    parser.add_argument("--warmup", type=int, default=400)
-    parser.add_argument("--only", help="run only the rows whose name contains this text")
-    parser.add_argument("--json", type=Path, help="also write every row's figures here")
-    args = parser.parse_args(argv)
-    paths = sorted((args.data / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    if not paths:
-        print(f"no valve1/*.csv under {args.data}", file=sys.stderr)
+    args = parse(argv)
+    families = (
+        args.families.split(",") if args.families else (["conv"] if args.quick else family_names())
+    )
+    unknown = sorted(set(families) - set(family_names()))
+    if unknown:
+        print(f"unknown families {unknown}; choose among {family_names()}", file=sys.stderr)
         return 2
+    datasets = (args.only,) if args.only else DATASETS
+    problem = missing_data(datasets, args)
+    if problem:
+        print(f"{problem}; --only picks one data set", file=sys.stderr)
+        return 2
+    chosen = [e for e in entries(families, args.quick) if not args.rows or args.rows in e.name]
     configure_logging("warning")
-    settings = Settings()
-    held = sum(is_held_out(p) for p in paths)
-    print(f"SKAB valve1: {len(paths)} files ({held} held out), warmup {args.warmup} rows")
-    print(f"machine: {machine()}\n")
-    print(HEADER)
-    print(SEPARATOR)
-    out: dict[str, dict[str, float]] = {}
-    for row in rows(settings, args.data):
-        if args.only and args.only not in row.name:
-            continue
-        started = time.perf_counter()
-        results = evaluate_paths(paths, row.settings, args.warmup, row.factory())
-        took = time.perf_counter() - started
-        out[row.name] = figures(results)
-        print(table_line(row.name, out[row.name], took), flush=True)
-    for name, (f1, far, mar) in PUBLISHED.items():
-        print(published_line(name, f1, far, mar))
+    skab_settings, tep_settings = Settings(), load_settings(TEP_CONFIG)
+    # As the daemon does, and `aemon evaluate` (default_factory): one thread per core makes
+    # these small fits far slower.
+    from service.scoring.runtime import configure_torch
+
+    configure_torch(skab_settings.model.torch_threads)
+    host = machine(skab_settings.model.torch_threads)
+    print(
+        f"machine: {host['cpus']} CPUs ({host['cpu']}), torch {host['torch']} with "
+        f"{host['torch_threads']} thread(s), Python {host['python']}, load "
+        f"{' '.join(map(str, host['load']))}; aemon at {host['revision']} (+: service/ "
+        "differs from it)\n"
+    )
+    started = time.perf_counter()
+    report: dict[str, Any] = {"machine": host}
+    if "skab" in datasets:
+        report["skab"] = run_skab(chosen, args.data_skab, args.warmup, skab_settings)
+        print()
+    if "tep" in datasets:
+        report["tep"] = run_tep(chosen, args.data_tep, tep_settings)
+        print()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["load_after"] = _load()
+    print(
+        f"took {report['seconds']:.0f} s ({report['seconds'] / 60:.1f} min), load after "
+        f"{' '.join(map(str, report['load_after']))}"
+    )
+    report = _finite(report)
+    print(json.dumps(report, ensure_ascii=False))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 
