@@ -17,10 +17,12 @@ from prometheus_client import CollectorRegistry
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.core.types import MachineState, Rejection, RejectReason
+from service.doors import CommandDoors
 from service.faults import arm_callback, arm_pipeline, armed_faults
 from service.learning.finetune import FineTuner
 from service.learning.store import ModelStore
 from service.scoring.runtime import configure_torch
+from service.stream.alert_journal import AlertJournal
 from service.stream.arrivals import Batch
 from service.stream.ingest import Ingestor
 from service.stream.learning import FitResult
@@ -44,6 +46,8 @@ PIPELINE_GRACE = 2.0
 FINETUNER_GRACE = 1.0
 MQTT_GRACE = 5.0
 HTTP_GRACE = 1.0
+# In the state directory: the alerts firing, taken up after a restart.
+ALERT_JOURNAL = "alerts.json"
 
 
 class App:
@@ -59,8 +63,10 @@ class App:
             settings.ingest.future_tolerance,
             declared={name: m.sensors for name, m in settings.machines.items()},
             allow_undeclared=settings.discovery.enabled,
+            allow=settings.discovery.allow if settings.discovery.mode == "allowlist" else None,
         )
         prefix = settings.mqtt.topic_prefix
+        self.command_prefix = f"{prefix}/command/"
         faults = armed_faults()
         self.mqtt = MqttClient(
             settings.mqtt,
@@ -68,6 +74,7 @@ class App:
             f"{prefix}/status",
             arm_callback(self.on_message, faults),
             self.metrics,
+            commands=f"{self.command_prefix}+",
         )
         self.publisher = Publisher(self.mqtt, prefix, self.metrics)
         self.store = ModelStore(settings.state.dir)
@@ -82,6 +89,10 @@ class App:
             self.finetuner,
             self.store,
             self.mqtt.together,
+            AlertJournal(settings.state.dir / ALERT_JOURNAL),
+        )
+        self.doors = CommandDoors(
+            self.pipeline, self.publisher, self.metrics, settings.http.command_token_file
         )
         self.http = HttpServer(
             settings.http.host,
@@ -90,6 +101,7 @@ class App:
             self.health,
             self.ready,
             self.pipeline.snapshot,
+            self.doors.from_http,
         )
         arm_pipeline(self.pipeline, faults)
 
@@ -105,6 +117,11 @@ class App:
         if not self.accepting.is_set():
             # Shutting down: what is still in flight stays unacknowledged, so the broker
             # redelivers it to the next session, and parsing it would only starve the drain.
+            return
+        if topic.startswith(self.command_prefix):
+            self.doors.from_mqtt(topic.removeprefix(self.command_prefix), payload)
+            if ack is not None:
+                ack()
             return
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)

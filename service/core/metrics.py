@@ -6,11 +6,13 @@ Names follow Prometheus conventions: prefix `aemon_`, base units, `_total` on co
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
 from service.core.types import FitOutcome, MachineState
@@ -37,6 +39,9 @@ class ByMachine(Generic[M]):
         if child is None:
             child = self._children[machine] = self.metric.labels(machine=machine)
         return child
+
+    def forget(self, machine: str) -> None:
+        self._children.pop(machine, None)
 
 
 class Tally:
@@ -219,10 +224,42 @@ class Metrics:
         )
         self.alerts_published = Counter(
             "aemon_alert_messages_published_total",
-            "Alert messages handed to the MQTT client (QoS 1).",
+            "Messages handed to the MQTT client for the output topics: alerts, events and "
+            "command results (QoS 1).",
             registry=r,
         )
 
+        self.alert_acknowledged = Gauge(
+            "aemon_alert_acknowledged",
+            "1 while the machine's firing alert is acknowledged by an operator.",
+            ["machine"],
+            registry=r,
+        )
+        self.windows_skipped = Counter(
+            "aemon_windows_skipped_total",
+            "Windows neither scored nor learnt from, by reason: maintenance (a window of the "
+            "machine's maintenance) or off (the machine did not run).",
+            ["machine", "reason"],
+            registry=r,
+        )
+        self.false_alarms = Counter(
+            "aemon_false_alarms_total",
+            "Alerts an operator resolved as false alarms (their windows become normal data).",
+            ["machine"],
+            registry=r,
+        )
+        self.commands = Counter(
+            "aemon_commands_total",
+            "Operator commands by command and outcome (ok, refused).",
+            ["command", "outcome"],
+            registry=r,
+        )
+        self.machines_discovered = Counter(
+            "aemon_machines_discovered_total",
+            "Machines first seen after the first discovery period (a new name on the input "
+            "topics: a new machine, or a typo in a topic).",
+            registry=r,
+        )
         # The hot paths' per-machine children (see ByMachine).
         self.received_of = ByMachine(self.readings_received)
         self.accepted_of = ByMachine(self.readings_accepted)
@@ -248,6 +285,36 @@ class Metrics:
             counter.labels(machine=machine)
         for outcome in FINETUNE_OUTCOMES:
             self.finetune_runs.labels(machine=machine, outcome=outcome)
+
+    def remove_machine(self, machine: str) -> None:
+        """Removes every series of `machine` (a forgotten machine leaves none behind)."""
+        for cached in (
+            self.received_of,
+            self.accepted_of,
+            self.scored_of,
+            self.score_of,
+            self.firing_of,
+            self.last_reading_of,
+        ):
+            cached.forget(machine)
+        for family in self.registry.collect():
+            metric = self._by_name.get(family.name)
+            if metric is None:
+                continue
+            names = metric._labelnames
+            for sample in family.samples:
+                if sample.labels.get("machine") == machine:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*(sample.labels[n] for n in names))
+
+    @property
+    def _by_name(self) -> dict[str, MetricWrapperBase]:
+        """The machine-labelled metrics by family name."""
+        found: dict[str, MetricWrapperBase] = {}
+        for value in vars(self).values():
+            if isinstance(value, MetricWrapperBase) and "machine" in value._labelnames:
+                found[value._name] = value
+        return found
 
     def set_machine_state(self, machine: str, state: MachineState) -> None:
         for s in MachineState:

@@ -28,11 +28,16 @@ class RejectReason(StrEnum):
 
 
 class MachineState(StrEnum):
-    """Where a machine is in its life: it only scores once it has a model."""
+    """Where a machine is: its life (discovering, learning, scoring: it only scores once it
+    has a model), or, over that, a condition in which it is not scored: in maintenance,
+    switched off, or silent for `alert.stale_after` (in that order of precedence)."""
 
     DISCOVERING = "discovering"
     LEARNING = "learning"
     SCORING = "scoring"
+    MAINTENANCE = "maintenance"
+    OFF = "off"
+    STALE = "stale"
 
 
 class AlertState(StrEnum):
@@ -47,7 +52,19 @@ class AlertKind(StrEnum):
 
     RAISED = "raised"
     UPDATED = "updated"
+    ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+
+
+class Resolution(StrEnum):
+    """Why an alert was resolved: the `resolution` field of a resolved alert."""
+
+    CLEAN = "clean"  # `alert.m` clean windows in a row
+    FALSE_ALARM = "false_alarm"  # an operator said so
+    MAINTENANCE = "maintenance"  # a maintenance window began
+    NO_DATA = "no_data"  # the machine went stale
+    RELEARN = "relearn"  # the machine learns again
+    FORGOTTEN = "forgotten"  # the machine was forgotten
 
 
 class TuneReason(StrEnum):
@@ -72,6 +89,8 @@ class MachineRecord(TypedDict):
 
     machine: str
     state: str
+    maintenance_until: float | None
+    acknowledged_by: str | None
     sensors: list[str]
     alert: str
     alert_id: str | None
@@ -169,3 +188,6 @@ class AlertEvent:
     threshold: float
     top_sensors: tuple[SensorShare, ...]
     model_version: int
+    resolution: Resolution | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None  # wall-clock

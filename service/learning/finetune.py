@@ -29,7 +29,8 @@ from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.core.threads import Worker
 from service.core.types import FitOutcome, FloatArray, TuneReason
-from service.learning.store import ModelStore, TrainingFacts
+from service.learning.store import ModelStore
+from service.learning.store_meta import TrainingFacts
 from service.scoring.detector import (
     Detector,
     EpochCallback,
@@ -151,7 +152,7 @@ class FineTuner(Worker):
             threshold=round(report.threshold, 5),
         )
         facts = TrainingFacts(
-            reason="learned", windows=report.windows_train, final_loss=report.final_loss
+            reason=job.reason, windows=report.windows_train, final_loss=report.final_loss
         )
         return Trained(detector, FitOutcome.INITIAL, facts)
 

@@ -19,17 +19,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from service.learning.store_meta import DetectorMeta, TrainingFacts, VersionInfo, VersionMeta
 from service.scoring.detector import Detector
 
 log = structlog.get_logger(__name__)
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
 CURRENT = "current"
+FORGOTTEN = ".forgotten"  # a hidden folder, which no machine name can map to
 FORMAT = 1
 # ext4 and xfs allow 255 bytes per name; the rest is headroom for temporary names.
 MAX_DIRNAME = 200
@@ -56,62 +57,6 @@ class StoreError(OSError):
         self.version = version
         self.reason = reason
         self.path = path  # the file (or version folder) at fault
-
-
-class TrainingFacts(BaseModel):
-    """How a version came about; shown by `aemon models list`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    reason: str = Field("unspecified", description="initial, promoted, train, rollback, ...")
-    windows: int | None = Field(None, ge=0, description="Windows the model was trained on.")
-    final_loss: float | None = Field(None, description="Last epoch's mean training loss.")
-    parent: int | None = Field(None, ge=1, description="Version it was fine-tuned from.")
-
-
-class DetectorMeta(BaseModel):
-    """`Detector.meta()`, checked; fields added to it later pass through."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-    sensors: list[str] = Field(min_length=1)
-    window: int = Field(ge=1)
-    model: dict[str, Any]
-    mean: list[float]
-    std: list[float]
-    threshold: float
-    version: int
-    base_threshold: float | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DetectorMeta:
-        n = len(self.sensors)
-        if len(self.mean) != n or len(self.std) != n:
-            raise ValueError(f"scaler has {len(self.mean)}/{len(self.std)} values, {n} sensors")
-        values = [*self.mean, *self.std, self.threshold, self.base_threshold or 0.0]
-        if not all(abs(v) < float("inf") for v in values):
-            raise ValueError("scaler and threshold must be finite")
-        if min(self.std) <= 0:
-            raise ValueError("scaler std must be positive")
-        return self
-
-
-class VersionMeta(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    format: Literal[1]
-    machine: str
-    version: int = Field(ge=1)
-    created_at: float
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    facts: TrainingFacts
-    detector: DetectorMeta
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    created_at: float
-    threshold: float
-    current: bool
-    facts: dict[str, Any]
 
 
 def machine_dirname(machine: str) -> str:
@@ -329,6 +274,22 @@ class ModelStore:
             if name is not None and self.version_numbers(name):
                 names.append(name)
         return sorted(names)
+
+    def forget(self, machine: str) -> Path | None:
+        """Moves the machine's versions aside, under `.forgotten/` (not deleted: a forgotten
+        machine's models can still be looked at or moved back). The new place, or None when
+        it had none."""
+        folder = _folder_or_none(self, machine)
+        if folder is None or not folder.is_dir():
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.root / FORGOTTEN / f"{folder.name}-{stamp}"
+        with self._lock:
+            _make_dirs(aside.parent)
+            folder.rename(aside)
+            _fsync_dir(self.root)
+        log.info("models_moved_aside", machine=machine, to=str(aside))
+        return aside
 
     def _name_of(self, folder: Path) -> str | None:
         """The machine a folder holds; None for a folder this store did not name."""

@@ -27,7 +27,8 @@ import structlog
 from service.core.config import Settings
 from service.core.types import FloatArray, Reading
 from service.learning.finetune import fit_new
-from service.learning.store import ModelStore, TrainingFacts
+from service.learning.store import ModelStore
+from service.learning.store_meta import TrainingFacts
 from service.offline.readers import History, read_history
 from service.stream.machines import MachineRuntime
 

@@ -314,6 +314,11 @@ class StackedScorer:
         log.debug("stack_member_added", machine=machine, members=len(group), kind=key.kind)
         return self._placed[machine]
 
+    def forget(self, machine: str) -> None:
+        """Takes the machine's model out of its stack (it relearns or is forgotten)."""
+        if machine in self._placed:
+            self._remove(machine)
+
     def _remove(self, machine: str) -> None:
         group, slot = self._placed.pop(machine)
         moved = group.remove(slot)

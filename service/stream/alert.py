@@ -32,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from service.core.types import AlertEvent, AlertKind, AlertState, Score, SensorShare
+from service.core.types import AlertEvent, AlertKind, AlertState, Resolution, Score, SensorShare
 
 _ID_NAMESPACE = uuid.UUID("6f1c2a64-5b8e-4a8e-9d7e-3c1f0a2b4d5e")
 
@@ -57,6 +57,10 @@ class AlertTracker:
         self._last_event_at = 0.0
         self._clean_run: list[Score] = []
         self.peak_score = 0.0
+        self._last: Score | None = None  # the newest score of the firing episode
+        self.acknowledged_by: str | None = None
+        self.acknowledged_at: float | None = None
+        self.last_alert_id: str | None = None  # of the latest episode, firing or not
 
     def observe(self, score: Score) -> AlertEvent | None:
         self._recent.append(score)
@@ -72,17 +76,75 @@ class AlertTracker:
     def alert_id(self) -> str | None:
         return alert_id(self.machine, self._started_at) if self.state == AlertState.FIRING else None
 
+    def acknowledge(self, by: str, at: float) -> AlertEvent | None:
+        """Marks the firing alert acknowledged (it keeps firing); None when none fires."""
+        if self.state != AlertState.FIRING or self._last is None:
+            return None
+        self.acknowledged_by, self.acknowledged_at = by, at
+        return self._event(AlertKind.ACKNOWLEDGED, self._last, AlertState.FIRING, None)
+
+    def resolve(self, resolution: Resolution, ended_at: float) -> AlertEvent | None:
+        """Ends the firing alert for `resolution` (not clean windows); forgets a pending
+        one. None when none fired."""
+        self._recent.clear()
+        self._clean_run = []
+        if self.state != AlertState.FIRING or self._last is None:
+            self.state = AlertState.NORMAL
+            return None
+        event = self._event(
+            AlertKind.RESOLVED, self._last, AlertState.RESOLVED, ended_at, resolution
+        )
+        self._reset()
+        return event
+
+    def restore(self, event: AlertEvent) -> None:
+        """Takes up a firing alert of before a restart (its last event): the episode goes
+        on with its id, so the same fault is not raised twice, and ends as any other."""
+        self.state = AlertState.FIRING
+        self._started_at = event.started_at
+        self.last_alert_id = event.alert_id
+        self.peak_score = event.peak_score
+        self._last_event_at = event.updated_at
+        errors = {s.sensor: s.share for s in event.top_sensors}
+        self._episode_errors = np.array([errors.get(n, 0.0) for n in self._sensors(event)])
+        self.acknowledged_by, self.acknowledged_at = event.acknowledged_by, event.acknowledged_at
+        self._last = Score(
+            self.machine,
+            event.updated_at,
+            event.score,
+            event.threshold,
+            tuple(float(e) for e in self._episode_errors),
+            self._sensors(event),
+            event.model_version,
+        )
+
+    @staticmethod
+    def _sensors(event: AlertEvent) -> tuple[str, ...]:
+        return tuple(s.sensor for s in event.top_sensors)
+
+    def _reset(self) -> None:
+        self.state = AlertState.NORMAL
+        self._recent.clear()
+        self._clean_run = []
+        self._last = None
+        self.acknowledged_by = self.acknowledged_at = None
+
     def _raise(self, anomalous: list[Score], latest: Score) -> AlertEvent:
         self.state = AlertState.FIRING
         self._started_at = anomalous[0].end_ts
+        self.last_alert_id = alert_id(self.machine, self._started_at)
         self._episode_errors = np.zeros(len(latest.sensors))
         self.peak_score = 0.0
         for s in anomalous:
             self._accumulate(s)
+        self._last = latest
         self._clean_run = []
         return self._event(AlertKind.RAISED, latest, AlertState.FIRING, None)
 
     def _while_firing(self, score: Score) -> AlertEvent | None:
+        if self._episode_errors is not None and len(self._episode_errors) != len(score.sensors):
+            self._episode_errors = np.zeros(len(score.sensors))  # restored with fewer sensors
+        self._last = score
         if score.anomalous:
             self._clean_run = []
             self._accumulate(score)
@@ -93,10 +155,10 @@ class AlertTracker:
         if len(self._clean_run) < self.m:
             return None
         ended_at = self._clean_run[0].end_ts
-        event = self._event(AlertKind.RESOLVED, score, AlertState.RESOLVED, ended_at)
-        self.state = AlertState.NORMAL
-        self._recent.clear()
-        self._clean_run = []
+        event = self._event(
+            AlertKind.RESOLVED, score, AlertState.RESOLVED, ended_at, Resolution.CLEAN
+        )
+        self._reset()
         return event
 
     def _accumulate(self, score: Score) -> None:
@@ -113,7 +175,12 @@ class AlertTracker:
         )
 
     def _event(
-        self, kind: AlertKind, score: Score, state: AlertState, ended_at: float | None
+        self,
+        kind: AlertKind,
+        score: Score,
+        state: AlertState,
+        ended_at: float | None,
+        resolution: Resolution | None = None,
     ) -> AlertEvent:
         self._last_event_at = score.end_ts
         return AlertEvent(
@@ -129,4 +196,7 @@ class AlertTracker:
             threshold=score.threshold,
             top_sensors=self._top_sensors(score.sensors),
             model_version=score.model_version,
+            resolution=resolution,
+            acknowledged_by=self.acknowledged_by,
+            acknowledged_at=self.acknowledged_at,
         )

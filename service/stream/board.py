@@ -21,13 +21,18 @@ class Board:
         described = {}
         for name, runtime in changed.items():
             described[name] = runtime.describe()
-            if runtime.published_state != runtime.state:
-                self.metrics.set_machine_state(name, runtime.state)
-                runtime.published_state = runtime.state
+            state = runtime.shown_state
+            if runtime.published_state != state:
+                self.metrics.set_machine_state(name, state)
+                runtime.published_state = state
             if runtime.newest_ts is not None:
                 self.metrics.last_reading_of[name].set(runtime.newest_ts)
         with self._lock:
             self._records.update(described)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._records.pop(name, None)
 
     def records(self) -> list[MachineRecord]:
         with self._lock:

@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
@@ -114,7 +115,8 @@ class Ingestor:
 
     `declared` maps machines declared in the config to their sensors: a reading of another
     sensor of such a machine is `unknown_sensor`. Discovered machines are checked later,
-    once their sensor set is fixed.
+    once their sensor set is fixed. Undeclared machines are taken when `allow_undeclared`,
+    and then, if `allow` is given (discovery's allowlist), only names matching a pattern.
     """
 
     def __init__(
@@ -124,12 +126,15 @@ class Ingestor:
         future_tolerance: float = 300.0,
         declared: Mapping[str, tuple[str, ...]] | None = None,
         allow_undeclared: bool = True,
+        allow: tuple[str, ...] | None = None,
     ) -> None:
         self.templates = [TopicTemplate.compile(t) for t in templates]
         self.max_payload_bytes = max_payload_bytes
         self.future_tolerance = future_tolerance
         self.declared = {m: frozenset(s) for m, s in (declared or {}).items()}
         self.allow_undeclared = allow_undeclared
+        self.allow = allow
+        self._allowed: dict[str, bool] = {}
         self._matched: dict[str, tuple[TopicTemplate, str, str | None]] = {}
 
     @property
@@ -145,7 +150,7 @@ class Ingestor:
             return result.reject(RejectReason.UNKNOWN_TOPIC, topic)
         template, machine, sensor = match
         result.machine = machine
-        if machine not in self.declared and not self.allow_undeclared:
+        if machine not in self.declared and not self._undeclared_taken(machine):
             return result.reject(RejectReason.UNKNOWN_TOPIC, f"undeclared machine {machine}")
         try:
             document, finite = decode(payload)
@@ -160,6 +165,18 @@ class Ingestor:
         if not records:
             result.reject(RejectReason.SCHEMA, "empty batch", machine)
         return result
+
+    def _undeclared_taken(self, machine: str) -> bool:
+        if not self.allow_undeclared:
+            return False
+        if self.allow is None:
+            return True
+        taken = self._allowed.get(machine)
+        if taken is None:
+            if len(self._allowed) >= MAX_CACHED_TOPICS:  # a flood of names must not grow it
+                self._allowed.clear()
+            taken = self._allowed[machine] = any(fnmatchcase(machine, p) for p in self.allow)
+        return taken
 
     def _match(self, topic: str) -> tuple[TopicTemplate, str, str | None] | None:
         # A plant has a fixed set of topics, one message per reading on per-sensor ones:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from service.core.types import FloatArray, TuneReason
@@ -26,6 +27,7 @@ class FitRequest:
     machine: str
     sensors: tuple[str, ...]
     windows: list[FloatArray]  # each [time, sensors]
+    reason: str = "learned"  # or "relearn": an operator asked for it
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,6 @@ class SavedModels(Protocol):
     def machines(self) -> list[str]: ...
 
     def load_current(self, machine: str) -> Detector | None: ...
+
+    def forget(self, machine: str) -> Path | None:
+        """Moves the machine's versions aside; where to, if it had any."""

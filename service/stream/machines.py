@@ -28,6 +28,7 @@ from service.core.types import (
 from service.scoring.detector import Detector
 from service.scoring.threshold import ScoreDrift
 from service.stream.alert import AlertTracker
+from service.stream.conditions import Conditions
 from service.stream.learning import TuneRequest
 from service.stream.training import TrainingBuffer
 from service.stream.window import MachineWindower
@@ -64,8 +65,10 @@ class MachineRuntime:
         self.sensors: tuple[str, ...] = ()
         self.windower: MachineWindower | None = None
         self._gaps_counted = 0
+        # Its life (discovering, learning, scoring); `shown_state` adds the conditions.
         self.state = MachineState.DISCOVERING
         self.published_state: MachineState | None = None
+        self.conditions = Conditions(name, settings, settings.machines.get(name))
         self.detector: Detector | None = None
         self.newest_ts: float | None = None
         self.last_score: float | None = None
@@ -74,6 +77,8 @@ class MachineRuntime:
         self._discovery_start: float | None = None
         self._learning: list[FloatArray] = []
         self._fitting = False
+        self._learning_target: int | None = None  # a relearn's own count of windows
+        self.relearning = False
         self._backlog: deque[Window] = deque(maxlen=settings.learning.windows)
         self.backlog_dropped = 0  # windows the backlog had no room for, since the last install
         self.buffer = TrainingBuffer(settings.finetune, settings.model.seed)
@@ -90,6 +95,11 @@ class MachineRuntime:
             self.install(detector)
         elif sensors is not None:
             self._fix_sensors(sensors)
+
+    @property
+    def shown_state(self) -> MachineState:
+        """The state as the API, the metrics and the status page show it."""
+        return self.conditions.shown or self.state
 
     @property
     def firing(self) -> bool:
@@ -218,6 +228,24 @@ class MachineRuntime:
         new, self._gaps_counted = self.windower.gaps - self._gaps_counted, self.windower.gaps
         return new
 
+    def relearn(self, windows: int | None) -> None:
+        """Learns again from the next `windows` windows (default `learning.windows`) and
+        fits a model from scratch; the current one stops scoring until then."""
+        self._learning_target = windows
+        self.relearning = True
+        self._learning = []
+        self._backlog.clear()
+        self._fitting = False
+        self.detector = None
+        self.drift = None
+        self.tuning = False
+        self.last_fit_ts = None
+        self.state = MachineState.LEARNING
+
+    @property
+    def learning_windows(self) -> int:
+        return self._learning_target or self.settings.learning.windows
+
     def collect(self, windows: list[Window]) -> list[FloatArray] | None:
         """Learning: keeps windows as normal; returns the training set once it is complete.
         Windows past it, and those that arrive while the model is being fitted, wait to be
@@ -226,9 +254,9 @@ class MachineRuntime:
         if self._fitting:
             self._wait_for_model(windows)
             return None
-        missing = self.settings.learning.windows - len(self._learning)
+        missing = self.learning_windows - len(self._learning)
         self._learning.extend(w.values for w in windows[:missing])
-        if len(self._learning) < self.settings.learning.windows:
+        if len(self._learning) < self.learning_windows:
             return None
         self._wait_for_model(windows[missing:])
         self._fitting = True
@@ -263,12 +291,16 @@ class MachineRuntime:
             self.detector = detector
             self._watch_drift(detector)
             self.state = MachineState.SCORING
+            self._learning_target = None
+            self.relearning = False
         return backlog
 
     def describe(self) -> MachineRecord:
         return {
             "machine": self.name,
-            "state": self.state.value,
+            "state": self.shown_state.value,
+            "maintenance_until": self.conditions.maintenance_until,
+            "acknowledged_by": self.tracker.acknowledged_by,
             "sensors": list(self.sensors),
             "alert": self.tracker.state.value,
             "alert_id": self.tracker.alert_id,

@@ -25,33 +25,32 @@ from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.core.threads import Worker
 from service.core.types import (
+    AlertEvent,
     AlertKind,
-    FitOutcome,
-    FloatArray,
     MachineRecord,
     MachineState,
     Rejection,
     RejectReason,
-    Score,
     Window,
 )
-from service.scoring.detector import Detector
 from service.scoring.passes import ScoringPass, Work
+from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
+from service.stream.commands import Command, Outcome
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
-from service.stream.machines import DriftEvent, MachineRuntime, TooFewWindowsError
-from service.stream.publish import Publisher
+from service.stream.machines import MachineRuntime
+from service.stream.operator import Operator
+from service.stream.publish import Publisher, rfc3339
 from service.stream.registry import new_machine
 from service.stream.rejections import RejectionLog
+from service.stream.verdicts import Verdicts
 
 log = structlog.get_logger(__name__)
 
-# Requests waiting for the learner beyond which no fine-tune is requested. Machines that
-# learned together fall due together; a request holds references to the windows of the
-# moment it was made, so a machine still due asks again later with fresher ones instead
-# of waiting in a plant-long queue (and the learner's copies are made one at a time).
-MAX_QUEUED_JOBS = 4
+# Wall-clock seconds between checks of the conditions that change with time alone
+# (scheduled maintenance, staleness).
+CONDITIONS_INTERVAL = 1.0
 # Seconds between freezes of the long-lived objects (service.core.heap.freeze): a plant's first
 # fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
 FREEZE_INTERVAL = 30.0
@@ -67,6 +66,7 @@ class Pipeline(Worker):
         learner: Learner,
         store: SavedModels | None = None,
         together: Callable[[], AbstractContextManager[None]] = nullcontext,
+        journal: AlertJournal | None = None,
     ) -> None:
         super().__init__("pipeline", metrics)
         # A cycle's acks are queued inside it: paho's thread is woken once for all of them
@@ -90,11 +90,21 @@ class Pipeline(Worker):
         self._installed_since_freeze = True
         self._frozen_at = -FREEZE_INTERVAL
         self.board = Board(metrics)
+        self.journal = journal
+        self.operator = Operator(self, metrics, publisher)
+        self.verdicts = Verdicts(metrics, learner, self.emit)
+        self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
+        self._conditions_at = 0.0
+        # Machines first heard of after this (wall-clock) are announced: at start-up the
+        # whole plant is new, later a new name may be a typo in a topic.
+        self._announce_after = time.time() + settings.discovery.period
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
         for name in store.machines() if store is not None else []:
             if name not in self.machines:
                 self._add_machine(name, None, None)
+        if journal is not None:
+            take_up(journal, self.machines, self.publisher, self.metrics)
         self._publish_snapshot()
 
     # -- called from other threads ------------------------------------------------------
@@ -109,6 +119,10 @@ class Pipeline(Worker):
 
     def install(self, result: FitResult) -> None:
         self._installs.put(result)
+
+    def command(self, machine: str, command: Command, reply: Callable[[Outcome], None]) -> None:
+        """Queues an operator command; `reply` gets its outcome from the pipeline thread."""
+        self._commands.put((machine, command, reply))
 
     def stop(self, deadline: float) -> None:
         """Finish what is queued until `deadline` (monotonic), then end the thread."""
@@ -144,6 +158,7 @@ class Pipeline(Worker):
         """One round: take in new models, drain the queue, score what is complete."""
         started = time.monotonic()
         self._take_installs()
+        self._take_commands()
         waited = time.monotonic()
         batches = self._drain(timeout)
         # The cycle's work, without its wait for the first message.
@@ -163,12 +178,14 @@ class Pipeline(Worker):
             self.metrics.received_of[name].inc(arrivals.count)
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
+        self.operator.seen(touched.values())
         # Only a new reading moves a machine's watermark, so only these can have windows.
         self._score({name: self._advance(runtime) for name, runtime in touched.items()})
         self._changed.update(touched)
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
+        self._follow_conditions()
         self._publish_snapshot()
         self._maybe_freeze()
         self.metrics.pipeline_cycle.observe(time.monotonic() - started)
@@ -216,6 +233,7 @@ class Pipeline(Worker):
                 self._count_rejection(limit)
                 return
             runtime = self._add_machine(machine, None, None)
+            self._announce(runtime)
         rejections: list[Rejection] = []
         for rows, readings in arrivals.spans:
             if rows:
@@ -271,103 +289,32 @@ class Pipeline(Worker):
             )
 
     def _score(self, windows: dict[str, list[Window]]) -> None:
-        """Learning machines collect their windows; the others' are scored all at once."""
+        """Learning machines collect their windows; the others' are scored all at once.
+        Windows of a machine in maintenance or off are neither."""
         work: Work = {}
-        for name, machine_windows in windows.items():
+        scored_windows: dict[str, list[Window]] = {}
+        for name, all_windows in windows.items():
+            runtime = self.machines[name]
+            machine_windows = self.operator.running(runtime, all_windows)
             if not machine_windows:
                 continue
-            runtime = self.machines[name]
             if runtime.state == MachineState.LEARNING:
                 self._learn(runtime, machine_windows)
             elif runtime.detector is not None:
                 values = np.stack([w.values for w in machine_windows])
                 work[name] = (runtime.detector, values)
+                scored_windows[name] = machine_windows
         for part, scored in self.scoring.parts(work):
             for name, (scores, errors) in scored.items():
-                self._take_scores(self.machines[name], part[name][0], windows[name], scores, errors)
+                runtime = self.machines[name]
+                self.verdicts.take(runtime, part[name][0], scored_windows[name], scores, errors)
 
     def _learn(self, runtime: MachineRuntime, windows: list[Window]) -> None:
         job = runtime.collect(windows)
         if job is not None:
             log.info("machine_learning_complete", machine=runtime.name, windows=len(job))
-            self.learner.submit(FitRequest(runtime.name, runtime.sensors, job))
-
-    def _take_scores(
-        self,
-        runtime: MachineRuntime,
-        detector: Detector,
-        windows: list[Window],
-        scores: FloatArray,
-        errors: FloatArray,
-    ) -> None:
-        """Alerts, fine-tuning buffer and gauges from one machine's scored windows."""
-        name = runtime.name
-        for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
-            result = Score(
-                name,
-                window.end_ts,
-                float(score),
-                detector.threshold,
-                tuple(sensor_errors.tolist()),
-                window.sensors,
-                detector.version,
-            )
-            event = runtime.tracker.observe(result)
-            if event is not None:
-                self.publisher.publish_alert(event)
-                if event.kind == AlertKind.RAISED:
-                    self.metrics.alerts_raised.labels(machine=name).inc()
-            runtime.buffer.observe(
-                window.values, result.score, detector.threshold, runtime.alert_active
-            )
-            drift = runtime.observe_drift(result.score)
-            if drift is not None:
-                self._count_drift(runtime, drift, window.end_ts)
-        runtime.last_score = float(scores[-1])
-        runtime.scored_until = windows[-1].end_ts
-        self.metrics.scored_of[name].inc(len(windows))
-        self.metrics.score_of[name].set(runtime.last_score)
-        self.metrics.firing_of[name].set(runtime.firing)
-        self._count_excluded(runtime)
-        self._maybe_finetune(runtime)
-
-    def _count_drift(self, runtime: MachineRuntime, drift: DriftEvent, ts: float) -> None:
-        self.metrics.drift_events.labels(machine=runtime.name).inc()
-        log.info(
-            "score_drift",
-            machine=runtime.name,
-            ts=ts,
-            level_before=round(drift.level_before, 4),
-            level_after=round(drift.level_after, 4),
-            finetune_requested=drift.requested,
-        )
-
-    def _count_excluded(self, runtime: MachineRuntime) -> None:
-        if runtime.buffer.excluded:
-            self.metrics.finetune_windows_excluded.labels(machine=runtime.name).inc(
-                runtime.buffer.excluded
-            )
-            runtime.buffer.excluded = 0
-
-    def _maybe_finetune(self, runtime: MachineRuntime) -> None:
-        if self.learner.pending() >= MAX_QUEUED_JOBS:
-            return  # still due: asked again at its next scored window
-        try:
-            job = runtime.finetune_job()
-        except TooFewWindowsError as exc:
-            self.metrics.finetune_runs.labels(
-                machine=runtime.name, outcome=FitOutcome.TOO_FEW_WINDOWS
-            ).inc()
-            log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
-            return
-        if job is not None:
-            log.info(
-                "finetune_submitted",
-                machine=runtime.name,
-                reason=job.reason,
-                windows=len(job.train),
-            )
-            self.learner.submit(job)
+            reason = "relearn" if runtime.relearning else "learned"
+            self.learner.submit(FitRequest(runtime.name, runtime.sensors, job, reason))
 
     def _publish_snapshot(self) -> None:
         """Describes again (for /api/machines) and updates the gauges of the machines that
@@ -375,3 +322,55 @@ class Pipeline(Worker):
         if self._changed:
             self.board.refresh(self._changed)
             self._changed = {}
+
+    # -- operators and conditions ---------------------------------------------------------
+    def emit(self, runtime: MachineRuntime, event: AlertEvent | None) -> None:
+        """An alert event out (MQTT, journal, gauges); with None, only marks the machine's
+        description and gauges to be refreshed."""
+        name = runtime.name
+        self._changed[name] = runtime
+        if event is None:
+            return
+        self.publisher.publish_alert(event)
+        if self.journal is not None:
+            self.journal.record(event)
+        if event.kind == AlertKind.RAISED:
+            self.metrics.alerts_raised.labels(machine=name).inc()
+        self.metrics.firing_of[name].set(runtime.firing)
+        acknowledged = runtime.firing and runtime.tracker.acknowledged_by is not None
+        self.metrics.alert_acknowledged.labels(machine=name).set(acknowledged)
+
+    def drop_machine(self, name: str) -> None:
+        runtime = self.machines.pop(name)
+        self._changed.pop(name, None)
+        self.scoring.scorer.forget(name)
+        self.metrics.remove_machine(name)
+        self.board.remove(name)
+        self.publisher.clear_alert(name)
+        aside = self.store.forget(name) if self.store is not None else None
+        log.warning(
+            "machine_forgotten", machine=name, models_moved_to=str(aside), sensors=runtime.sensors
+        )
+
+    def _take_commands(self) -> None:
+        while not self._commands.empty():
+            machine, command, reply = self._commands.get_nowait()
+            reply(self.operator.run(machine, command))
+
+    def _follow_conditions(self) -> None:
+        now = time.time()
+        if now - self._conditions_at >= CONDITIONS_INTERVAL:
+            self._conditions_at = now
+            for runtime in self.machines.values():
+                self.operator.follow_conditions(runtime, now, self.settings.alert.stale_after)
+
+    def _announce(self, runtime: MachineRuntime) -> None:
+        """A machine first heard of well after start-up: worth a look (a typo in a topic
+        makes one too)."""
+        if time.time() < self._announce_after:
+            return
+        self.metrics.machines_discovered.inc()
+        log.warning("machine_discovered", machine=runtime.name)
+        self.publisher.publish_event(
+            {"event": "machine_discovered", "machine": runtime.name, "at": rfc3339(time.time())}
+        )

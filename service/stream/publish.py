@@ -40,6 +40,9 @@ def alert_document(event: AlertEvent) -> dict[str, Any]:
         "threshold": round(event.threshold, 6),
         "top_sensors": [{"sensor": s.sensor, "share": s.share} for s in event.top_sensors],
         "model_version": event.model_version,
+        "resolution": event.resolution.value if event.resolution else None,
+        "acknowledged_by": event.acknowledged_by,
+        "acknowledged_at": rfc3339(event.acknowledged_at),
     }
 
 
@@ -70,4 +73,21 @@ class Publisher:
             score=round(event.score, 4),
             threshold=round(event.threshold, 4),
             top_sensor=event.top_sensors[0].sensor if event.top_sensors else None,
+            resolution=event.resolution.value if event.resolution else None,
         )
+
+    def publish_event(self, document: dict[str, Any]) -> None:
+        """Another kind of event (a command, a machine discovered) on the events topic."""
+        self.sink.publish(f"{self.prefix}/events", orjson.dumps(document), qos=1, retain=False)
+        self.metrics.alerts_published.inc()
+
+    def publish_result(self, machine: str, document: dict[str, Any]) -> None:
+        """A command's outcome, for whoever sent it over MQTT."""
+        topic = f"{self.prefix}/command/{machine}/result"
+        self.sink.publish(topic, orjson.dumps(document), qos=1, retain=False)
+        self.metrics.alerts_published.inc()
+
+    def clear_alert(self, machine: str) -> None:
+        """Removes the machine's retained alert (an empty retained message deletes it)."""
+        self.sink.publish(self.alert_topic(machine), b"", qos=1, retain=True)
+        self.metrics.alerts_published.inc()

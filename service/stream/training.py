@@ -39,21 +39,32 @@ class TrainingBuffer:
         self.episodes: deque[FloatArray] = deque(maxlen=settings.episode_windows)
         self.new_since_fit = 0
         self.excluded = 0
+        # The latest episode's windows (those that led up to it, its own, its margin after),
+        # kept until the next one: an operator may still call it a false alarm.
+        self._episode_windows: deque[FloatArray] = deque(maxlen=settings.recent_windows)
+        self._in_episode = False
 
     def observe(
         self, values: FloatArray, score: float, threshold: float, alert_active: bool
     ) -> None:
         anomalous = score > threshold
         if alert_active:
+            if not self._in_episode:
+                self._episode_windows.clear()
+                self._in_episode = True
             self.excluded += len(self._holding) + 1
+            self._episode_windows.extend(self._holding)
+            self._episode_windows.append(values)
             self._holding.clear()
             self._cooldown = self.s.margin_windows
             if score >= threshold * self.s.episode_factor:
                 self.episodes.append(values)
             return
+        self._in_episode = False
         if self._cooldown > 0:
             self._cooldown -= 1
             self.excluded += 1
+            self._episode_windows.append(values)
             return
         self._counter += 1
         if anomalous or self._counter % self.s.admit_every:
@@ -61,6 +72,22 @@ class TrainingBuffer:
         self._holding.append(values)
         if len(self._holding) > self._hold:
             self._admit(self._holding.popleft())
+
+    def release_episode(self) -> int:
+        """An operator said the latest episode was a false alarm: its windows become normal
+        data (every `admit_every`-th, as any other), they no longer count as windows the
+        gate wants flagged, and the margin after it ends. Returns the windows admitted."""
+        released = list(self._episode_windows)
+        self._episode_windows.clear()
+        ids = {id(w) for w in released}
+        self.episodes = deque(
+            (w for w in self.episodes if id(w) not in ids), maxlen=self.episodes.maxlen
+        )
+        self._cooldown = 0
+        admitted = released[:: self.s.admit_every]
+        for values in admitted:
+            self._admit(values)
+        return len(admitted)
 
     def seed(self, windows: list[FloatArray]) -> None:
         """The learning windows are the first older normal windows: without them, the

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,6 +20,11 @@ from service.core.threads import Worker
 Probe = Callable[[], dict[str, Any]]
 # `/api/machines`: one record a machine (service.core.types.MachineRecord).
 Machines = Callable[[], Sequence[Mapping[str, Any]]]
+# POST /api/machines/<machine>/commands: (machine, body, Authorization header) -> (status,
+# JSON body). Bodies larger than this are refused unread.
+Commands = Callable[[str, bytes, str | None], tuple[int, dict[str, Any]]]
+MAX_BODY = 4096
+_COMMANDS_PATH = re.compile(r"^/api/machines/([^/]+)/commands$")
 
 
 class HttpServer(Worker):
@@ -30,9 +36,10 @@ class HttpServer(Worker):
         health: Probe,
         ready: Probe,
         machines: Machines,
+        commands: Commands | None = None,
     ) -> None:
         super().__init__("http", metrics)
-        handler = _handler_class(metrics.registry, health, ready, machines)
+        handler = _handler_class(metrics.registry, health, ready, machines, commands)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
 
@@ -59,9 +66,25 @@ def _handler_class(
     health: Probe,
     ready: Probe,
     machines: Machines,
+    commands: Commands | None,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "aemon"
+
+        def do_POST(self) -> None:
+            path = self.path.partition("?")[0]
+            match = _COMMANDS_PATH.match(path)
+            if match is None or commands is None:
+                self._send(404, "text/plain", b"not found\n")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_BODY:
+                self._send(413 if length else 411, "text/plain", b"a command is small JSON\n")
+                return
+            body = self.rfile.read(length)
+            machine = unquote(match.group(1))
+            status, answer = commands(machine, body, self.headers.get("Authorization"))
+            self._send(status, "application/json", orjson.dumps(answer))
 
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from service.core.config import MqttSettings
 from service.core.metrics import Metrics
@@ -51,9 +52,13 @@ class MqttClient:
         status_topic: str,
         on_message: MessageHandler,
         metrics: Metrics,
+        commands: str | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = subscriptions
+        # Operator commands (aemon/command/+), delivered to the same handler. Never their
+        # retained messages: a command kept by the broker would run again at every start.
+        self.commands = commands
         self.status_topic = status_topic
         self.handler = on_message
         self.metrics = metrics
@@ -184,7 +189,10 @@ class MqttClient:
                 return
             self.acks.reset()
             qos = int(self.settings.qos)
-            client.subscribe([(t, qos) for t in self.subscriptions])
+            wanted = [(t, SubscribeOptions(qos=qos)) for t in self.subscriptions]
+            if self.commands is not None:
+                wanted.append((self.commands, SubscribeOptions(qos=1, retainHandling=2)))
+            client.subscribe(wanted)
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
             self.last_error = None

@@ -13,7 +13,8 @@ from service.core.types import MachineState, Reading
 from service.learning.finetune import FineTuner
 from service.stream.arrivals import Batch
 from service.stream.learning import TuneRequest
-from service.stream.pipeline import MAX_QUEUED_JOBS, Pipeline
+from service.stream.pipeline import Pipeline
+from service.stream.verdicts import MAX_QUEUED_JOBS
 from tests.synthetic import SENSORS, machine_rows
 from tests.unit.wiring import wired_pipeline
 

@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 from service.core.config import ModelSettings
 from service.core.types import FloatArray
 from service.learning import store as store_module
-from service.learning.store import ModelStore, StoreError, TrainingFacts, machine_dirname
+from service.learning.store import ModelStore, StoreError, machine_dirname
+from service.learning.store_meta import TrainingFacts
 from service.scoring.detector import Detector
 
 SENSORS = ("a", "b", "c")

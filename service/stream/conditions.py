@@ -1,0 +1,134 @@
+"""`Conditions`: what keeps a machine from being scored as a running machine.
+
+- maintenance: an operator's window (`maintenance` command, until a time) or a recurring
+  one of the config (`[[maintenance]]`); no alert is raised and nothing is learnt in it.
+- off: the machine is switched off or idle, by its `running` rule or, without one, because
+  every sensor rests (moves less than `off.flat_fraction` of its learned spread); its
+  windows are neither scored nor learnt, and a firing alert waits for it to run again.
+- stale: no reading accepted for `alert.stale_after` seconds of wall-clock time.
+
+>>> from service.core.config import Settings
+>>> rule = {"sensor": "current", "above": 0.5}
+>>> s = Settings.model_validate({"machines": {"p": {"sensors": ["current"], "running": rule}}})
+>>> c = Conditions("p", s, s.machines["p"])
+>>> c.is_off(np.array([[1.0], [0.2]], np.float32), ("current",), None)
+True
+>>> c.is_off(np.array([[0.0], [0.9]], np.float32), ("current",), None)
+False
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+from service.core.config import MachineSettings, MaintenanceWindow, Settings
+from service.core.types import FloatArray, MachineState
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Conditions:
+    def __init__(self, name: str, settings: Settings, machine: MachineSettings | None) -> None:
+        self.rule = machine.running if machine is not None else None
+        self.auto_off = settings.off.auto
+        self.flat_fraction = settings.off.flat_fraction
+        self.schedule = [w for w in settings.maintenance if matches(name, w.machines)]
+        self._commanded: tuple[float, str] | None = None  # (until, reason)
+        self._ended_scheduled_at = -math.inf  # a scheduled window ended early by command
+        self.maintenance_until: float | None = None
+        self.maintenance_reason: str | None = None
+        self.off = False
+        self.stale = False
+        self.last_seen = time.time()  # wall-clock of the newest accepted reading (or start)
+
+    @property
+    def shown(self) -> MachineState | None:
+        if self.maintenance_until is not None:
+            return MachineState.MAINTENANCE
+        if self.stale:
+            return MachineState.STALE
+        if self.off:
+            return MachineState.OFF
+        return None
+
+    # -- maintenance ------------------------------------------------------------------------
+    def begin_maintenance(self, until: float, reason: str) -> None:
+        self._commanded = (until, reason)
+
+    def end_maintenance(self, now: float) -> None:
+        """Ends the commanded window and the scheduled one under way."""
+        self._commanded = None
+        if self.maintenance_until is not None:
+            self._ended_scheduled_at = now
+
+    def update_maintenance(self, now: float) -> bool | None:
+        """Whether `now` (wall-clock) is in maintenance; True when it just began, False
+        when it just ended, None when nothing changed."""
+        window = self._current(now)
+        before = self.maintenance_until is not None
+        self.maintenance_until, self.maintenance_reason = window or (None, None)
+        after = window is not None
+        return after if after != before else None
+
+    def _current(self, now: float) -> tuple[float, str] | None:
+        if self._commanded is not None:
+            if now < self._commanded[0]:
+                return self._commanded
+            self._commanded = None
+        for window in self.schedule:
+            span = scheduled_span(window, now)
+            if span is not None and span[0] > self._ended_scheduled_at:
+                return span[1], window.reason
+        return None
+
+    # -- off --------------------------------------------------------------------------------
+    def is_off(
+        self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
+    ) -> bool:
+        """Whether a window `[time, sensors]` is of a machine that does not run: by the
+        rule (its sensor's last value) or, without one, every sensor at rest against its
+        learned `spread` (none before a model exists: learning trusts the rule alone)."""
+        if self.rule is not None:
+            if self.rule.sensor not in sensors:
+                return False
+            value = float(values[-1, sensors.index(self.rule.sensor)])
+            above, below = self.rule.above, self.rule.below
+            running = (above is None or value > above) and (below is None or value < below)
+            return not running
+        if not self.auto_off or spread is None:
+            return False
+        moves = values.max(axis=0) - values.min(axis=0)
+        return bool(np.all(moves < self.flat_fraction * spread))
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def scheduled_span(window: MaintenanceWindow, now: float) -> tuple[float, float] | None:
+    """(start, end) of the occurrence of `window` under way at `now`, if any.
+
+    >>> w = MaintenanceWindow(weekdays=("sat",), start="22:00", hours=4)
+    >>> sat_23h = datetime(2026, 12, 5, 23, tzinfo=UTC).timestamp()
+    >>> sun_01h, sun_03h = sat_23h + 2 * 3600, sat_23h + 4 * 3600
+    >>> scheduled_span(w, sat_23h) == scheduled_span(w, sun_01h) != None
+    True
+    >>> scheduled_span(w, sun_03h) is None
+    True
+    """
+    at = datetime.fromtimestamp(now, UTC)
+    hour, minute = (int(x) for x in window.start.split(":"))
+    for days_back in range(math.ceil(window.hours / 24) + 1):
+        day = at - timedelta(days=days_back)
+        if WEEKDAYS[day.weekday()] not in window.weekdays:
+            continue
+        start = day.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+        end = start + window.hours * 3600
+        if start <= now < end:
+            return start, end
+    return None
