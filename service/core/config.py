@@ -8,17 +8,21 @@ The sections live in `service.core.sections` and `service.core.model_settings`.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
+from service.core.config_errors import describe, describe_env_json
 from service.core.model_settings import (
     FinetuneSettings,
     LearningSettings,
@@ -109,19 +113,49 @@ class Settings(BaseSettings):
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message says why."""
+    """The configuration cannot be used; the message says why, one line per problem
+    (`a.toml:3: mqtt.port: expected an integer from 1 to 65535, given "abc"`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = tuple(problems)
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Settings from `path` (or `AEMON_CONFIG`), env vars, and `overrides` (highest)."""
+    """Settings from `path` (or `AEMON_CONFIG`), env vars, and `overrides` (highest).
+    Raises `ConfigError` naming the file, line, key, environment variable of each problem."""
     chosen = path if path is not None else os.environ.get("AEMON_CONFIG")
     if chosen is None:
-        return Settings(**overrides)
+        return _validated(Settings, None, overrides)
     toml_path = Path(chosen)
     if not toml_path.is_file():
-        raise ConfigError(f"config file {toml_path} does not exist")
+        raise ConfigError([f"config file {toml_path} does not exist"])
+    try:
+        tomllib.loads(toml_path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{toml_path}: cannot read: {exc.strerror or exc}"]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([toml_syntax(toml_path, exc)]) from exc
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=toml_path)
 
-    return _FromFile(**overrides)
+    return _validated(_FromFile, toml_path, overrides)
+
+
+def _validated(cls: type[Settings], file: Path | None, overrides: dict[str, Any]) -> Settings:
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, cls, file)) from exc
+    except SettingsError as exc:  # a list or table variable that is not JSON
+        raise ConfigError(describe_env_json(cls, exc)) from exc
+
+
+def toml_syntax(path: Path, exc: ValueError) -> str:
+    """`a.toml:3:7: not valid TOML: Expected '=' after a key in a key/value pair`."""
+    message = str(exc)
+    at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if at is None:
+        return f"{path}: not valid TOML: {message}"
+    return f"{path}:{at[1]}:{at[2]}: not valid TOML: {message[: at.start()]}"
