@@ -19,11 +19,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench,docs]' 2>&1 | $(PIP_FILTER)
 	touch $@
 
-# Mosquitto for the broker, Prometheus for promtool and the demo's scrape.
+# Mosquitto for the broker, its clients (mosquitto_sub, mosquitto_pub) to watch and feed it,
+# Prometheus for promtool and the demo's scrape.
 system-deps:
-	@if ! command -v mosquitto >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null || \
+		! command -v promtool >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto prometheus >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			mosquitto mosquitto-clients prometheus >/dev/null; \
 	fi
 
 lint: install
