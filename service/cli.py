@@ -1,9 +1,10 @@
-"""`aemon run`, `aemon train`, `aemon evaluate`, `aemon models`, `aemon check-config`: parse,
-call, print."""
+"""`aemon run`, `aemon train`, `aemon evaluate`, `aemon models`, `aemon check-config`,
+`aemon machine`: parse, call, print. `--config` is taken before or after a subcommand."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -12,31 +13,48 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydantic import ValidationError
-
-from service import __version__
+from service import __version__, machine_cli
 from service.core.config import ConfigError, Settings, load_settings
+from service.core.config_errors import nearest
 from service.core.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aemon", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,  # so that a subcommand's absent one keeps the main's
+        help="TOML config (default: $AEMON_CONFIG, else the defaults)",
+    )
+    parser = argparse.ArgumentParser(prog="aemon", description=__doc__, parents=[common])
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the daemon")
-    run.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
-    check = commands.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("file", type=Path)
-    models = commands.add_parser("models", help="list model versions or roll one back")
-    models.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
+    commands.add_parser("run", parents=[common], help="run the daemon")
+    check = commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate a config file as `aemon run` would (settings, model kind, files, state "
+        "directory, topics) and print it",
+    )
+    check.add_argument("file", type=Path, nargs="?", help="default: --config or $AEMON_CONFIG")
+    models = commands.add_parser(
+        "models", parents=[common], help="list model versions or roll one back"
+    )
     actions = models.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="every machine's versions; * marks the current one")
-    rollback = actions.add_parser("rollback", help="make an older version current")
+    actions.add_parser(
+        "list", parents=[common], help="every machine's versions; * marks the current one"
+    )
+    rollback = actions.add_parser(
+        "rollback", parents=[common], help="make an older version current"
+    )
     rollback.add_argument("machine")
     rollback.add_argument("version", type=int, nargs="?", help="default: the previous one")
-    _add_evaluate(commands)
-    _add_train(commands)
+    _add_evaluate(commands, common)
+    _add_train(commands, common)
+    machine_cli.add_parser(commands, common)
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
     if args.command == "run":
         return run_daemon(args.config)
     if args.command == "train":
@@ -45,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return manage_models(args)
     if args.command == "evaluate":
         return evaluate(args)
-    return check_config(args.file)
+    if args.command == "machine":
+        settings = _load(args.config)
+        return machine_cli.run(args, settings) if settings is not None else 2
+    return check_config(args.file or args.config)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -68,13 +89,15 @@ def train(args: argparse.Namespace) -> int:
     return run_train(settings, args)
 
 
-def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_train(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     tr = commands.add_parser(
         "train",
+        parents=[common],
         help="fit machines' models from history CSV files into the state directory "
         "(stop the daemon first; it loads them when it starts)",
     )
-    tr.add_argument("--config", type=Path, help="TOML config (default: $AEMON_CONFIG)")
     tr.add_argument("--machine", help="the machine of every file (default: each file's stem)")
     tr.add_argument(
         "--max-windows",
@@ -93,7 +116,11 @@ def manage_models(args: argparse.Namespace) -> int:
     from service.learning.store import ModelStore, StoreError
 
     store = ModelStore(settings.state.dir)
+    machines = store.machines()
     if args.action == "rollback":
+        if args.machine not in machines:
+            print(f"aemon: {_unknown_machine(args.machine, machines, store.root)}", file=sys.stderr)
+            return 1
         try:
             version = store.rollback(args.machine, args.version)
         except StoreError as exc:
@@ -101,13 +128,26 @@ def manage_models(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.machine}: version {version} is current; restart aemon to use it")
         return 0
-    for machine in store.machines():
+    if not machines:
+        print(f"aemon: no models in {store.root}", file=sys.stderr)
+    for machine in machines:
         for info in store.versions(machine):
             mark = "*" if info.current else " "
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_at))
             line = [f"{mark} {machine}", f"v{info.version}", f"{created}Z"]
             print("\t".join([*line, f"threshold={info.threshold:.4g}", *_facts(info.facts)]))
     return 0
+
+
+def _unknown_machine(name: str, machines: list[str], root: Path) -> str:
+    """`unknown machine pump-l: no model versions in <root>; did you mean pump-1?`"""
+    text = f"unknown machine {name}: no model versions in {root}"
+    guess = nearest(name, machines)
+    if guess is not None:
+        return f"{text}; did you mean {guess}?"
+    if machines and len(machines) <= 10:
+        return f"{text} (machines: {', '.join(machines)})"
+    return text
 
 
 def _facts(facts: dict[str, Any]) -> list[str]:
@@ -122,13 +162,13 @@ def _facts(facts: dict[str, Any]) -> list[str]:
     return shown
 
 
-def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_evaluate(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     ev = commands.add_parser(
         "evaluate",
+        parents=[common],
         help="replay labelled CSV files (SKAB, NAB, or ts,<sensor>...,anomaly), print metrics",
-    )
-    ev.add_argument(
-        "--config", type=Path, help="TOML config (default: $AEMON_CONFIG, else the defaults)"
     )
     ev.add_argument("--model", help="autoencoder family (default: the config's model.kind)")
     ev.add_argument(
@@ -157,13 +197,44 @@ def _add_evaluate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def _load(path: Path | None) -> Settings | None:
     try:
         return load_settings(path)
-    except (ConfigError, ValidationError, OSError, ValueError) as exc:
-        print(f"aemon: invalid configuration: {exc}", file=sys.stderr)
-        return None
+    except ConfigError as exc:
+        _report("invalid configuration", list(exc.problems))
+    except (OSError, ValueError) as exc:
+        _report("invalid configuration", [str(exc)])
+    return None
 
 
-def check_config(path: Path) -> int:
+def _report(title: str, problems: list[str]) -> None:
+    """One problem on the line of `title`; several below it, one a line."""
+    if len(problems) == 1:
+        print(f"aemon: {title}: {problems[0]}", file=sys.stderr)
+        return
+    print(f"aemon: {title} ({len(problems)} problems):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _ready(path: Path | None, *, starting: bool) -> Settings | None:
+    """Settings that `aemon run` can start with (`service.preflight`), else None, the
+    problems printed; warnings are printed either way."""
     settings = _load(path)
+    if settings is None:
+        return None
+    from service.preflight import preflight  # imports torch (the model registry)
+
+    chosen = path if path is not None else os.environ.get("AEMON_CONFIG")
+    file = Path(chosen) if chosen is not None else None
+    checked = preflight(settings, file, starting=starting)
+    for warning in checked.warnings:
+        print(f"aemon: warning: {warning}", file=sys.stderr)
+    if not checked.ok:
+        _report("invalid configuration", checked.problems)
+        return None
+    return settings
+
+
+def check_config(path: Path | None) -> int:
+    settings = _ready(path, starting=False)
     if settings is None:
         return 2
     print(settings.model_dump_json(indent=2))
@@ -171,11 +242,11 @@ def check_config(path: Path) -> int:
 
 
 def run_daemon(path: Path | None) -> int:
-    settings = _load(path)
+    settings = _ready(path, starting=True)
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.format)
-    from service.app import App  # torch is imported here, not for check-config
+    from service.app import App  # the daemon itself: only for run
 
     stop = threading.Event()
 
