@@ -123,7 +123,12 @@ def command_url(base: str | None, settings: Settings, machine: str) -> str:
         if settings.http.port == 0:
             raise UsageError("http.port is 0 (any free port) in the config: give --url")
         base = f"http://127.0.0.1:{settings.http.port}"
-    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+    parts = urllib.parse.urlsplit(base)
+    try:
+        port = parts.port  # the property checks it
+    except ValueError as exc:
+        raise UsageError(f"--url {base}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise UsageError(f"--url {base}: give an http:// or https:// URL")
     name = urllib.parse.quote(machine, safe="")
     return f"{base.rstrip('/')}/api/machines/{name}/commands"
@@ -143,6 +148,10 @@ def read_token(settings: Settings) -> str:
         raise UsageError(f"http.command_token_file: cannot read {path}: {reason}") from exc
     if not token:
         raise UsageError(f"http.command_token_file: {path} is empty")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise UsageError(
+            f"http.command_token_file: {path} is not a token: one word of printable ASCII"
+        )
     return token
 
 

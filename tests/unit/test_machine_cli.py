@@ -220,7 +220,18 @@ def test_no_token_file_configured_is_a_usage_error(
     config.write_text(f'[http]\ncommand_token_file = "{config.parent / "nope"}"\n')
     assert aemon(daemon, config, "pump-1", "ack") == 2
     assert "cannot read" in capsys.readouterr().err
+    config.write_text(f'[http]\ncommand_token_file = "{config}"\n')  # a file of many lines
+    assert aemon(daemon, config, "pump-1", "ack") == 2
+    assert "is not a token" in capsys.readouterr().err
     assert daemon.requests == []
+
+
+def test_a_url_that_is_not_one_is_a_usage_error(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for url in ("http://127.0.0.1:port", "ftp://127.0.0.1"):
+        assert main(["machine", "pump-1", "ack", "--url", url, "--config", str(config)]) == 2
+        assert url in capsys.readouterr().err
 
 
 def test_an_unreachable_daemon_exits_3_naming_the_url(
