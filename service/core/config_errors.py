@@ -235,16 +235,16 @@ def describe(
     origins = Origins(settings_cls, file)
     found: dict[str, tuple[int, int]] = {}
     for error in exc.errors():
-        loc: Loc = tuple(error["loc"])
-        place = loc[:-1] if error["type"] == "missing" else loc  # where it should have been
-        line = origins.where(place) + _problem(error, target(settings_cls, loc), origins)
+        aim = target(settings_cls, tuple(error["loc"]))
+        place = aim.path[:-1] if error["type"] == "missing" else aim.path  # where it should be
+        line = origins.where(place) + _problem(error, aim, origins)
         found.setdefault(line, origins.order(place))  # union members give the same line
     return sorted(found, key=lambda line: found[line])
 
 
 def _problem(error: Mapping[str, Any], aim: Target, origins: Origins) -> str:
     key, kind = dotted(aim.path), str(error["type"])
-    env = origins.variable(tuple(error["loc"])) is not None
+    env = origins.variable(aim.path) is not None
     if kind == "extra_forbidden" and aim.parent is not None:
         name = str(aim.path[-1])
         guess = nearest(name, aim.parent.model_fields)

@@ -165,3 +165,13 @@ def test_targets_and_what_they_expect() -> None:
     assert Origins(Settings, None).env_name(("machines", "p1", "sensors")) == (
         "AEMON_MACHINES__P1__SENSORS"
     )
+
+
+def test_a_table_from_the_environment_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = write(tmp_path, "[model]\nepochs = 3\n")
+    monkeypatch.setenv("AEMON_MODEL__PARAMS", '{"channels": "wide"}')
+    assert problems(f) == [
+        'AEMON_MODEL__PARAMS (environment): model.params.channels: expected a number, given "wide"'
+    ]
