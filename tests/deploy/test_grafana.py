@@ -67,7 +67,13 @@ def test_variables_datasource_and_machine() -> None:
 
 
 def test_machine_panels_filter_by_the_machine_variable() -> None:
-    for title in ("Score against threshold", "Alert timeline", "Model version"):
+    for title in (
+        "Score against threshold",
+        "Alert timeline",
+        "Model version",
+        "Machine state timeline",
+        "Windows skipped",
+    ):
         panel = next(p for p in query_panels() if p["title"] == title)
         for target in panel["targets"]:
             assert 'machine=~"$machine"' in target["expr"], (title, target["expr"])
@@ -88,6 +94,12 @@ def test_machine_panels_filter_by_the_machine_variable() -> None:
         ("Queue depth", "timeseries", "aemon_queue_depth"),
         ("Fine-tune runs by outcome", "timeseries", "aemon_finetune_runs_total"),
         ("Model version", "timeseries", "aemon_model_version"),
+        ("Machine state timeline", "state-timeline", "aemon_machine_state"),
+        ("Alerts acknowledged", "stat", "aemon_alert_acknowledged"),
+        ("Alert timeline", "state-timeline", "aemon_alert_acknowledged"),
+        ("False alarms (7d)", "stat", "aemon_false_alarms_total"),
+        ("Operator commands", "timeseries", "aemon_commands_total"),
+        ("Windows skipped", "timeseries", "aemon_windows_skipped_total"),
     ],
 )
 def test_the_panels_operators_need_are_there(title: str, kind: str, series: str) -> None:
