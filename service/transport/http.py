@@ -138,7 +138,16 @@ def status_page(
             value = f"{value:.4g}"
         return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
 
-    columns = ["machine", "state", "alert", "score", "threshold", "model_version", "sensors"]
+    columns = [
+        "machine",
+        "state",
+        "alert",
+        "acknowledged_by",
+        "score",
+        "threshold",
+        "model_version",
+        "sensors",
+    ]
     rows = "".join(
         "<tr>"
         + "".join(cell(m[c] if c != "sensors" else ", ".join(m[c])) for c in columns)
