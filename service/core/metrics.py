@@ -15,12 +15,14 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
-from service.core.types import FitOutcome, MachineState
+from service.core.types import COMMANDS, FitOutcome, MachineState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FINETUNE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 FINETUNE_OUTCOMES = tuple(o.value for o in FitOutcome)
+SKIP_REASONS = ("maintenance", "off")
+COMMAND_OUTCOMES = ("ok", "refused")
 
 M = TypeVar("M", Counter, Gauge)
 
@@ -250,10 +252,14 @@ class Metrics:
         )
         self.commands = Counter(
             "aemon_commands_total",
-            "Operator commands by command and outcome (ok, refused).",
+            "Operator commands by command and outcome (ok, refused; command invalid: one that "
+            "could not be read).",
             ["command", "outcome"],
             registry=r,
         )
+        for command in (*COMMANDS, "invalid"):
+            for outcome in COMMAND_OUTCOMES:
+                self.commands.labels(command=command, outcome=outcome)
         self.machines_discovered = Counter(
             "aemon_machines_discovered_total",
             "Machines first seen after the first discovery period (a new name on the input "
@@ -285,6 +291,9 @@ class Metrics:
             counter.labels(machine=machine)
         for outcome in FINETUNE_OUTCOMES:
             self.finetune_runs.labels(machine=machine, outcome=outcome)
+        self.false_alarms.labels(machine=machine)
+        for reason in SKIP_REASONS:
+            self.windows_skipped.labels(machine=machine, reason=reason)
 
     def remove_machine(self, machine: str) -> None:
         """Removes every series of `machine` (a forgotten machine leaves none behind)."""

@@ -129,7 +129,8 @@ class OffSettings(Section):
     auto: bool = Field(
         True,
         description="Where a machine has no `running` rule: a window in which every sensor "
-        "rests (moves less than `flat_fraction` of its learned spread) is off.",
+        "rests (moves less than `flat_fraction` of its learned spread) over three steps at its "
+        "start or its end is off, so the windows of a stop or a start are not scored either.",
     )
     flat_fraction: float = Field(
         0.02,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, TypedDict
+from typing import Literal, NamedTuple, TypedDict, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,11 @@ class AlertKind(StrEnum):
     UPDATED = "updated"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+
+
+# What an operator may ask of a machine (service.stream.commands).
+CommandName = Literal["ack", "false_alarm", "relearn", "maintenance", "maintenance_end", "forget"]
+COMMANDS: tuple[str, ...] = get_args(CommandName)
 
 
 class Resolution(StrEnum):

@@ -17,15 +17,14 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.core.types import COMMANDS, CommandName
 from service.stream.publish import rfc3339
 
-CommandName = Literal["ack", "false_alarm", "relearn", "maintenance", "maintenance_end", "forget"]
-COMMANDS: tuple[str, ...] = get_args(CommandName)
 # A command's JSON is small; anything larger is not one.
 MAX_COMMAND_BYTES = 4096
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")

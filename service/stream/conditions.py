@@ -13,7 +13,7 @@
 >>> c = Conditions("p", s, s.machines["p"])
 >>> c.is_off(np.array([[1.0], [0.2]], np.float32), ("current",), None)
 True
->>> c.is_off(np.array([[0.0], [0.9]], np.float32), ("current",), None)
+>>> c.is_off(np.array([[0.7], [0.9]], np.float32), ("current",), None)
 False
 """
 
@@ -30,6 +30,9 @@ from service.core.config import MachineSettings, MaintenanceWindow, Settings
 from service.core.types import FloatArray, MachineState
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Steps at a window's edge over which every sensor must rest for the machine to be off:
+# two alike readings of every sensor may be chance, three in a row are a machine at rest.
+REST_STEPS = 3
 
 
 class Conditions:
@@ -90,20 +93,31 @@ class Conditions:
     def is_off(
         self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
     ) -> bool:
-        """Whether a window `[time, sensors]` is of a machine that does not run: by the
-        rule (its sensor's last value) or, without one, every sensor at rest against its
-        learned `spread` (none before a model exists: learning trusts the rule alone)."""
+        """Whether a window `[time, sensors]` is not one of a machine running throughout:
+        by the rule, any step outside it; without one, every sensor at rest against its
+        learned `spread` over the window's first or last `REST_STEPS` steps (none before a
+        model exists: learning trusts the rule alone). So the windows of a stop or a start,
+        whose transient is no fault, are skipped with the machine's rest, but for the few
+        whose edge has not rested that long: fewer than `alert.k` at the default."""
         if self.rule is not None:
             if self.rule.sensor not in sensors:
                 return False
-            value = float(values[-1, sensors.index(self.rule.sensor)])
+            column = values[:, sensors.index(self.rule.sensor)]
             above, below = self.rule.above, self.rule.below
-            running = (above is None or value > above) and (below is None or value < below)
-            return not running
+            running = np.ones(len(column), dtype=bool)
+            if above is not None:
+                running &= column > above
+            if below is not None:
+                running &= column < below
+            return not bool(running.all())
         if not self.auto_off or spread is None:
             return False
-        moves = values.max(axis=0) - values.min(axis=0)
-        return bool(np.all(moves < self.flat_fraction * spread))
+        limit = self.flat_fraction * spread
+        return _rests(values[:REST_STEPS], limit) or _rests(values[-REST_STEPS:], limit)
+
+
+def _rests(values: FloatArray, limit: FloatArray) -> bool:
+    return bool(np.all(values.max(axis=0) - values.min(axis=0) < limit))
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
