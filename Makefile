@@ -52,7 +52,8 @@ test: lint docs
 demo: install
 	$(PY) -m simulators.demo
 
-# Detection quality on SKAB valve1 (SKAB_DIR=<folder with valve1/>), about 3 minutes.
+# Detection quality on SKAB valve1 and TEP, every family and peers (SKAB_DIR=<folder with
+# valve1/>, TEP_DIR=<folder of the TEP files>), about 8 minutes.
 bench-detection: install
 	$(PY) -m benchmarks.detection
 

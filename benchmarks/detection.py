@@ -28,8 +28,9 @@ At the end, one JSON line with every figure (rates as fractions) and the time ta
     .venv/bin/python -m benchmarks.detection --only tep --families conv,lstm
     .venv/bin/python -m benchmarks.detection --quick     # conv and PCA only: a smoke run
 
-About 10 minutes on 2 cores, nearly all of it the autoencoders' fits on SKAB's 16 files
-(each family fits twice per file, once per threshold method, as `aemon evaluate` would).
+About 8 minutes on 2 cores, nearly all of it the autoencoders' fits on SKAB's 16 files
+(each family fits twice per file, once per threshold method, as `aemon evaluate` would);
+TEP takes about a minute. Figures and discussion: docs/evaluation.md.
 """
 
 from __future__ import annotations
