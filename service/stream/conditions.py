@@ -25,10 +25,12 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
 import numpy as np
+import numpy.typing as npt
 
 from service.core.config import MachineSettings, MaintenanceWindow, Settings
 from service.core.types import FloatArray, MachineState
 
+BoolArray = npt.NDArray[np.bool_]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Steps at a window's edge over which every sensor must rest for the machine to be off:
 # two alike readings of every sensor may be chance, three in a row are a machine at rest.
@@ -90,34 +92,47 @@ class Conditions:
         return None
 
     # -- off --------------------------------------------------------------------------------
+    def may_be_off(self, spread: FloatArray | None) -> bool:
+        """Whether any window can be off: with a rule, or resting against a learned spread."""
+        return self.rule is not None or (self.auto_off and spread is not None)
+
     def is_off(
         self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
     ) -> bool:
-        """Whether a window `[time, sensors]` is not one of a machine running throughout:
-        by the rule, any step outside it; without one, every sensor at rest against its
+        """`off_windows` of one window `[time, sensors]`."""
+        return bool(self.off_windows(values[None], sensors, spread)[0])
+
+    def off_windows(
+        self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
+    ) -> BoolArray:
+        """Which windows `[n, time, sensors]` are not of a machine running throughout: by
+        the rule, any step outside it; without one, every sensor at rest against its
         learned `spread` over the window's first or last `REST_STEPS` steps (none before a
         model exists: learning trusts the rule alone). So the windows of a stop or a start,
         whose transient is no fault, are skipped with the machine's rest, but for the few
         whose edge has not rested that long: fewer than `alert.k` at the default."""
+        none = np.zeros(len(values), dtype=bool)
         if self.rule is not None:
             if self.rule.sensor not in sensors:
-                return False
-            column = values[:, sensors.index(self.rule.sensor)]
-            above, below = self.rule.above, self.rule.below
-            running = np.ones(len(column), dtype=bool)
-            if above is not None:
-                running &= column > above
-            if below is not None:
-                running &= column < below
-            return not bool(running.all())
+                return none
+            column = values[:, :, sensors.index(self.rule.sensor)]
+            running = np.ones(column.shape, dtype=bool)
+            if self.rule.above is not None:
+                running &= column > self.rule.above
+            if self.rule.below is not None:
+                running &= column < self.rule.below
+            return np.logical_not(running.all(axis=1))
         if not self.auto_off or spread is None:
-            return False
+            return none
         limit = self.flat_fraction * spread
-        return _rests(values[:REST_STEPS], limit) or _rests(values[-REST_STEPS:], limit)
+        return _rests(values[:, :REST_STEPS], limit) | _rests(values[:, -REST_STEPS:], limit)
 
 
-def _rests(values: FloatArray, limit: FloatArray) -> bool:
-    return bool(np.all(values.max(axis=0) - values.min(axis=0) < limit))
+def _rests(values: FloatArray, limit: FloatArray) -> BoolArray:
+    """Per window `[n, steps, sensors]`: every sensor moved less than `limit`."""
+    moved = values.max(axis=1) - values.min(axis=1)
+    rests: BoolArray = (moved < limit).all(axis=1)
+    return rests
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+import numpy as np
 import structlog
 
 from service.core.metrics import Metrics
-from service.core.types import AlertEvent, Resolution, Window
+from service.core.types import AlertEvent, FloatArray, Resolution, Window
 from service.stream.commands import Command, CommandError, Outcome
 from service.stream.machines import MachineRuntime
 from service.stream.publish import Publisher, rfc3339
@@ -152,26 +153,31 @@ class Operator:
         )
         self.host.emit(runtime, None)
 
-    def running(self, runtime: MachineRuntime, windows: list[Window]) -> list[Window]:
-        """The windows of a running machine outside maintenance: the ones to score or learn
-        from. The others are counted; a change between off and running is logged."""
-        if not windows:
-            return windows
+    def running(
+        self, runtime: MachineRuntime, windows: list[Window]
+    ) -> tuple[list[Window], FloatArray | None]:
+        """The windows of a running machine outside maintenance, the ones to score or learn
+        from, and their values stacked `[n, time, sensors]` when they were (None: not
+        needed). The others are counted; a change between off and running is logged."""
         conditions = runtime.conditions
         skipped = self.metrics.windows_skipped
-        if conditions.maintenance_until is not None:
+        if conditions.maintenance_until is not None and windows:
             skipped.labels(machine=runtime.name, reason="maintenance").inc(len(windows))
-            return []
+            return [], None
         spread = runtime.detector.std if runtime.detector is not None else None
-        off = [conditions.is_off(w.values, runtime.sensors, spread) for w in windows]
-        if off[-1] != conditions.off:
-            conditions.off = off[-1]
+        if not windows or not conditions.may_be_off(spread):
+            return windows, None
+        values = np.stack([w.values for w in windows])
+        off = conditions.off_windows(values, runtime.sensors, spread)
+        if bool(off[-1]) != conditions.off:
+            conditions.off = bool(off[-1])
             log.info("machine_off" if off[-1] else "machine_running", machine=runtime.name)
             self.host.emit(runtime, None)
-        if not any(off):
-            return windows
-        skipped.labels(machine=runtime.name, reason="off").inc(sum(off))
-        return [w for w, is_off in zip(windows, off, strict=True) if not is_off]
+        if not off.any():
+            return windows, values
+        skipped.labels(machine=runtime.name, reason="off").inc(int(off.sum()))
+        kept = [w for w, is_off in zip(windows, off.tolist(), strict=True) if not is_off]
+        return kept, values[~off]
 
     def seen(self, runtimes: Iterable[MachineRuntime]) -> None:
         """These machines' readings were just accepted: none of them is stale."""

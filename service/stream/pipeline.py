@@ -295,13 +295,14 @@ class Pipeline(Worker):
         scored_windows: dict[str, list[Window]] = {}
         for name, all_windows in windows.items():
             runtime = self.machines[name]
-            machine_windows = self.operator.running(runtime, all_windows)
+            machine_windows, values = self.operator.running(runtime, all_windows)
             if not machine_windows:
                 continue
             if runtime.state == MachineState.LEARNING:
                 self._learn(runtime, machine_windows)
             elif runtime.detector is not None:
-                values = np.stack([w.values for w in machine_windows])
+                if values is None:
+                    values = np.stack([w.values for w in machine_windows])
                 work[name] = (runtime.detector, values)
                 scored_windows[name] = machine_windows
         for part, scored in self.scoring.parts(work):
