@@ -222,6 +222,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "accepted": counter_delta(start_text, end_text, "aemon_readings_accepted_total"),
         "rejected": counter_delta(start_text, end_text, "aemon_readings_rejected_total"),
         "windows_scored": counter_delta(start_text, end_text, "aemon_windows_scored_total"),
+        "windows_skipped": {
+            reason: counter_delta(
+                start_text, end_text, "aemon_windows_skipped_total", reason=reason
+            )
+            for reason in ("off", "maintenance")
+        },
         "cpu_cores": (cpu1 - cpu0) / (wall1 - wall0),
         "rss_mib": memory["rss_mib"],
         "rss_peak_mib": max(rss_peak, memory["rss_mib"]),
@@ -294,6 +300,10 @@ def print_table(r: dict[str, Any]) -> None:
         ("readings accepted / rejected", f"{r['accepted']:.0f} / {r['rejected']:.0f}"),
         ("caught up after the load (s)", f"{r['caught_up_after_s']:.1f}"),
         ("windows scored", f"{r['windows_scored']:.0f}"),
+        (
+            "windows skipped (off, maintenance)",
+            " / ".join(f"{v:.0f}" for v in r["windows_skipped"].values()),
+        ),
         ("daemon CPU", f"{r['cpu_cores']:.2f} cores ({r['cpu_cores'] / 2:.0%} of 2)"),
         ("daemon RSS end / peak", f"{r['rss_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB"),
         ("box CPU busy (all processes)", f"{r['box_cpu_busy']:.0%}"),

@@ -128,9 +128,11 @@ class OffSettings(Section):
 
     auto: bool = Field(
         True,
-        description="Where a machine has no `running` rule: a window in which every sensor "
-        "rests (moves less than `flat_fraction` of its learned spread) over three steps at its "
-        "start or its end is off, so the windows of a stop or a start are not scored either.",
+        description="Where a machine has no `running` rule: a window is off when every "
+        "sensor rests (moves less than `flat_fraction` of its learned spread) over three "
+        "steps at its start or end and one of them is away from its running level there (a "
+        "stopped machine's current, speed, flow), so the windows of a stop or a start are "
+        "not scored either. Held values or a frozen feed at the running level are scored.",
     )
     flat_fraction: float = Field(
         0.02,

@@ -31,10 +31,14 @@ from service.core.config import MachineSettings, MaintenanceWindow, Settings
 from service.core.types import FloatArray, MachineState
 
 BoolArray = npt.NDArray[np.bool_]
+# How a machine ran while it learned: each sensor's level and spread (its model's scaler).
+Running = tuple[FloatArray, FloatArray]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Steps at a window's edge over which every sensor must rest for the machine to be off:
 # two alike readings of every sensor may be chance, three in a row are a machine at rest.
 REST_STEPS = 3
+# Spreads from its running level beyond which a resting sensor shows a machine that stopped.
+AWAY = 3.0
 
 
 class Conditions:
@@ -92,47 +96,50 @@ class Conditions:
         return None
 
     # -- off --------------------------------------------------------------------------------
-    def may_be_off(self, spread: FloatArray | None) -> bool:
-        """Whether any window can be off: with a rule, or resting against a learned spread."""
-        return self.rule is not None or (self.auto_off and spread is not None)
+    def may_be_off(self, running: Running | None) -> bool:
+        """Whether any window can be off: with a rule, or against the learned operation."""
+        return self.rule is not None or (self.auto_off and running is not None)
 
-    def is_off(
-        self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
-    ) -> bool:
+    def is_off(self, values: FloatArray, sensors: tuple[str, ...], running: Running | None) -> bool:
         """`off_windows` of one window `[time, sensors]`."""
-        return bool(self.off_windows(values[None], sensors, spread)[0])
+        return bool(self.off_windows(values[None], sensors, running)[0])
 
     def off_windows(
-        self, values: FloatArray, sensors: tuple[str, ...], spread: FloatArray | None
+        self, values: FloatArray, sensors: tuple[str, ...], running: Running | None
     ) -> BoolArray:
         """Which windows `[n, time, sensors]` are not of a machine running throughout: by
-        the rule, any step outside it; without one, every sensor at rest against its
-        learned `spread` over the window's first or last `REST_STEPS` steps (none before a
-        model exists: learning trusts the rule alone). So the windows of a stop or a start,
-        whose transient is no fault, are skipped with the machine's rest, but for the few
-        whose edge has not rested that long: fewer than `alert.k` at the default."""
+        the rule, any step outside it. Without one, against how it ran while learning
+        (`running`: its sensors' level and spread; none before a model exists, so learning
+        trusts the rule alone): every sensor at rest (moving less than `flat_fraction` of
+        its spread) over the window's first or last `REST_STEPS` steps, with at least one
+        of them away from its running level there (`AWAY` spreads: a stopped machine's
+        current or speed). Held values of a running machine, or a frozen feed, are at its
+        level: they are scored. So the windows of a stop or a start, whose transient is no
+        fault, are skipped with the machine's rest, but for the few whose edge has not
+        rested that long: fewer than `alert.k` at the default."""
         none = np.zeros(len(values), dtype=bool)
         if self.rule is not None:
             if self.rule.sensor not in sensors:
                 return none
             column = values[:, :, sensors.index(self.rule.sensor)]
-            running = np.ones(column.shape, dtype=bool)
+            within = np.ones(column.shape, dtype=bool)
             if self.rule.above is not None:
-                running &= column > self.rule.above
+                within &= column > self.rule.above
             if self.rule.below is not None:
-                running &= column < self.rule.below
-            return np.logical_not(running.all(axis=1))
-        if not self.auto_off or spread is None:
+                within &= column < self.rule.below
+            return np.logical_not(within.all(axis=1))
+        if not self.auto_off or running is None:
             return none
-        limit = self.flat_fraction * spread
-        return _rests(values[:, :REST_STEPS], limit) | _rests(values[:, -REST_STEPS:], limit)
+        head, tail = values[:, :REST_STEPS], values[:, -REST_STEPS:]
+        return self._rests(head, running) | self._rests(tail, running)
 
-
-def _rests(values: FloatArray, limit: FloatArray) -> BoolArray:
-    """Per window `[n, steps, sensors]`: every sensor moved less than `limit`."""
-    moved = values.max(axis=1) - values.min(axis=1)
-    rests: BoolArray = (moved < limit).all(axis=1)
-    return rests
+    def _rests(self, values: FloatArray, running: Running) -> BoolArray:
+        """Per window `[n, steps, sensors]`: every sensor still, one away from its level."""
+        level, spread = running
+        still = (values.max(axis=1) - values.min(axis=1) < self.flat_fraction * spread).all(1)
+        away = (np.abs(values.mean(axis=1) - level) > AWAY * spread).any(axis=1)
+        rests: BoolArray = still & away
+        return rests
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:

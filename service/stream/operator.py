@@ -164,11 +164,12 @@ class Operator:
         if conditions.maintenance_until is not None and windows:
             skipped.labels(machine=runtime.name, reason="maintenance").inc(len(windows))
             return [], None
-        spread = runtime.detector.std if runtime.detector is not None else None
-        if not windows or not conditions.may_be_off(spread):
+        detector = runtime.detector
+        running = (detector.mean, detector.std) if detector is not None else None
+        if not windows or not conditions.may_be_off(running):
             return windows, None
         values = np.stack([w.values for w in windows])
-        off = conditions.off_windows(values, runtime.sensors, spread)
+        off = conditions.off_windows(values, runtime.sensors, running)
         if bool(off[-1]) != conditions.off:
             conditions.off = bool(off[-1])
             log.info("machine_off" if off[-1] else "machine_running", machine=runtime.name)

@@ -142,21 +142,24 @@ def test_a_scheduled_window_spans_midnight_and_can_be_ended_early() -> None:
     assert scheduled_span(window, sat_23h + 7 * 86400) is not None  # next week's
 
 
-def test_off_by_rest_needs_every_sensor_still_and_covers_a_stop_and_a_start() -> None:
+def test_off_by_rest_needs_every_sensor_still_and_away_from_its_level() -> None:
     conditions = Conditions("m", Settings(), None)
-    spread = np.array([1.0, 1.0], np.float32)
-    resting = np.zeros((20, 2), np.float32)
-    running = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
-    one_still = running.copy()
+    running = (np.array([5.0, 5.0], np.float32), np.array([1.0, 1.0], np.float32))
+    generator = np.random.default_rng(0)
+    moving = (5 + generator.normal(size=(20, 2))).astype(np.float32)
+    resting = np.zeros((20, 2), np.float32)  # a stopped machine: still, far from 5
+    held = np.full((20, 2), 5.2, np.float32)  # a running machine's held values, a frozen feed
+    one_still = moving.copy()
     one_still[:, 0] = 0.0
-    stopping = np.concatenate([running[:12], resting[:8]])
-    starting = np.concatenate([resting[:8], running[:12]])
-    assert conditions.is_off(resting, SENSORS, spread)
-    assert not conditions.is_off(running, SENSORS, spread)
-    assert not conditions.is_off(one_still, SENSORS, spread)
-    assert conditions.is_off(stopping, SENSORS, spread)
-    assert conditions.is_off(starting, SENSORS, spread)
-    assert not conditions.is_off(resting, SENSORS, None)  # no learned spread yet
+    stopping = np.concatenate([moving[:12], resting[:8]])
+    starting = np.concatenate([resting[:8], moving[:12]])
+    assert conditions.is_off(resting, SENSORS, running)
+    assert conditions.is_off(stopping, SENSORS, running)
+    assert conditions.is_off(starting, SENSORS, running)
+    assert not conditions.is_off(moving, SENSORS, running)
+    assert not conditions.is_off(one_still, SENSORS, running)
+    assert not conditions.is_off(held, SENSORS, running)
+    assert not conditions.is_off(resting, SENSORS, None)  # nothing learnt yet
 
 
 @pytest.mark.parametrize(
