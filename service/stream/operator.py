@@ -41,44 +41,24 @@ class Operator:
 
     def run(self, machine: str, command: Command) -> Outcome:
         now = time.time()
+        said = {"machine": machine, "command": command.command, "by": command.by}
+        said["reason"] = command.reason
         runtime = self.host.machines.get(machine)
-        if runtime is None:
-            self.metrics.commands.labels(command=command.command, outcome="refused").inc()
-            return Outcome(command.command, False, f"unknown machine {machine!r}", now, True)
         try:
+            if runtime is None:
+                raise CommandError(f"unknown machine {machine!r}")
             detail = self._carry_out(runtime, command, now)
         except CommandError as exc:
-            self.metrics.commands.labels(command=command.command, outcome="refused").inc()
-            log.warning(
-                "command_refused",
-                machine=machine,
-                command=command.command,
-                by=command.by,
-                reason=command.reason,
-                error=str(exc),
-            )
-            return Outcome(command.command, False, str(exc), now)
-        self.metrics.commands.labels(command=command.command, outcome="ok").inc()
-        log.info(
-            "command",
-            machine=machine,
-            command=command.command,
-            by=command.by,
-            reason=command.reason,
-            **detail,
-        )
-        self.publisher.publish_event(
-            {
-                "event": "command",
-                "machine": machine,
-                "command": command.command,
-                "by": command.by,
-                "reason": command.reason,
-                "at": now,
-                **detail,
-            }
-        )
+            self._count(command, "refused")
+            log.warning("command_refused", **said, error=str(exc))
+            return Outcome(command.command, False, str(exc), now, runtime is None)
+        self._count(command, "ok")
+        log.info("command", **said, **detail)
+        self.publisher.publish_event({"event": "command", **said, "at": rfc3339(now), **detail})
         return Outcome(command.command, True, None, now)
+
+    def _count(self, command: Command, outcome: str) -> None:
+        self.metrics.commands.labels(command=command.command, outcome=outcome).inc()
 
     def _carry_out(
         self, runtime: MachineRuntime, command: Command, now: float
@@ -136,20 +116,12 @@ class Operator:
             return
         if began:
             self._resolve(runtime, Resolution.MAINTENANCE)
-        log.info(
-            "maintenance_begins" if began else "maintenance_ends",
-            machine=runtime.name,
-            until=runtime.conditions.maintenance_until,
-            reason=runtime.conditions.maintenance_reason,
-        )
+        event = "maintenance_begins" if began else "maintenance_ends"
+        until = runtime.conditions.maintenance_until
+        said = {"machine": runtime.name, "reason": runtime.conditions.maintenance_reason}
+        log.info(event, **said, until=until)
         self.publisher.publish_event(
-            {
-                "event": "maintenance_begins" if began else "maintenance_ends",
-                "machine": runtime.name,
-                "at": now,
-                "until": runtime.conditions.maintenance_until,
-                "reason": runtime.conditions.maintenance_reason,
-            }
+            {"event": event, **said, "at": rfc3339(now), "until": rfc3339(until)}
         )
         self.host.emit(runtime, None)
 

@@ -36,6 +36,7 @@ ALERT = f"aemon/alerts/{MACHINE}"
 RESULT = f"aemon/command/{MACHINE}/result"
 LEARN_ROWS = 320  # 250 learning windows of 20 steps, plus discovery
 TOKEN = "s3cret-token"
+FAST_STALE = 300.0  # the default: no machine goes stale within these tests
 
 
 def config(tmp_path: Path, **alert: Any) -> dict[str, dict[str, Any]]:
@@ -48,11 +49,15 @@ def config(tmp_path: Path, **alert: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.fixture
-def operated(tmp_path: Path, broker: Mosquitto) -> Iterator[Daemon]:
+def daemon_in(tmp_path: Path, broker: Mosquitto, stale_after: float) -> Daemon:
     workdir = tmp_path / "daemon"
     workdir.mkdir()
-    daemon = Daemon(workdir, broker.port, config(tmp_path)).start()
+    return Daemon(workdir, broker.port, config(tmp_path, stale_after=stale_after))
+
+
+@pytest.fixture
+def operated(tmp_path: Path, broker: Mosquitto) -> Iterator[Daemon]:
+    daemon = daemon_in(tmp_path, broker, FAST_STALE).start()
     yield daemon
     daemon.stop()
 
@@ -235,9 +240,7 @@ def send_until_firing(daemon: Daemon, plant: Plant, sub: Subscriber) -> dict[str
 def test_a_silent_machine_goes_stale_and_its_alert_resolves(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    workdir = tmp_path / "daemon"
-    workdir.mkdir()
-    daemon = Daemon(workdir, broker.port, config(tmp_path, stale_after=3.0))
+    daemon = daemon_in(tmp_path, broker, stale_after=3.0)
     sub = Subscriber(broker.port, [ALERT])
     pub = Publisher(broker.port)
     with running(pub, sub):
@@ -255,9 +258,7 @@ def test_a_silent_machine_goes_stale_and_its_alert_resolves(
 
 
 def test_a_restart_takes_the_firing_alert_up(tmp_path: Path, broker: Mosquitto) -> None:
-    workdir = tmp_path / "daemon"
-    workdir.mkdir()
-    daemon = Daemon(workdir, broker.port, config(tmp_path, stale_after=600.0))
+    daemon = daemon_in(tmp_path, broker, stale_after=600.0)
     sub = Subscriber(broker.port, [ALERT])
     pub = Publisher(broker.port)
     with running(pub, sub):
