@@ -136,7 +136,8 @@ class Metrics:
         )
         self.pipeline_lag = Histogram(
             "aemon_pipeline_lag_seconds",
-            "From a reading's arrival at the daemon to the score of the window it completed.",
+            "From the arrival at the daemon of a cycle's oldest message to the scores of the "
+            "windows the cycle completed (one observation a cycle).",
             buckets=LAG_BUCKETS,
             registry=r,
         )
