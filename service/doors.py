@@ -5,7 +5,7 @@ the pipeline thread and reports the outcome its own way."""
 from __future__ import annotations
 
 import hmac
-import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +53,12 @@ class CommandDoors:
         command = self._parse(body)
         if isinstance(command, Outcome):
             return 400, command.document()
-        done = threading.Event()
-        outcomes: list[Outcome] = []
-
-        def reply(outcome: Outcome) -> None:
-            outcomes.append(outcome)
-            done.set()
-
-        self.pipeline.command(machine, command, reply)
-        if not done.wait(REPLY_TIMEOUT):
+        answer: Future[Outcome] = Future()
+        self.pipeline.command(machine, command, answer.set_result)
+        try:
+            outcome = answer.result(REPLY_TIMEOUT)
+        except TimeoutError:
             return 504, refused(command.command, "the pipeline did not answer in time").document()
-        outcome = outcomes[0]
         if outcome.ok:
             return 200, outcome.document()
         return (404 if outcome.unknown_machine else 400), outcome.document()

@@ -86,14 +86,11 @@ class AlertTracker:
     def resolve(self, resolution: Resolution, ended_at: float) -> AlertEvent | None:
         """Ends the firing alert for `resolution` (not clean windows); forgets a pending
         one. None when none fired."""
-        self._recent.clear()
-        self._clean_run = []
-        if self.state != AlertState.FIRING or self._last is None:
-            self.state = AlertState.NORMAL
-            return None
-        event = self._event(
-            AlertKind.RESOLVED, self._last, AlertState.RESOLVED, ended_at, resolution
-        )
+        event = None
+        if self.state == AlertState.FIRING and self._last is not None:
+            event = self._event(
+                AlertKind.RESOLVED, self._last, AlertState.RESOLVED, ended_at, resolution
+            )
         self._reset()
         return event
 

@@ -49,7 +49,7 @@ class AlertJournal:
         self._write()
 
     def _write(self) -> None:
-        data = orjson.dumps([_record(e) for e in self._firing.values()])
+        data = orjson.dumps([asdict(e) for e in self._firing.values()])
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".alerts-")
@@ -60,10 +60,6 @@ class AlertJournal:
             os.replace(tmp, self.path)
         except OSError as exc:
             log.error("alert_journal_not_written", path=str(self.path), error=str(exc))
-
-
-def _record(event: AlertEvent) -> dict[str, Any]:
-    return asdict(event)
 
 
 def _event(record: dict[str, Any]) -> AlertEvent:

@@ -11,10 +11,9 @@
 >>> rule = {"sensor": "current", "above": 0.5}
 >>> s = Settings.model_validate({"machines": {"p": {"sensors": ["current"], "running": rule}}})
 >>> c = Conditions("p", s, s.machines["p"])
->>> c.is_off(np.array([[1.0], [0.2]], np.float32), ("current",), None)
-True
->>> c.is_off(np.array([[0.7], [0.9]], np.float32), ("current",), None)
-False
+>>> windows = np.array([[[1.0], [0.2]], [[0.7], [0.9]]], np.float32)
+>>> c.off_windows(windows, ("current",), None).tolist()
+[True, False]
 """
 
 from __future__ import annotations
@@ -99,10 +98,6 @@ class Conditions:
     def may_be_off(self, running: Running | None) -> bool:
         """Whether any window can be off: with a rule, or against the learned operation."""
         return self.rule is not None or (self.auto_off and running is not None)
-
-    def is_off(self, values: FloatArray, sensors: tuple[str, ...], running: Running | None) -> bool:
-        """`off_windows` of one window `[time, sensors]`."""
-        return bool(self.off_windows(values[None], sensors, running)[0])
 
     def off_windows(
         self, values: FloatArray, sensors: tuple[str, ...], running: Running | None

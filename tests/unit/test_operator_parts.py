@@ -153,13 +153,10 @@ def test_off_by_rest_needs_every_sensor_still_and_away_from_its_level() -> None:
     one_still[:, 0] = 0.0
     stopping = np.concatenate([moving[:12], resting[:8]])
     starting = np.concatenate([resting[:8], moving[:12]])
-    assert conditions.is_off(resting, SENSORS, running)
-    assert conditions.is_off(stopping, SENSORS, running)
-    assert conditions.is_off(starting, SENSORS, running)
-    assert not conditions.is_off(moving, SENSORS, running)
-    assert not conditions.is_off(one_still, SENSORS, running)
-    assert not conditions.is_off(held, SENSORS, running)
-    assert not conditions.is_off(resting, SENSORS, None)  # nothing learnt yet
+    windows = np.stack([resting, stopping, starting, moving, one_still, held])
+    off = conditions.off_windows(windows, SENSORS, running)
+    assert off.tolist() == [True, True, True, False, False, False]
+    assert not conditions.off_windows(windows, SENSORS, None).any()  # nothing learnt yet
 
 
 @pytest.mark.parametrize(
