@@ -56,6 +56,7 @@ from service.core.types import FloatArray
 from service.offline.evaluate import (
     Scorer,
     ScorerFactory,
+    base_windows,
     default_factory,
     evaluate_paths,
     file_settings,
@@ -518,7 +519,8 @@ def run_tep(chosen: Sequence[Entry], data: Path, settings: Settings) -> dict[str
         started = time.perf_counter()
         row_settings = with_update(settings, entry.update)
         factory = entry.tep_factory(row_settings, base)
-        results = evaluate_paths(paths, row_settings, 0, factory)
+        learnt = base_windows(base, row_settings)
+        results = evaluate_paths(paths, row_settings, 0, factory, learnt=learnt)
         out[entry.name] = tep_figures(results) | {"seconds": time.perf_counter() - started}
         print(line(entry.name, out[entry.name], TEP_COLUMNS), flush=True)
     for name, reference in TEP_REFERENCE.items():

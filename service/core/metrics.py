@@ -23,6 +23,7 @@ FINETUNE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600
 FINETUNE_OUTCOMES = tuple(o.value for o in FitOutcome)
 SKIP_REASONS = ("maintenance", "off")
 COMMAND_OUTCOMES = ("ok", "refused")
+NEW_NORMAL_OUTCOMES = ("promoted", "refused")
 
 M = TypeVar("M", Counter, Gauge)
 
@@ -251,6 +252,14 @@ class Metrics:
             ["machine"],
             registry=r,
         )
+        self.new_normals = Counter(
+            "aemon_new_normals_total",
+            "Firing alerts whose windows settled into a steady state the model then "
+            "re-baselined on, by the gate's outcome: promoted (the alert resolves as "
+            "new_normal) or refused (it fires on).",
+            ["machine", "outcome"],
+            registry=r,
+        )
         self.commands = Counter(
             "aemon_commands_total",
             "Operator commands by command and outcome (ok, refused; command invalid: one that "
@@ -293,6 +302,8 @@ class Metrics:
         for outcome in FINETUNE_OUTCOMES:
             self.finetune_runs.labels(machine=machine, outcome=outcome)
         self.false_alarms.labels(machine=machine)
+        for outcome in NEW_NORMAL_OUTCOMES:
+            self.new_normals.labels(machine=machine, outcome=outcome)
         for reason in SKIP_REASONS:
             self.windows_skipped.labels(machine=machine, reason=reason)
 

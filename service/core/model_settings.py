@@ -140,6 +140,22 @@ class FinetuneSettings(Section):
     episode_recall: float = Field(
         0.9, gt=0, le=1, description="Gate: share of episode windows the candidate must flag."
     )
+    new_normal_after: float = Field(
+        14400.0,
+        ge=0,
+        description="Event-time seconds a firing alert's windows must hold steady (every "
+        "sensor's level within new_normal_band) before the state counts as a new normal and "
+        "the model re-baselines on it through the gate; promoted, the alert resolves as "
+        "new_normal. A fault that keeps evolving never holds steady; a steady one scoring "
+        "episode_factor times the threshold fills the gate's episodes and is refused. Shorter "
+        "learns steady faults too: on TEP, 1 h learnt fault 21's stuck valve. 0: never.",
+    )
+    new_normal_band: float = Field(
+        1.0,
+        gt=0,
+        description="How far (in units of a sensor's spread while learning) a sensor's level "
+        "may move while its machine's alert counts as holding steady.",
+    )
     drift_detection: bool = Field(
         True,
         description="Watch each machine's scores (in units of its threshold) with ADWIN; a "

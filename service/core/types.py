@@ -70,13 +70,16 @@ class Resolution(StrEnum):
     NO_DATA = "no_data"  # the machine went stale
     RELEARN = "relearn"  # the machine learns again
     FORGOTTEN = "forgotten"  # the machine was forgotten
+    NEW_NORMAL = "new_normal"  # the state settled and the model re-baselined on it
 
 
 class TuneReason(StrEnum):
-    """Why a fine-tune was requested: due by `finetune.interval`, or early by a drift."""
+    """Why a fine-tune was requested: due by `finetune.interval`, early by a drift, or a
+    firing alert's windows settled into a new normal (`finetune.new_normal_after`)."""
 
     INTERVAL = "finetune"
     DRIFT = "drift"
+    NEW_NORMAL = "new_normal"
 
 
 class FitOutcome(StrEnum):

@@ -48,7 +48,7 @@ Install = Callable[[FitResult], None]
 
 
 @dataclass(frozen=True)
-class _Tune:
+class TuneJob:
     """A `TuneRequest` made into arrays, with its own copy of the current model."""
 
     machine: str
@@ -59,7 +59,7 @@ class _Tune:
     reason: TuneReason
 
     @classmethod
-    def of(cls, request: TuneRequest) -> _Tune:
+    def of(cls, request: TuneRequest) -> TuneJob:
         empty = np.empty((0, *request.window_shape), np.float32)
         return cls(
             request.machine,
@@ -116,7 +116,7 @@ class FineTuner(Worker):
         started = time.perf_counter()
         initial = isinstance(job, FitRequest)
         try:
-            result = self._fit(job) if isinstance(job, FitRequest) else self._tune(_Tune.of(job))
+            result = self._fit(job) if isinstance(job, FitRequest) else self._tune(TuneJob.of(job))
         except FitCancelledError:
             log.info("model_fit_cancelled", machine=job.machine)
             return
@@ -156,66 +156,8 @@ class FineTuner(Worker):
         )
         return Trained(detector, FitOutcome.INITIAL, facts)
 
-    def _tune(self, job: _Tune) -> Trained:
-        """Trains a clone of the current model (same scaler, so errors stay comparable)
-        and promotes it only through the gate."""
-        s = self.settings
-        candidate = job.current.clone()
-        x = candidate.scaled(job.train)
-        loss = train_model(candidate.model, x, s.model, s.finetune.epochs, self.cancel)
-        current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
-        candidate_scores = candidate.score_many(job.holdout)[0]
-        candidate_error = float(np.mean(candidate_scores))
-        threshold = self._promoted_threshold(job, candidate, candidate_scores)
-        caught = 1.0
-        if len(job.episodes):
-            caught = float(np.mean(candidate.score_many(job.episodes)[0] > threshold))
-        passed = candidate_error <= current_error * (1 + s.finetune.tolerance) and (
-            caught >= s.finetune.episode_recall
-        )
-        log.info(
-            "finetune_gate",
-            machine=job.machine,
-            reason=job.reason,
-            passed=passed,
-            current_error=round(current_error, 5),
-            candidate_error=round(candidate_error, 5),
-            episode_windows=len(job.episodes),
-            episodes_flagged=round(caught, 3),
-            windows=len(job.train),
-            threshold=round(job.current.threshold, 5),
-            candidate_threshold=round(threshold, 5),
-        )
-        if not passed:
-            return Trained(None, FitOutcome.REJECTED_GATE)
-        candidate.threshold = threshold
-        candidate.version = job.current.version + 1
-        parent = job.current.version or None
-        facts = TrainingFacts(
-            reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent
-        )
-        return Trained(candidate, FitOutcome.PROMOTED, facts)
-
-    def _promoted_threshold(
-        self, job: _Tune, candidate: Detector, holdout_scores: FloatArray
-    ) -> float:
-        """Calibrated as a first fit is (held-out scores, floored by the training windows'
-        own), then bounded by `promoted_threshold`; reaching the ceiling is logged."""
-        t, f = self.settings.threshold, self.settings.finetune
-        train_scores = candidate.score_many(job.train)[0]
-        calibrated = max(calibrate(holdout_scores, t), calibrate(train_scores, t))
-        current = job.current.threshold
-        base = job.current.base_threshold or current
-        threshold = promoted_threshold(current, base, calibrated, f)
-        if calibrated > threshold >= base * f.threshold_ceiling:
-            log.warning(
-                "finetune_threshold_capped",
-                machine=job.machine,
-                calibrated=round(calibrated, 5),
-                threshold=round(threshold, 5),
-                base=round(base, 5),
-            )
-        return threshold
+    def _tune(self, job: TuneJob) -> Trained:
+        return tune(self.settings, job, self.cancel)
 
 
 @dataclass
@@ -226,6 +168,67 @@ class Trained:
     detector: Detector | None
     outcome: FitOutcome
     facts: TrainingFacts | None = None
+
+
+def tune(settings: Settings, job: TuneJob, cancel: threading.Event | None = None) -> Trained:
+    """Trains a clone of the current model (same scaler, so errors stay comparable)
+    and promotes it only through the gate."""
+    s = settings
+    candidate = job.current.clone()
+    x = candidate.scaled(job.train)
+    loss = train_model(candidate.model, x, s.model, s.finetune.epochs, cancel)
+    current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
+    candidate_scores = candidate.score_many(job.holdout)[0]
+    candidate_error = float(np.mean(candidate_scores))
+    threshold = _promoted_threshold(settings, job, candidate, candidate_scores)
+    caught = 1.0
+    if len(job.episodes):
+        caught = float(np.mean(candidate.score_many(job.episodes)[0] > threshold))
+    passed = candidate_error <= current_error * (1 + s.finetune.tolerance) and (
+        caught >= s.finetune.episode_recall
+    )
+    log.info(
+        "finetune_gate",
+        machine=job.machine,
+        reason=job.reason,
+        passed=passed,
+        current_error=round(current_error, 5),
+        candidate_error=round(candidate_error, 5),
+        episode_windows=len(job.episodes),
+        episodes_flagged=round(caught, 3),
+        windows=len(job.train),
+        threshold=round(job.current.threshold, 5),
+        candidate_threshold=round(threshold, 5),
+    )
+    if not passed:
+        return Trained(None, FitOutcome.REJECTED_GATE)
+    candidate.threshold = threshold
+    candidate.version = job.current.version + 1
+    parent = job.current.version or None
+    facts = TrainingFacts(reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent)
+    return Trained(candidate, FitOutcome.PROMOTED, facts)
+
+
+def _promoted_threshold(
+    settings: Settings, job: TuneJob, candidate: Detector, holdout_scores: FloatArray
+) -> float:
+    """Calibrated as a first fit is (held-out scores, floored by the training windows'
+    own), then bounded by `promoted_threshold`; reaching the ceiling is logged."""
+    t, f = settings.threshold, settings.finetune
+    train_scores = candidate.score_many(job.train)[0]
+    calibrated = max(calibrate(holdout_scores, t), calibrate(train_scores, t))
+    current = job.current.threshold
+    base = job.current.base_threshold or current
+    threshold = promoted_threshold(current, base, calibrated, f)
+    if calibrated > threshold >= base * f.threshold_ceiling:
+        log.warning(
+            "finetune_threshold_capped",
+            machine=job.machine,
+            calibrated=round(calibrated, 5),
+            threshold=round(threshold, 5),
+            base=round(base, 5),
+        )
+    return threshold
 
 
 def fit_new(

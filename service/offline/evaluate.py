@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import structlog
 
 from service.core.config import Settings, ThresholdSettings
-from service.core.types import AlertState, FloatArray, Row, Score, Window
+from service.core.types import AlertState, FloatArray, Resolution, Row, Score, Window
 from service.offline.readers import (
     BoolArray,
     NabWindows,
@@ -52,7 +52,11 @@ from service.offline.scoring_metrics import (
     nab_tally,
     predicted_changepoints,
 )
+from service.stream.learning import TuneRequest
 from service.stream.machines import MachineRuntime
+
+if TYPE_CHECKING:
+    from service.scoring.detector import Detector
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +73,8 @@ class Scorer(Protocol):
 
 
 ScorerFactory = Callable[[tuple[str, ...]], Scorer]
+# A re-baselining request to the promoted detector, or None: the gate refused it.
+Rebaseline = Callable[[TuneRequest], "Detector | None"]
 
 
 def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerFactory:
@@ -85,11 +91,11 @@ def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerF
     if base is None:
         return lambda sensors: Detector.new(sensors, length, settings.model)
     pretrained = Detector.new(base.sensors, length, settings.model)
-    base_windows = replay(base, file_settings(settings, base.ts), len(base.ts)).before
-    if len(base_windows) < 4:
-        raise ValueError(f"{base.name}: only {len(base_windows)} windows in the base file")
-    pretrained.fit(_stack(base_windows), settings.threshold)
-    log.info("base_fitted", file=base.name, windows=len(base_windows))
+    learnt = base_windows(base, settings)
+    if len(learnt) < 4:
+        raise ValueError(f"{base.name}: only {len(learnt)} windows in the base file")
+    pretrained.fit(np.stack(learnt), settings.threshold)
+    log.info("base_fitted", file=base.name, windows=len(learnt))
 
     def from_base(sensors: tuple[str, ...]) -> Scorer:
         if sensors != pretrained.sensors:
@@ -97,6 +103,11 @@ def default_factory(settings: Settings, base: SkabFile | None = None) -> ScorerF
         return pretrained.clone()
 
     return from_base
+
+
+def base_windows(base: SkabFile, settings: Settings) -> list[FloatArray]:
+    """The windows of the whole `--base` file, cut at its own period."""
+    return [w.values for w in replay(base, file_settings(settings, base.ts), len(base.ts)).before]
 
 
 @dataclass(frozen=True)
@@ -162,11 +173,16 @@ def file_settings(settings: Settings, ts: TimeArray) -> Settings:
 
 
 def evaluate_file(
-    data: SkabFile, settings: Settings, warmup: int, factory: ScorerFactory
+    data: SkabFile,
+    settings: Settings,
+    warmup: int,
+    factory: ScorerFactory,
+    learnt: Sequence[FloatArray] = (),
 ) -> FileResult:
     """Fits the factory's scorer on the windows of the first `warmup` rows (with 0 it is
-    used as the factory gives it: fitted already, e.g. on `--base`), then replays the
-    rest of the file through it and the alert tracker."""
+    used as the factory gives it: fitted already, e.g. on `--base`, from the windows
+    `learnt`), then replays the rest of the file through it and the alert tracker, with
+    the new-normal rule for aemon's own detectors."""
     started = time.perf_counter()
     if warmup < 0:
         raise ValueError(f"warmup must not be negative, got {warmup}")
@@ -181,8 +197,10 @@ def evaluate_file(
                 f"{data.name}: only {len(streamed.before)} windows in the first {warmup} rows"
             )
         detector.fit(_stack(streamed.before), settings.threshold)
+        learnt = [w.values for w in streamed.before]
     runtime = streamed.runtime
-    end_ts, firing, scores = _track(runtime, detector, streamed.after)
+    rebaseline = _rebaseliner(runtime, detector, settings, learnt)
+    end_ts, firing, scores = _track(runtime, detector, streamed.after, rebaseline)
     test = streamed.taken & (np.arange(len(data.ts)) >= warmup)
     # In time order: rows the windower took out of order (within its lateness) were sorted.
     rows = np.flatnonzero(test)[np.argsort(data.ts[test], kind="stable")]
@@ -217,29 +235,86 @@ def evaluate_file(
 
 
 def _track(
-    runtime: MachineRuntime, detector: Scorer, windows: list[Window]
+    runtime: MachineRuntime,
+    detector: Scorer,
+    windows: list[Window],
+    rebaseline: Rebaseline | None = None,
 ) -> tuple[TimeArray, BoolArray, FloatArray]:
-    """Scores the windows in one batch (the model does not change during a replay) and
-    feeds them in order to the alert tracker, as the pipeline does."""
-    if not windows:
-        return np.zeros(0, np.float64), np.zeros(0, dtype=np.bool_), np.zeros(0, np.float32)
-    scores, errors = detector.score_many(_stack(windows))
+    """Scores the windows and feeds them in order to the alert tracker, as the pipeline
+    does. With `rebaseline`, a firing alert whose windows settle re-baselines the model
+    as the daemon would (`finetune.new_normal_after`, through the same gate), and the
+    windows after it are scored by the promoted model; fine-tunes by the interval are not
+    replayed, so otherwise the model does not change."""
     firing = np.zeros(len(windows), dtype=np.bool_)
-    for i, (window, score, sensor_errors) in enumerate(zip(windows, scores, errors, strict=True)):
-        runtime.tracker.observe(
-            Score(
-                runtime.name,
-                window.end_ts,
-                float(score),
-                detector.threshold,
-                tuple(float(e) for e in sensor_errors),
-                window.sensors,
-                detector.version,
+    scored = np.zeros(len(windows), dtype=np.float32)
+    start = 0
+    while start < len(windows):
+        part = windows[start:]
+        scores, errors = detector.score_many(_stack(part))
+        scored[start:] = scores
+        restart = len(windows)
+        for i, (window, score, sensor_errors) in enumerate(
+            zip(part, scores, errors, strict=True), start
+        ):
+            runtime.tracker.observe(
+                Score(
+                    runtime.name,
+                    window.end_ts,
+                    float(score),
+                    detector.threshold,
+                    tuple(float(e) for e in sensor_errors),
+                    window.sensors,
+                    detector.version,
+                )
             )
-        )
-        firing[i] = runtime.tracker.state == AlertState.FIRING
+            if rebaseline is not None:
+                promoted = _follow_new_normal(runtime, window, float(score), rebaseline)
+                if promoted is not None:
+                    detector, restart = promoted, i + 1
+            firing[i] = runtime.tracker.state == AlertState.FIRING
+            if restart <= i + 1:
+                break
+        start = restart
     end_ts = np.array([w.end_ts for w in windows], dtype=np.float64)
-    return end_ts, firing, np.asarray(scores, dtype=np.float32)
+    return end_ts, firing, scored
+
+
+def _follow_new_normal(
+    runtime: MachineRuntime, window: Window, score: float, rebaseline: Rebaseline
+) -> Scorer | None:
+    """The daemon's training buffer and new-normal rule for one scored window; the
+    promoted model when a re-baselining passed the gate."""
+    assert runtime.detector is not None
+    threshold = runtime.detector.threshold
+    runtime.buffer.observe(window.values, score, threshold, runtime.alert_active)
+    runtime.settled(window)
+    request = runtime.new_normal_job()
+    if request is None:
+        return None
+    promoted = rebaseline(request)
+    runtime.tuned(promoted)
+    log.info("new_normal", machine=runtime.name, at=window.end_ts, promoted=promoted is not None)
+    if promoted is not None and runtime.firing:
+        runtime.tracker.clean_resolution = Resolution.NEW_NORMAL
+    return promoted
+
+
+def _rebaseliner(
+    runtime: MachineRuntime, scorer: Scorer, settings: Settings, learnt: Sequence[FloatArray]
+) -> Rebaseline | None:
+    """For aemon's own detectors, when the new-normal rule is on: the fine-tuner's gated
+    re-baselining, run in line; the runtime then follows the detector as the daemon's
+    does, its training buffer seeded with the learning windows."""
+    from service.scoring.detector import Detector
+
+    f = settings.finetune
+    if not (isinstance(scorer, Detector) and f.enabled and f.new_normal_after):
+        return None
+    from service.learning.finetune import TuneJob, tune
+
+    runtime.detector = scorer
+    runtime.buffer.seed(list(learnt))
+    return lambda request: tune(settings, TuneJob.of(request)).detector
 
 
 def _stack(windows: Sequence[Window]) -> FloatArray:
@@ -276,10 +351,12 @@ def evaluate_paths(
     factory: ScorerFactory,
     on_file: Callable[[FileResult], None] | None = None,
     labels: NabWindows | None = None,
+    learnt: Sequence[FloatArray] = (),
 ) -> list[FileResult]:
+    """Each file by `evaluate_file`; `learnt`: the windows a `--base` scorer learnt."""
     results = []
     for path in paths:
-        result = evaluate_file(read_labelled(path, labels), settings, warmup, factory)
+        result = evaluate_file(read_labelled(path, labels), settings, warmup, factory, learnt)
         results.append(result)
         if on_file is not None:
             on_file(result)
@@ -303,8 +380,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         labels = read_nab_windows(args.labels) if args.labels else None
         base = read_labelled(args.base, labels) if args.base else None
         factory = default_factory(settings, base)
+        learnt = base_windows(base, settings) if base else []
         with progress(len(args.csv)) as on_file:
-            results = evaluate_paths(args.csv, settings, args.warmup, factory, on_file, labels)
+            results = evaluate_paths(
+                args.csv, settings, args.warmup, factory, on_file, labels, learnt
+            )
         if args.plot:
             from service.offline.evaluate_plot import plot_results
 

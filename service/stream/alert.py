@@ -61,6 +61,9 @@ class AlertTracker:
         self.acknowledged_by: str | None = None
         self.acknowledged_at: float | None = None
         self.last_alert_id: str | None = None  # of the latest episode, firing or not
+        # What clean windows resolve the firing alert as: new_normal once the model
+        # re-baselined on the state it settled in.
+        self.clean_resolution = Resolution.CLEAN
 
     def observe(self, score: Score) -> AlertEvent | None:
         self._recent.append(score)
@@ -121,6 +124,7 @@ class AlertTracker:
 
     def _reset(self) -> None:
         self.state = AlertState.NORMAL
+        self.clean_resolution = Resolution.CLEAN
         self._recent.clear()
         self._clean_run = []
         self._last = None
@@ -153,7 +157,7 @@ class AlertTracker:
             return None
         ended_at = self._clean_run[0].end_ts
         event = self._event(
-            AlertKind.RESOLVED, score, AlertState.RESOLVED, ended_at, Resolution.CLEAN
+            AlertKind.RESOLVED, score, AlertState.RESOLVED, ended_at, self.clean_resolution
         )
         self._reset()
         return event

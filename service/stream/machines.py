@@ -30,6 +30,7 @@ from service.scoring.threshold import ScoreDrift
 from service.stream.alert import AlertTracker
 from service.stream.conditions import Conditions
 from service.stream.learning import TuneRequest
+from service.stream.settling import Settling
 from service.stream.training import TrainingBuffer
 from service.stream.window import MachineWindower
 
@@ -89,6 +90,13 @@ class MachineRuntime:
         self._drift_wait: int | None = None
         a = settings.alert
         self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
+        f = settings.finetune
+        self.settling = Settling(
+            f.new_normal_after, f.new_normal_band, f.admit_every, f.recent_windows
+        )
+        # A settled state waits to be re-baselined on (a request once none is out).
+        self.new_normal_due = False
+        self._tuning_for: TuneReason | None = None
         if detector is not None:
             # A saved model fixes the sensor set: no discovery, no learning after a restart.
             self._fix_sensors(detector.sensors)
@@ -137,16 +145,40 @@ class MachineRuntime:
         spaced = elapsed >= self.settings.finetune.drift_min_spacing
         return self._drift_wait == 0 and spaced and not self._near_alert
 
-    def _job(self, reason: TuneReason) -> TuneRequest:
+    def settled(self, window: Window) -> bool:
+        """Follows a firing alert's windows; True once they have held steady for
+        `finetune.new_normal_after` (said once a steady stretch)."""
+        f = self.settings.finetune
+        if not (f.enabled and f.new_normal_after) or self.detector is None:
+            return False
+        if not self.firing:
+            self.settling.reset()
+            self.new_normal_due = False
+            return False
+        settled = self.settling.observe(window.end_ts, window.values, self.detector.std)
+        self.new_normal_due |= settled
+        return settled
+
+    def new_normal_job(self) -> TuneRequest | None:
+        """The re-baselining request on the settled windows beside the clean ones, once no
+        other fine-tune is out; None meanwhile (asked again at the next scored window)."""
+        thin = not (self.buffer.recent or self.buffer.reservoir)
+        if not self.new_normal_due or self.tuning or self.detector is None or thin:
+            return None
+        self.new_normal_due = False
+        return self._job(TuneReason.NEW_NORMAL, list(self.settling.windows))
+
+    def _job(self, reason: TuneReason, settled: list[FloatArray] | None = None) -> TuneRequest:
         """References only: the learner stacks and clones on its own thread."""
         assert self.detector is not None
         self.buffer.new_since_fit = 0
         self.tuning = True
+        self._tuning_for = reason
         train, holdout = self.buffer.split(self.settings.threshold.holdout)
         return TuneRequest(
             self.name,
             self.detector,
-            train,
+            train + (settled or []),
             holdout,
             list(self.buffer.episodes),
             (self.settings.window.length, len(self.sensors)),
@@ -240,6 +272,8 @@ class MachineRuntime:
         self.drift = None
         self.tuning = False
         self.last_fit_ts = None
+        self.settling.reset()
+        self.new_normal_due = False
         self.state = MachineState.LEARNING
 
     @property
@@ -271,12 +305,15 @@ class MachineRuntime:
         self.backlog_dropped += max(0, len(self._backlog) + len(windows) - limit)
         self._backlog.extend(windows)
 
-    def tuned(self, detector: Detector | None) -> None:
-        """A fine-tune ended: promoted (a new detector) or not (None)."""
+    def tuned(self, detector: Detector | None) -> TuneReason | None:
+        """A fine-tune ended: promoted (a new detector) or not (None). Returns why it had
+        been requested."""
         self.tuning = False
+        reason, self._tuning_for = self._tuning_for, None
         if detector is not None:
             self.detector = detector
             self._watch_drift(detector)
+        return reason
 
     def install(self, detector: Detector | None) -> list[Window]:
         """Takes a fitted model, or None: the fit failed, learn again. Returns the windows

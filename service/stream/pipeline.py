@@ -268,7 +268,7 @@ class Pipeline(Worker):
                 backlog = runtime.install(detector)
                 self._installed_since_freeze = True
             else:
-                runtime.tuned(detector)
+                self.verdicts.tuned(runtime, detector)
                 backlog = []
             if detector is not None:
                 self.metrics.model_version.labels(machine=result.machine).set(detector.version)

@@ -106,11 +106,15 @@ class TrainingBuffer:
         a training window are near copies of it and would calibrate too low a threshold,
         so the admissions between the two that could share a step with both are dropped
         (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
-        recent = list(self.recent)
+        recent, older = list(self.recent), self.reservoir
+        if len(recent) < 2:
+            # Right after learning (a re-baselining may come before any clean window): the
+            # learning windows stand in for recent ones.
+            recent, older = [*older, *recent], []
         cut = len(recent) - max(1, round(len(recent) * holdout_share))
         gap = -(-(recent[0].shape[0] - 1) // self.s.admit_every)
         train = recent[: max(1, cut - gap)]
-        return [*train, *self.reservoir], recent[cut:]
+        return [*train, *older], recent[cut:]
 
     def _admit(self, values: FloatArray) -> None:
         if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:

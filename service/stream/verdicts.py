@@ -8,7 +8,15 @@ from collections.abc import Callable
 import structlog
 
 from service.core.metrics import Metrics
-from service.core.types import AlertEvent, FitOutcome, FloatArray, Score, Window
+from service.core.types import (
+    AlertEvent,
+    FitOutcome,
+    FloatArray,
+    Resolution,
+    Score,
+    TuneReason,
+    Window,
+)
 from service.scoring.detector import Detector
 from service.stream.learning import Learner
 from service.stream.machines import DriftEvent, MachineRuntime, TooFewWindowsError
@@ -53,6 +61,8 @@ class Verdicts:
             event = runtime.tracker.observe(result)
             if event is not None:
                 self.emit(runtime, event)
+            if runtime.settled(window):
+                self._say_settled(runtime)
             runtime.buffer.observe(
                 window.values, result.score, detector.threshold, runtime.alert_active
             )
@@ -64,7 +74,44 @@ class Verdicts:
         self.metrics.scored_of[name].inc(len(windows))
         self.metrics.score_of[name].set(runtime.last_score)
         self._count_excluded(runtime)
+        self._maybe_rebaseline(runtime)
         self._maybe_finetune(runtime)
+
+    def tuned(self, runtime: MachineRuntime, detector: Detector | None) -> None:
+        """A fine-tune's result: installed when promoted. Once re-baselined on a new
+        normal, the alert that settled resolves as new_normal when windows score clean
+        under the new model (a state it still flags keeps it firing)."""
+        if runtime.tuned(detector) != TuneReason.NEW_NORMAL:
+            return
+        outcome = "refused" if detector is None else "promoted"
+        self.metrics.new_normals.labels(machine=runtime.name, outcome=outcome).inc()
+        tracker = runtime.tracker
+        log.info("new_normal", machine=runtime.name, outcome=outcome, alert_id=tracker.alert_id)
+        if detector is not None and runtime.firing:
+            tracker.clean_resolution = Resolution.NEW_NORMAL
+
+    def _say_settled(self, runtime: MachineRuntime) -> None:
+        settling = runtime.settling
+        log.info(
+            "new_normal_settled",
+            machine=runtime.name,
+            alert_id=runtime.tracker.alert_id,
+            steady_since=settling.started_at,
+            windows=len(settling.windows),
+        )
+
+    def _maybe_rebaseline(self, runtime: MachineRuntime) -> None:
+        if self.learner.pending() >= MAX_QUEUED_JOBS:
+            return  # still due: asked again at its next scored window
+        job = runtime.new_normal_job()
+        if job is not None:
+            log.info(
+                "finetune_submitted",
+                machine=runtime.name,
+                reason=job.reason,
+                windows=len(job.train),
+            )
+            self.learner.submit(job)
 
     def _count_drift(self, runtime: MachineRuntime, drift: DriftEvent, ts: float) -> None:
         self.metrics.drift_events.labels(machine=runtime.name).inc()

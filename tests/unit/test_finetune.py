@@ -275,3 +275,50 @@ def test_the_pipeline_hands_over_references_and_the_learner_copies() -> None:
     finetuner.handle(request)
     after = list(request.current.model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def new_normal_settings(episode_factor: float) -> Settings:
+    s = settings(True, interval=36_000.0, drift_detection=False)
+    finetune = s.finetune.model_copy(
+        update={"new_normal_after": 600.0, "episode_factor": episode_factor}
+    )
+    return s.model_copy(update={"finetune": finetune})
+
+
+def new_normals(metrics: Metrics, outcome: str) -> float:
+    text = generate(metrics)
+    return metric_value(text, "aemon_new_normals_total", machine=MACHINE, outcome=outcome)
+
+
+def test_a_state_that_settles_is_rebaselined_and_its_alert_resolves_as_new_normal() -> None:
+    # At one load, pressure 30 % higher from 900 s on and steady: a new set-point. No
+    # episode window binds the gate (episode_factor 1,000), so the re-baselining is promoted.
+    fault = Fault(start=900, end=3000, sensor="pressure", factor=1.3)
+    rows = machine_rows(0.0, 3000, seed=12, loads=(0.8,), fault=fault)
+    with capture_logs() as logs:
+        sink, metrics = run(new_normal_settings(episode_factor=1000.0), rows)
+    raised = [e for e in sink.events if e["event"] == "raised"]
+    resolved = [e for e in sink.events if e["event"] == "resolved"]
+    assert len(raised) == 1
+    assert raised[0]["started_at"] is not None
+    assert [e["resolution"] for e in resolved] == ["new_normal"]
+    settled = [e for e in logs if e["event"] == "new_normal_settled"]
+    assert len(settled) == 1
+    assert settled[0]["windows"] > 0
+    gate = [e for e in logs if e["event"] == "finetune_gate" and e["reason"] == "new_normal"]
+    assert len(gate) == 1
+    assert gate[0]["passed"]
+    assert new_normals(metrics, "promoted") == 1
+    assert new_normals(metrics, "refused") == 0
+    # Once re-baselined, the new set-point scores clean: no second alert.
+    assert len([e for e in sink.events if e["event"] == "raised"]) == 1
+
+
+def test_a_steady_fault_far_above_the_threshold_is_refused_and_fires_on() -> None:
+    # Vibration tripled and held: steady, but its windows fill the gate's episodes.
+    fault = Fault(start=900, end=3000, sensor="vibration", factor=3.0)
+    rows = machine_rows(0.0, 3000, seed=12, loads=(0.8,), fault=fault)
+    sink, metrics = run(new_normal_settings(episode_factor=2.0), rows)
+    assert [e["event"] for e in sink.events if e["event"] in ("raised", "resolved")] == ["raised"]
+    assert new_normals(metrics, "refused") >= 1
+    assert new_normals(metrics, "promoted") == 0
