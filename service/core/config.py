@@ -32,6 +32,7 @@ from service.core.model_settings import (
 from service.core.sections import (
     AlertSettings,
     DiscoverySettings,
+    HomeAssistantSettings,
     HttpSettings,
     IngestSettings,
     LogSettings,
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DiscoverySettings",
     "FinetuneSettings",
+    "HomeAssistantSettings",
     "HttpSettings",
     "IngestSettings",
     "LearningSettings",
@@ -92,6 +94,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     off: OffSettings = Field(default_factory=OffSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     maintenance: tuple[MaintenanceWindow, ...] = Field(
         (), description="Recurring maintenance windows ([[maintenance]] tables)."
     )

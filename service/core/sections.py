@@ -237,3 +237,27 @@ class LogSettings(Section):
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="json for journald/Kubernetes; auto picks console on a terminal."
     )
+
+
+class HomeAssistantSettings(Section):
+    """Home Assistant's MQTT discovery: each machine appears as a device of three entities."""
+
+    enabled: bool = Field(
+        False,
+        description="Publish retained discovery messages under `prefix` and each machine's "
+        "state on `<mqtt.topic_prefix>/machines/<machine>`, so Home Assistant shows every "
+        "machine as a device: an anomaly binary sensor, its score relative to its threshold "
+        "and its state.",
+    )
+    prefix: str = Field(
+        "homeassistant",
+        min_length=1,
+        pattern=r"^[^#+]+$",
+        description="Home Assistant's discovery prefix (its MQTT integration's setting).",
+    )
+    update_interval: float = Field(
+        30.0,
+        gt=0,
+        description="Wall-clock seconds between updates of a machine's state topic while "
+        "nothing but its score changed; a change of state or alert is published at once.",
+    )

@@ -38,6 +38,7 @@ from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
+from service.stream.homeassistant import HomeAssistant
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import MachineRuntime
 from service.stream.operator import Operator
@@ -90,6 +91,8 @@ class Pipeline(Worker):
         self._installed_since_freeze = True
         self._frozen_at = -FREEZE_INTERVAL
         self.board = Board(metrics)
+        ha = settings.homeassistant
+        self.homeassistant = HomeAssistant(ha, publisher) if ha.enabled else None
         self.journal = journal
         self.operator = Operator(self, metrics, publisher)
         self.verdicts = Verdicts(metrics, learner, self.emit)
@@ -321,6 +324,8 @@ class Pipeline(Worker):
         """Describes again (for /api/machines) and updates the gauges of the machines that
         changed this cycle."""
         if self._changed:
+            if self.homeassistant is not None:
+                self.homeassistant.follow(self._changed, time.monotonic())
             self.board.refresh(self._changed)
             self._changed = {}
 
@@ -347,6 +352,8 @@ class Pipeline(Worker):
         self.scoring.scorer.forget(name)
         self.metrics.remove_machine(name)
         self.board.remove(name)
+        if self.homeassistant is not None:
+            self.homeassistant.forget(name)
         self.publisher.clear_alert(name)
         aside = self.store.forget(name) if self.store is not None else None
         log.warning(

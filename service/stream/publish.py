@@ -87,6 +87,12 @@ class Publisher:
         self.sink.publish(topic, orjson.dumps(document), qos=1, retain=False)
         self.metrics.alerts_published.inc()
 
+    def publish_retained(self, topic: str, document: dict[str, Any] | None) -> None:
+        """A retained document on `topic`; None removes what is retained there."""
+        payload = b"" if document is None else orjson.dumps(document)
+        self.sink.publish(topic, payload, qos=1, retain=True)
+        self.metrics.alerts_published.inc()
+
     def clear_alert(self, machine: str) -> None:
         """Removes the machine's retained alert (an empty retained message deletes it)."""
         self.sink.publish(self.alert_topic(machine), b"", qos=1, retain=True)
