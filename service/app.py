@@ -29,6 +29,8 @@ from service.stream.learning import FitResult
 from service.stream.pipeline import Pipeline
 from service.stream.publish import Publisher
 from service.stream.rejections import RejectionLog
+from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
+from service.stream.sparkplug import SparkplugReader
 from service.transport.http import HttpServer
 from service.transport.mqtt import Ack, MqttClient
 
@@ -68,9 +70,22 @@ class App:
         prefix = settings.mqtt.topic_prefix
         self.command_prefix = f"{prefix}/command/"
         faults = armed_faults()
+        spb = settings.sparkplug
+        self.sparkplug = (
+            SparkplugReader(
+                spb.groups,
+                self.ingestor,
+                self.metrics,
+                lambda topic, payload: self.mqtt.publish(topic, payload, qos=0, retain=False),
+                spb.rebirth_interval,
+                spb.machines,
+            )
+            if spb.enabled
+            else None
+        )
         self.mqtt = MqttClient(
             settings.mqtt,
-            self.ingestor.subscriptions,
+            self.ingestor.subscriptions + (self.sparkplug.subscriptions if self.sparkplug else []),
             f"{prefix}/status",
             arm_callback(self.on_message, faults),
             self.metrics,
@@ -124,7 +139,10 @@ class App:
                 ack()
             return
         self.metrics.messages_received.inc()
-        result = self.ingestor.parse(topic, payload, received_at)
+        if self.sparkplug is not None and topic.startswith(SPARKPLUG_NAMESPACE):
+            result = self.sparkplug.parse(topic, payload, received_at)
+        else:
+            result = self.ingestor.parse(topic, payload, received_at)
         known = self.pipeline.machines
         for rejection in result.rejections:
             label = rejection.machine if rejection.machine in known else ""

@@ -27,6 +27,7 @@ from simulators.publish import (
     sensor_payload,
     stop_on_signals,
 )
+from simulators.sparkplug_edge import SparkplugSink
 
 log = structlog.get_logger("simulators.plant")
 PROGRESS_EVERY_S = 10.0  # wall seconds between progress log lines
@@ -94,9 +95,10 @@ def _timing_options(p: argparse.ArgumentParser) -> None:
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--payload",
-        choices=("per-machine", "per-sensor"),
+        choices=("per-machine", "per-sensor", "sparkplug"),
         default="per-machine",
-        help="plant/<machine> {ts, values} or plant/<machine>/<sensor> {ts, value}",
+        help="plant/<machine> {ts, values}, plant/<machine>/<sensor> {ts, value}, or "
+        "Sparkplug B: one edge node `edge` of group --prefix, each machine a device",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
@@ -182,11 +184,23 @@ def _truth(event: TruthEvent) -> bytes:
 
 
 def _publish_sample(sink: Sink, s: Sample, prefix: str, payload: str, qos: int) -> None:
+    if isinstance(sink, SparkplugSink):
+        sink.sample(s.machine, s.ts, s.values, qos)
+        return
     if payload == "per-machine":
         sink.publish(f"{prefix}/{s.machine}", machine_payload(s.ts, s.values), qos)
         return
     for sensor, value in s.values.items():
         sink.publish(f"{prefix}/{s.machine}/{sensor}", sensor_payload(s.ts, value), qos)
+
+
+def open_plant_sink(args: argparse.Namespace, plant: Plant) -> Sink:
+    """Where the plant goes: the options' sink, or with `--payload sparkplug` an edge node
+    whose devices are the plant's machines and their sensors."""
+    if args.payload != "sparkplug" or args.stdout:
+        return open_sink(args)
+    devices = {m.name: tuple(s.name for s in KINDS[m.kind].sensors) for m in plant.machines}
+    return SparkplugSink(args.host, args.port, args.client_id, args.prefix, devices)
 
 
 def _start_ts(args: argparse.Namespace) -> float | None:
@@ -213,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: away from --speed 1, give --duration or --start", file=sys.stderr)
         return 2
     try:
-        sink = open_sink(args)
+        sink = open_plant_sink(args, plant)
     except OSError as exc:
         print(f"error: no MQTT broker at {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
 import orjson
@@ -69,8 +69,13 @@ class MqttSink:
         *,
         timeout: float = 10.0,
         max_pending: int = 5000,
+        will: tuple[str, bytes] | None = None,
+        commands: tuple[str, Callable[[bytes], None]] | None = None,
     ) -> None:
+        """`will`: (topic, payload) the broker publishes if the connection is lost;
+        `commands`: (topic filter, callback) for messages to this publisher."""
         self.timeout, self.max_pending = timeout, max_pending
+        self.commands = commands
         self.pending: collections.deque[paho.MQTTMessageInfo] = collections.deque()
         self.failed = 0
         self.connected = threading.Event()
@@ -79,6 +84,10 @@ class MqttSink:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1)
+        if commands is not None:
+            self.client.on_message = lambda c, u, message: commands[1](bytes(message.payload))
         self.client.connect(host, port, keepalive=KEEPALIVE_S)  # raises when nothing listens
         self.client.loop_start()
         if not self.connected.wait(timeout):
@@ -91,6 +100,8 @@ class MqttSink:
     ) -> None:
         # Runs on paho's thread: only flag it, an exception here would kill that thread.
         if not reason.is_failure:
+            if self.commands is not None:
+                client.subscribe(self.commands[0], qos=1)
             self.connected.set()
 
     def _on_disconnect(
@@ -116,11 +127,15 @@ class MqttSink:
         if not info.is_published():
             self.failed += 1
 
-    def close(self) -> None:
-        """Waits up to `timeout` in all for what is queued, then disconnects."""
+    def flush(self) -> None:
+        """Waits up to `timeout` in all for what is queued to reach the broker."""
         deadline = time.monotonic() + self.timeout
         while self.pending:
             self._wait(self.pending.popleft(), deadline - time.monotonic())
+
+    def close(self) -> None:
+        """Waits for what is queued (`flush`), then disconnects."""
+        self.flush()
         self.client.disconnect()
         self.client.loop_stop()
         if self.failed:

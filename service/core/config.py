@@ -43,6 +43,7 @@ from service.core.sections import (
     PipelineSettings,
     RunningRule,
     Section,
+    SparkplugSettings,
     StateSettings,
     WindowSettings,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "RunningRule",
     "Section",
     "Settings",
+    "SparkplugSettings",
     "StateSettings",
     "ThresholdSettings",
     "WindowSettings",
@@ -95,6 +97,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     off: OffSettings = Field(default_factory=OffSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings)
     maintenance: tuple[MaintenanceWindow, ...] = Field(
         (), description="Recurring maintenance windows ([[maintenance]] tables)."
     )

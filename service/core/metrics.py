@@ -252,6 +252,13 @@ class Metrics:
             ["machine"],
             registry=r,
         )
+        self.sparkplug_messages = Counter(
+            "aemon_sparkplug_messages_total",
+            "Sparkplug B events by kind: birth, node_death, device_death, seq_gap, "
+            "rebirth_requested, ignored_metric (null or non-numeric).",
+            ["kind"],
+            registry=r,
+        )
         self.new_normals = Counter(
             "aemon_new_normals_total",
             "Firing alerts whose windows settled into a steady state the model then "

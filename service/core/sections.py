@@ -261,3 +261,34 @@ class HomeAssistantSettings(Section):
         description="Wall-clock seconds between updates of a machine's state topic while "
         "nothing but its score changed; a change of state or alert is published at once.",
     )
+
+
+class SparkplugSettings(Section):
+    """Sparkplug B input: aemon reads the groups' edge nodes as a host application."""
+
+    enabled: bool = Field(
+        False, description="Also read Sparkplug B (spBv1.0) messages of the groups below."
+    )
+    groups: tuple[str, ...] = Field(
+        (), description="Sparkplug group ids to subscribe to (`spBv1.0/<group>/#`)."
+    )
+    rebirth_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between two rebirth requests (NCMD Node Control/Rebirth) to one "
+        "node, after a seq gap or data before a birth.",
+    )
+    machines: dict[str, str] = Field(
+        default_factory=dict,
+        description="Machine names by Sparkplug path, `group/node/device` (or `group/node` for "
+        "a node's own metrics); unmapped paths are named with dots, `group.node.device`.",
+    )
+
+    @model_validator(mode="after")
+    def _groups_when_enabled(self) -> SparkplugSettings:
+        if self.enabled and not self.groups:
+            raise ValueError("sparkplug.groups must name at least one group when enabled")
+        for group in self.groups:
+            if not group or any(c in group for c in "/#+"):
+                raise ValueError(f"sparkplug group {group!r} must be one topic level")
+        return self

@@ -25,6 +25,7 @@ class RejectReason(StrEnum):
     FUTURE = "future"
     DUPLICATE = "duplicate"
     OVERLOADED = "overloaded"
+    NO_BIRTH = "no_birth"
 
 
 class MachineState(StrEnum):

@@ -166,6 +166,22 @@ class Ingestor:
             result.reject(RejectReason.SCHEMA, "empty batch", machine)
         return result
 
+    def admits(self, machine: str) -> bool:
+        """A declared machine, or an undeclared one that discovery takes."""
+        return machine in self.declared or self._undeclared_taken(machine)
+
+    def add(
+        self,
+        result: IngestResult,
+        machine: str,
+        sensor: str,
+        ts: float,
+        value: Any,
+        received_at: float,
+    ) -> None:
+        """One value of another input (Sparkplug): taken, or rejected with its reason."""
+        self._add(result, machine, sensor, ts, value, received_at)
+
     def _undeclared_taken(self, machine: str) -> bool:
         if not self.allow_undeclared:
             return False

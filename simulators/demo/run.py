@@ -28,6 +28,7 @@ from simulators.demo.episodes import Report, build_report
 from simulators.demo.scenario import Scenario, faults_toml
 from simulators.demo.view import View
 from simulators.demo.watch import PROMETHEUS_ALERT, RunState, Watch
+from simulators.machine import default_machines
 from simulators.publish import KEEPALIVE_S
 from simulators.stack import (
     RULES,
@@ -50,6 +51,14 @@ SETTLE_TIMEOUT_S = 20.0
 # The longest the plant is held while first models are fitted, inside the 1.5 keepalives
 # after which the broker would drop its silent connection.
 HOLD_MAX_S = 1.5 * KEEPALIVE_S - 10.0
+PAYLOADS = ("per-machine", "per-sensor", "sparkplug")
+
+
+def sparkplug_config(scenario: Scenario) -> dict[str, Any]:
+    """The daemon reads the plant's edge node, each device named as the machine it is."""
+    names = [m.name for m in default_machines(scenario.machines)]
+    machines = {f"plant/edge/{name}": name for name in names}
+    return {"enabled": True, "groups": ["plant"], "machines": machines}
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class Options:
     constants of 3 to 5 minutes, so an overheated machine is back to normal after about
     ten), `DEMO_DIR` (the working directory, default a new temporary one), `DEMO_REPORT`
     (one more path for the JSON report), `DEMO_SCREEN` (a path for the run's busiest frame
-    of the live view, as text)."""
+    of the live view, as text), `DEMO_PAYLOAD` (how the plant publishes: `per-machine`,
+    `per-sensor` or `sparkplug`, Sparkplug B as one edge node of group `plant`)."""
 
     seconds: float  # math.inf: the whole schedule
     speed: float
@@ -69,6 +79,7 @@ class Options:
     workdir: Path
     report: Path | None
     screen: Path | None
+    payload: str = "per-machine"
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Options:
@@ -86,7 +97,14 @@ class Options:
             Path(workdir),
             Path(env["DEMO_REPORT"]) if env.get("DEMO_REPORT") else None,
             Path(env["DEMO_SCREEN"]) if env.get("DEMO_SCREEN") else None,
+            _payload(env.get("DEMO_PAYLOAD") or "per-machine"),
         )
+
+
+def _payload(text: str) -> str:
+    if text not in PAYLOADS:
+        raise ValueError(f"DEMO_PAYLOAD must be one of {', '.join(PAYLOADS)}, not {text!r}")
+    return text
 
 
 def _number(
@@ -168,7 +186,10 @@ class Demo:
             broker.start()
         finally:
             self.children.add("mosquitto", broker.proc)
-        daemon = Daemon(_mkdir(self.workdir / "daemon"), broker.port, self.scenario.config)
+        config = self.scenario.config
+        if self.options.payload == "sparkplug":
+            config = {**config, "sparkplug": sparkplug_config(self.scenario)}
+        daemon = Daemon(_mkdir(self.workdir / "daemon"), broker.port, config)
         try:
             daemon.start()
         finally:
@@ -199,6 +220,7 @@ class Demo:
             "--duration", f"{s.duration_s:g}", "--start", f"{start_ts:.0f}",
             "--faults", str(faults), "--host", "127.0.0.1", "--port", str(port),
             "--qos", "1", "--client-id", "aemon-demo-plant",
+            "--payload", self.options.payload, "--prefix", "plant",
         ]  # fmt: skip
         plant = spawn(command, self.workdir / "plant.log")
         self.children.add("plant", plant)
