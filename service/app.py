@@ -79,6 +79,8 @@ class App:
                 lambda topic, payload: self.mqtt.publish(topic, payload, qos=0, retain=False),
                 spb.rebirth_interval,
                 spb.machines,
+                # The pipeline is made after the MQTT client these subscriptions are for.
+                lambda machines: self.pipeline.mark_offline(machines),  # noqa: PLW0108
             )
             if spb.enabled
             else None

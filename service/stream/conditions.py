@@ -5,7 +5,8 @@
 - off: the machine is switched off or idle, by its `running` rule or, without one, because
   every sensor rests (moves less than `off.flat_fraction` of its learned spread); its
   windows are neither scored nor learnt, and a firing alert waits for it to run again.
-- stale: no reading accepted for `alert.stale_after` seconds of wall-clock time.
+- stale: no reading accepted for `alert.stale_after` seconds of wall-clock time, unless
+  its source said it went away (a Sparkplug death: shown `off` until its next reading).
 
 >>> from service.core.config import Settings
 >>> rule = {"sensor": "current", "above": 0.5}
@@ -51,6 +52,7 @@ class Conditions:
         self.maintenance_until: float | None = None
         self.maintenance_reason: str | None = None
         self.off = False
+        self.offline = False  # its source said it is gone (a Sparkplug death)
         self.stale = False
         self.last_seen = time.time()  # wall-clock of the newest accepted reading (or start)
 
@@ -60,7 +62,7 @@ class Conditions:
             return MachineState.MAINTENANCE
         if self.stale:
             return MachineState.STALE
-        if self.off:
+        if self.off or self.offline:
             return MachineState.OFF
         return None
 

@@ -157,8 +157,8 @@ class Operator:
         now = time.time()
         for runtime in runtimes:
             runtime.conditions.last_seen = now
-            if runtime.conditions.stale:
-                runtime.conditions.stale = False
+            if runtime.conditions.stale or runtime.conditions.offline:
+                runtime.conditions.stale = runtime.conditions.offline = False
                 log.info("machine_back", machine=runtime.name)
 
     def follow_conditions(self, runtime: MachineRuntime, now: float, stale_after: float) -> None:
@@ -166,7 +166,7 @@ class Operator:
         staleness (no reading for `stale_after` seconds), which ends a firing alert."""
         self.enter_or_leave_maintenance(runtime, now)
         conditions = runtime.conditions
-        stale = 0 < stale_after < now - conditions.last_seen
+        stale = not conditions.offline and 0 < stale_after < now - conditions.last_seen
         if stale == conditions.stale:
             return
         conditions.stale = stale
@@ -176,6 +176,15 @@ class Operator:
             )
             self._resolve(runtime, Resolution.NO_DATA)
         self.host.emit(runtime, None)
+
+    def went_offline(self, runtime: MachineRuntime) -> None:
+        """Its source said it is gone (a Sparkplug death): shown `off` until its next
+        reading, not stale; a firing alert waits for it, as for a machine switched off."""
+        if not runtime.conditions.offline:
+            runtime.conditions.offline = True
+            runtime.conditions.stale = False
+            log.info("machine_offline", machine=runtime.name)
+            self.host.emit(runtime, None)
 
     def _resolve(self, runtime: MachineRuntime, resolution: Resolution) -> None:
         ended_at = runtime.newest_ts if runtime.newest_ts is not None else time.time()

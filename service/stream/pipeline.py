@@ -98,6 +98,7 @@ class Pipeline(Worker):
         self.verdicts = Verdicts(metrics, learner, self.emit)
         self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
         self._conditions_at = 0.0
+        self._offline: queue.SimpleQueue[str] = queue.SimpleQueue()
         # Machines first heard of after this (wall-clock) are announced: at start-up the
         # whole plant is new, later a new name may be a typo in a topic.
         self._announce_after = time.time() + settings.discovery.period
@@ -360,10 +361,19 @@ class Pipeline(Worker):
             "machine_forgotten", machine=name, models_moved_to=str(aside), sensors=runtime.sensors
         )
 
+    def mark_offline(self, machines: list[str]) -> None:
+        """Their source said they are gone (a Sparkplug death); any thread."""
+        for name in machines:
+            self._offline.put(name)
+
     def _take_commands(self) -> None:
         while not self._commands.empty():
             machine, command, reply = self._commands.get_nowait()
             reply(self.operator.run(machine, command))
+        while not self._offline.empty():
+            runtime = self.machines.get(self._offline.get_nowait())
+            if runtime is not None:
+                self.operator.went_offline(runtime)
 
     def _follow_conditions(self) -> None:
         now = time.time()

@@ -12,9 +12,9 @@ aemon reads `spBv1.0/<group>/<type>/<node>[/<device>]` as a Sparkplug host appli
 - a gap in a node's `seq` (0-255, one per message of the node) is counted and answered
   with a rebirth request (NCMD `Node Control/Rebirth`), at most every
   `sparkplug.rebirth_interval` seconds per node;
-- NDEATH (matched by its `bdSeq`) and DDEATH forget the births: the machine gets no
-  readings until it is born again (it goes stale like any silent machine, and a gap in
-  its windows is never learnt across);
+- NDEATH (matched by its `bdSeq`) and DDEATH forget the births and mark the machines
+  `off` (not stale: their source said they are gone) until their next reading; a gap in
+  their windows is never learnt across;
 - timestamps are the metrics' own (milliseconds), else the payload's, else arrival.
 
 Ignored and counted in `aemon_sparkplug_messages_total{kind="ignored_metric"}`: null
@@ -73,6 +73,7 @@ class SparkplugReader:
         publish: Publish,
         rebirth_interval: float = 10.0,
         names: Mapping[str, str] | None = None,
+        offline: Callable[[list[str]], None] = lambda machines: None,
     ) -> None:
         self.groups = frozenset(groups)
         self.ingestor = ingestor
@@ -80,6 +81,7 @@ class SparkplugReader:
         self.publish = publish
         self.rebirth_interval = rebirth_interval
         self.names = dict(names or {})
+        self.offline = offline
         self._nodes: dict[tuple[str, str], _Node] = {}
         self._asked: dict[tuple[str, str], float] = {}
 
@@ -135,6 +137,7 @@ class SparkplugReader:
         elif kind == "DDEATH" and device is not None:
             node.devices.pop(device, None)
             self._count("device_death")
+            self.offline([self.machine_name(*key, device)])
             return None
         known = node.metrics if device is None else node.devices.get(device)
         if known is None:
@@ -171,6 +174,8 @@ class SparkplugReader:
             del self._nodes[key]
             self._count("node_death")
             log.info("sparkplug_node_death", group=key[0], node=key[1], bd_seq=node.bd_seq)
+            gone = [self.machine_name(*key, None)]
+            self.offline(gone + [self.machine_name(*key, d) for d in node.devices])
 
     def _ask_rebirth(self, key: tuple[str, str], now: float) -> None:
         if now - self._asked.get(key, -self.rebirth_interval) < self.rebirth_interval:

@@ -73,10 +73,12 @@ def test_a_sparkplug_device_is_learnt_scored_alerted_and_survives_gaps_and_death
             lambda: [m for m in sub.json_on(ALERT) if m["state"] == "resolved"], 30, "resolved"
         )
 
-        sink.close()  # NDEATH
+        sink.close()  # NDEATH: off, not stale
+        wait_until(lambda: daemon.machines()[MACHINE]["state"] == "off", 15, "off")
         sink = edge(broker.port, bd_seq=1)  # born again under a new bdSeq
         last = send(sink, itertools.islice(rows, 200))
         wait_until(lambda: daemon.machines()[MACHINE]["scored_until"] >= last - 3, 30, "all scored")
+        assert daemon.machines()[MACHINE]["state"] == "scoring"
         sink.close()
         assert len(sub.on(REBIRTHS)) == 1
         assert [m["event"] for m in sub.json_on(ALERT)].count("raised") == 1

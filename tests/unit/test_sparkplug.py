@@ -24,6 +24,7 @@ class Wire:
 
     def __init__(self, interval: float = 10.0) -> None:
         self.requests: list[tuple[str, bytes]] = []
+        self.gone: list[str] = []  # machines said to be offline
         self.metrics = Metrics(CollectorRegistry())
         ingestor = Ingestor(("plant/{machine}",), max_payload_bytes=4096)
         self.reader = SparkplugReader(
@@ -33,6 +34,7 @@ class Wire:
             lambda topic, payload: self.requests.append((topic, payload)),
             interval,
             {"plant1/edge7/pump-2": "pump-2"},
+            self.gone.extend,
         )
         self.edge = SparkplugEdge("plant1", "edge7", {"pump-1": SENSORS, "pump-2": SENSORS})
 
@@ -121,6 +123,7 @@ def test_a_death_forgets_the_births_until_the_next_one_and_a_stale_death_is_igno
     dead = wire.send(wire.edge.data("pump-1", NOW + 1, {"pressure": 3.0}))
     assert [r.reason for r in dead.rejections] == [RejectReason.NO_BIRTH]
     assert wire.counted("node_death") == 1
+    assert wire.gone == ["plant1.edge7", "plant1.edge7.pump-1", "pump-2"]
 
 
 def test_garbage_and_commands() -> None:
