@@ -33,6 +33,7 @@ from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from service.stream.sparkplug import SparkplugReader
 from service.transport.http import HttpServer
 from service.transport.mqtt import Ack, MqttClient
+from service.transport.sparkplug_host import SparkplugHost
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,8 @@ class App:
             if spb.enabled
             else None
         )
+        host_id = spb.host_id if spb.enabled else None
+        self.sparkplug_host = SparkplugHost(settings.mqtt, host_id) if host_id else None
         self.mqtt = MqttClient(
             settings.mqtt,
             self.ingestor.subscriptions + (self.sparkplug.subscriptions if self.sparkplug else []),
@@ -207,6 +210,8 @@ class App:
         lower_priority(self.finetuner, FINETUNER_NICE)
         self.pipeline.start()
         self.mqtt.start()
+        if self.sparkplug_host is not None:
+            self.sparkplug_host.start()
         log.info("aemon_started", http_port=self.http.port, broker=self.settings.mqtt.host)
 
     def run(self, stop: threading.Event) -> None:
@@ -239,6 +244,8 @@ class App:
         self.pipeline.stop(drained)
         self.pipeline.join_until(drained + PIPELINE_GRACE)
         self.finetuner.join_until(time.monotonic() + FINETUNER_GRACE)
+        if self.sparkplug_host is not None:
+            self.sparkplug_host.stop()
         self.mqtt.stop(time.monotonic() + MQTT_GRACE)
         self.http.stop(time.monotonic() + HTTP_GRACE)
         log.info("aemon_stopped", seconds=round(time.monotonic() - started, 2))

@@ -272,6 +272,14 @@ class SparkplugSettings(Section):
     groups: tuple[str, ...] = Field(
         (), description="Sparkplug group ids to subscribe to (`spBv1.0/<group>/#`)."
     )
+    host_id: str = Field(
+        "aemon",
+        pattern=r"^[^/#+]*$",
+        description="aemon's Sparkplug host application id: it publishes its STATE "
+        "(`spBv1.0/STATE/<host_id>`, online retained, offline as the will of a connection of "
+        "its own) for edge nodes that wait for a primary host. Unique per broker; empty: "
+        "no STATE.",
+    )
     rebirth_interval: float = Field(
         10.0,
         gt=0,

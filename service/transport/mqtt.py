@@ -11,7 +11,6 @@ would, for the tests of what the daemon does then.
 from __future__ import annotations
 
 import contextlib
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from service.core.config import MqttSettings
 from service.core.metrics import Metrics
 from service.core.threads import InjectedFaultError
 from service.transport.acks import Ack, AckOrder
+from service.transport.mqtt_auth import authenticate
 from service.transport.paho_client import FastClient
 from service.transport.status import OFFLINE, ONLINE
 
@@ -83,16 +83,7 @@ class MqttClient:
             manual_ack=True,
         )
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        password = s.resolved_password()
-        if s.username is not None or password is not None:
-            client.username_pw_set(s.username, password)
-        if s.tls:
-            client.tls_set(
-                ca_certs=str(s.ca_file) if s.ca_file else None,
-                certfile=str(s.cert_file) if s.cert_file else None,
-                keyfile=str(s.key_file) if s.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        authenticate(client, s)
         # paho annotates int but computes in float; int() would turn 0.5 into 0, and a zero
         # delay doubles to zero forever: a reconnect storm against a broker that is down.
         client.reconnect_delay_set(

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 MACHINE = "pump-7"
 ALERT = f"aemon/alerts/{MACHINE}"
 REBIRTHS = "spBv1.0/plant1/NCMD/edge"
+STATE = "spBv1.0/STATE/aemon"
 LEARN_SECONDS = 320  # 250 learning windows of 20 steps, plus discovery
 
 
@@ -51,7 +52,7 @@ def test_a_sparkplug_device_is_learnt_scored_alerted_and_survives_gaps_and_death
     workdir = tmp_path / "daemon"
     workdir.mkdir()
     daemon = Daemon(workdir, broker.port, config).start()
-    sub = Subscriber(broker.port, [ALERT, REBIRTHS])
+    sub = Subscriber(broker.port, [ALERT, REBIRTHS, STATE])
     fault = Fault(LEARN_SECONDS + 120, LEARN_SECONDS + 180, "vibration", factor=3.0)
     rows = machine_rows(time.time() - 3000, LEARN_SECONDS + 900, seed=1, fault=fault)
     sink = edge(broker.port)
@@ -82,3 +83,7 @@ def test_a_sparkplug_device_is_learnt_scored_alerted_and_survives_gaps_and_death
         sink.close()
         assert len(sub.on(REBIRTHS)) == 1
         assert [m["event"] for m in sub.json_on(ALERT)].count("raised") == 1
+        # aemon as the primary host: online while it runs, offline once it stopped.
+        assert sub.json_on(STATE)[0]["online"] is True
+        daemon.stop()
+        assert wait_until(lambda: sub.json_on(STATE)[-1]["online"] is False, 15, "offline")
