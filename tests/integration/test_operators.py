@@ -85,7 +85,11 @@ def wait_state(daemon: Daemon, wanted: str, timeout: float = 60) -> None:
 
 def learn(daemon: Daemon, plant: Plant) -> None:
     plant.send(LEARN_ROWS)
-    wait_state(daemon, "scoring")
+    # The model, not the state: with a short stale_after, a machine whose fit outlasts it
+    # is shown stale until its next reading.
+    wait_until(
+        lambda: daemon.machines().get(MACHINE, {}).get("model_version") is not None, 60, "model"
+    )
 
 
 def by_mqtt(pub: Publisher, sub: Subscriber, body: dict[str, Any]) -> dict[str, Any]:
