@@ -170,18 +170,6 @@ class Ingestor:
         """A declared machine, or an undeclared one that discovery takes."""
         return machine in self.declared or self._undeclared_taken(machine)
 
-    def add(
-        self,
-        result: IngestResult,
-        machine: str,
-        sensor: str,
-        ts: float,
-        value: Any,
-        received_at: float,
-    ) -> None:
-        """One value of another input (Sparkplug): taken, or rejected with its reason."""
-        self._add(result, machine, sensor, ts, value, received_at)
-
     def _undeclared_taken(self, machine: str) -> bool:
         if not self.allow_undeclared:
             return False
@@ -213,11 +201,11 @@ class Ingestor:
         self, result: IngestResult, machine: str, sensor: str, record: Any, received_at: float
     ) -> None:
         if type(record) in _NUMBERS:
-            self._add(result, machine, sensor, received_at, record, received_at)
+            self.add(result, machine, sensor, received_at, record, received_at)
             return
         if _plain(record, "value"):
             ts = event_time(record.get("ts"), received_at)
-            self._add(result, machine, sensor, ts, record["value"], received_at)
+            self.add(result, machine, sensor, ts, record["value"], received_at)
             return
         try:
             parsed = SensorRecord.model_validate(record)
@@ -225,7 +213,7 @@ class Ingestor:
             result.reject(RejectReason.SCHEMA, _first_error(exc), machine)
             return
         ts = event_time(parsed.ts, received_at)
-        self._add(result, machine, sensor, ts, parsed.value, received_at)
+        self.add(result, machine, sensor, ts, parsed.value, received_at)
 
     def _machine_record(
         self, result: IngestResult, machine: str, record: Any, received_at: float, finite: bool
@@ -251,17 +239,17 @@ class Ingestor:
         received_at: float,
         finite: bool = False,
     ) -> None:
-        """What `_add` decides for each value, with the common case decided inline: a
+        """What `add` decides for each value, with the common case decided inline: a
         batch's readings cost more here than anywhere else in the daemon. A record's time
         is checked once; a record whose values are all finite floats of known sensors is
         kept whole as a `Row` (no per-value object); otherwise a value is taken at once when
-        it is a finite float of a known sensor, and anything else goes to `_add`, which
+        it is a finite float of a known sensor, and anything else goes to `add`, which
         gives the reason. `finite`: the document's floats are all finite (orjson decoded
         it), so a row's need no check."""
         known = self.declared.get(machine)
         if not (math.isfinite(ts) and ts <= received_at + self.future_tolerance):
             for sensor, value in values.items():
-                self._add(result, machine, sensor, ts, value, received_at)
+                self.add(result, machine, sensor, ts, value, received_at)
             return
         # Rows only before any reading of the message: the windower takes a message's rows
         # first, so a row after a reading would be taken out of the message's order.
@@ -278,9 +266,9 @@ class Ingestor:
             ):
                 append(_new_reading(Reading, (machine, sensor, ts, value)))
             else:
-                self._add(result, machine, sensor, ts, value, received_at)
+                self.add(result, machine, sensor, ts, value, received_at)
 
-    def _add(
+    def add(
         self,
         result: IngestResult,
         machine: str,
@@ -289,6 +277,8 @@ class Ingestor:
         value: Any,
         received_at: float,
     ) -> None:
+        """One value (of a JSON record, or of another input: Sparkplug): taken, or rejected
+        with its reason."""
         reason, detail = self._check(machine, sensor, ts, value, received_at)
         if reason is None:
             result.readings.append(Reading(machine, sensor, ts, float(value)))
@@ -338,7 +328,7 @@ def _plain(record: Any, field: str) -> bool:
 
 
 def _valid_row(values: dict[str, Any], known: frozenset[str] | None, finite: bool) -> bool:
-    """Whether `_add` would take every value as it is: all floats (not int or bool, which
+    """Whether `add` would take every value as it is: all floats (not int or bool, which
     it converts), all finite in float32, all of known sensors. C-level calls instead of a
     loop: a sum of floats is finite only if every term is (an overflowing sum of finite
     values only sends the record down the per-value path, which decides each value alone),

@@ -74,7 +74,6 @@ class Verdicts:
         self.metrics.scored_of[name].inc(len(windows))
         self.metrics.score_of[name].set(runtime.last_score)
         self._count_excluded(runtime)
-        self._maybe_rebaseline(runtime)
         self._maybe_finetune(runtime)
 
     def tuned(self, runtime: MachineRuntime, detector: Detector | None) -> None:
@@ -100,19 +99,6 @@ class Verdicts:
             windows=len(settling.windows),
         )
 
-    def _maybe_rebaseline(self, runtime: MachineRuntime) -> None:
-        if self.learner.pending() >= MAX_QUEUED_JOBS:
-            return  # still due: asked again at its next scored window
-        job = runtime.new_normal_job()
-        if job is not None:
-            log.info(
-                "finetune_submitted",
-                machine=runtime.name,
-                reason=job.reason,
-                windows=len(job.train),
-            )
-            self.learner.submit(job)
-
     def _count_drift(self, runtime: MachineRuntime, drift: DriftEvent, ts: float) -> None:
         self.metrics.drift_events.labels(machine=runtime.name).inc()
         log.info(
@@ -135,7 +121,8 @@ class Verdicts:
         if self.learner.pending() >= MAX_QUEUED_JOBS:
             return  # still due: asked again at its next scored window
         try:
-            job = runtime.finetune_job()
+            # A settled alert's re-baselining first: the interval's fine-tune can wait.
+            job = runtime.new_normal_job() or runtime.finetune_job()
         except TooFewWindowsError as exc:
             too_few = FitOutcome.TOO_FEW_WINDOWS
             self.metrics.finetune_runs.labels(machine=runtime.name, outcome=too_few).inc()
