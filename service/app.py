@@ -15,7 +15,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from service.core.config import Settings
-from service.core.metrics import Metrics
+from service.core.metrics import REJECTED, Metrics
 from service.core.types import MachineState, Rejection, RejectReason
 from service.doors import CommandDoors
 from service.faults import arm_callback, arm_pipeline, armed_faults
@@ -125,10 +125,12 @@ class App:
             return
         self.metrics.messages_received.inc()
         result = self.ingestor.parse(topic, payload, received_at)
+        # A machine the pipeline has not accepted gets no series of its own: a flood of
+        # made-up names would grow /metrics without end.
         known = self.pipeline.machines
         for rejection in result.rejections:
-            label = rejection.machine if rejection.machine in known else ""
-            self.metrics.received_of[label].inc()
+            label = rejection.machine if rejection.machine in known else REJECTED
+            self.metrics.received_of[label].inc(rejection.count)
             self.rejections.record(rejection, label, topic)
         if not result.readings and not result.rows:
             if ack is not None:
@@ -141,8 +143,8 @@ class App:
             return
         # A message's readings are all of its topic's machine.
         count = result.count
-        self.metrics.received_of[result.machine].inc(count)
-        label = result.machine if result.machine in known else ""
+        label = result.machine if result.machine in known else REJECTED
+        self.metrics.received_of[label].inc(count)
         overloaded = Rejection(RejectReason.OVERLOADED, "queue full", result.machine, count)
         self.rejections.record(overloaded, label, topic)
         if ack is not None:

@@ -22,7 +22,7 @@ import structlog
 
 from service.core import heap
 from service.core.config import Settings
-from service.core.metrics import Metrics
+from service.core.metrics import REJECTED, Metrics
 from service.core.threads import Worker
 from service.core.types import (
     AlertEvent,
@@ -95,6 +95,7 @@ class Pipeline(Worker):
         self.verdicts = Verdicts(metrics, learner, self.emit)
         self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
         self._conditions_at = 0.0
+        self._at_machine_limit = False  # a new machine was refused, none forgotten since
         # Machines first heard of after this (wall-clock) are announced: at start-up the
         # whole plant is new, later a new name may be a typo in a topic.
         self._announce_after = time.time() + settings.discovery.period
@@ -175,7 +176,8 @@ class Pipeline(Worker):
                 if batch.ack is not None:
                     batch.ack()
         for name, arrivals in received.items():
-            self.metrics.received_of[name].inc(arrivals.count)
+            label = name if name in self.machines else REJECTED
+            self.metrics.received_of[label].inc(arrivals.count)
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
         self.operator.seen(touched.values())
@@ -229,8 +231,7 @@ class Pipeline(Worker):
         runtime = self.machines.get(machine)
         if runtime is None:
             if len(self.machines) >= self.settings.ingest.max_machines:
-                limit = Rejection(RejectReason.UNKNOWN_TOPIC, "machine limit", count=count)
-                self._count_rejection(limit)
+                self._refuse_machine(machine, count)
                 return
             runtime = self._add_machine(machine, None, None)
             self._announce(runtime)
@@ -247,7 +248,26 @@ class Pipeline(Worker):
             touched[machine] = runtime
 
     def _count_rejection(self, rejection: Rejection) -> None:
-        self.rejections.record(rejection, rejection.machine)
+        label = rejection.machine if rejection.machine in self.machines else REJECTED
+        self.rejections.record(rejection, label)
+
+    def _refuse_machine(self, machine: str, count: int) -> None:
+        """A new machine past `ingest.max_machines`: its readings are rejected, and the
+        first refusal since there was room is logged and counted."""
+        limit = self.settings.ingest.max_machines
+        self._count_rejection(
+            Rejection(RejectReason.UNKNOWN_TOPIC, f"machine limit {limit}", machine, count)
+        )
+        if not self._at_machine_limit:
+            self._at_machine_limit = True
+            self.metrics.machine_limit_reached.inc()
+            log.warning(
+                "machine_limit_reached",
+                limit=limit,
+                refused=machine,
+                hint="new machines are rejected as unknown_topic until one is forgotten or "
+                "ingest.max_machines is raised",
+            )
 
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
@@ -343,6 +363,7 @@ class Pipeline(Worker):
 
     def drop_machine(self, name: str) -> None:
         runtime = self.machines.pop(name)
+        self._at_machine_limit = False
         self._changed.pop(name, None)
         self.scoring.scorer.forget(name)
         self.metrics.remove_machine(name)
