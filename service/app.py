@@ -145,7 +145,8 @@ class App:
         count = result.count
         label = result.machine if result.machine in known else REJECTED
         self.metrics.received_of[label].inc(count)
-        overloaded = Rejection(RejectReason.OVERLOADED, "queue full", result.machine, count)
+        full = f"queue full ({self.pipeline.queue.full})"
+        overloaded = Rejection(RejectReason.OVERLOADED, full, result.machine, count)
         self.rejections.record(overloaded, label, topic)
         if ack is not None:
             ack()

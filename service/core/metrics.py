@@ -163,6 +163,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "aemon_queue_depth", "Messages waiting for the pipeline thread.", registry=r
         )
+        self.queue_readings = Gauge(
+            "aemon_queue_readings",
+            "Readings waiting for the pipeline thread (bounded by ingest.max_queued_readings).",
+            registry=r,
+        )
         self.machine_state = Gauge(
             "aemon_machine_state",
             "1 for the state the machine is in (discovering, learning, scoring).",

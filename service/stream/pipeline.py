@@ -38,6 +38,7 @@ from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
+from service.stream.intake import Intake
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import MachineRuntime
 from service.stream.operator import Operator
@@ -77,8 +78,8 @@ class Pipeline(Worker):
         self.settings = settings
         self.publisher = publisher
         self.learner = learner
-        # SimpleQueue (C) costs a fraction of Queue per message; `submit` keeps the bound.
-        self.queue: queue.SimpleQueue[Batch] = queue.SimpleQueue()
+        i, p = settings.ingest, settings.pipeline
+        self.queue = Intake(i.queue_size, i.max_queued_readings, p.max_batch, p.max_batch_readings)
         self.machines: dict[str, MachineRuntime] = {}
         self.scoring = ScoringPass(metrics.scoring_latency)
         self._installs: queue.Queue[FitResult] = queue.Queue()
@@ -110,13 +111,10 @@ class Pipeline(Worker):
 
     # -- called from other threads ------------------------------------------------------
     def submit(self, batch: Batch) -> bool:
-        """Hands readings over; False when the queue is full (the caller counts overloaded).
-        Only paho's network thread submits, so the size cannot change between the check
-        and the put but downwards."""
-        if self.queue.qsize() >= self.settings.ingest.queue_size:
-            return False
-        self.queue.put(batch)
-        return True
+        """Hands readings over; False when the queue is full, in messages or readings (the
+        caller counts overloaded). Only paho's network thread submits, so what is queued
+        cannot change between the check and the put but downwards."""
+        return self.queue.put(batch)
 
     def install(self, result: FitResult) -> None:
         self._installs.put(result)
@@ -161,7 +159,7 @@ class Pipeline(Worker):
         self._take_installs()
         self._take_commands()
         waited = time.monotonic()
-        batches = self._drain(timeout)
+        batches = self.queue.take(timeout)
         # The cycle's work, without its wait for the first message.
         started += time.monotonic() - waited
         touched: dict[str, MachineRuntime] = {}
@@ -187,6 +185,7 @@ class Pipeline(Worker):
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
+        self.metrics.queue_readings.set(self.queue.readings)
         self._follow_conditions()
         self._publish_snapshot()
         self._maybe_freeze()
@@ -206,19 +205,6 @@ class Pipeline(Worker):
         if gaps := runtime.new_gaps():
             self.metrics.window_gaps.labels(machine=runtime.name).inc(gaps)
         return windows
-
-    def _drain(self, timeout: float) -> list[Batch]:
-        try:
-            batches = [self.queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        limit = self.settings.pipeline.max_batch
-        while len(batches) < limit:
-            try:
-                batches.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batches
 
     def _route(
         self,
