@@ -14,6 +14,7 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
+from service.core import heap
 from service.core.config import Settings
 from service.core.metrics import REJECTED, Metrics
 from service.core.types import MachineState, Rejection, RejectReason
@@ -197,7 +198,10 @@ class App:
         self.start()
         notify("READY=1")
         interval = watchdog_interval()
+        intake = self.pipeline.queue
+        heap_keeper = heap.AfterBursts(lambda: intake.taken, lambda: intake.readings)
         while not stop.wait(interval or 1.0):
+            heap_keeper.poll()
             # Also refreshes aemon_ready: a scrape must not depend on someone probing /readyz.
             ready = self.ready()
             if interval and ready["healthy"]:

@@ -46,6 +46,11 @@ class Intake:
         """Readings waiting (the taker's count may lag the putter's, never lead it)."""
         return self._put - self._taken
 
+    @property
+    def taken(self) -> int:
+        """Readings taken by the pipeline since the start."""
+        return self._taken
+
     def qsize(self) -> int:
         return self._queue.qsize()
 
