@@ -58,6 +58,9 @@ CONFIG: dict[str, dict[str, Any]] = {
     **BENCH_CONFIG,
     "ingest": {"max_payload_bytes": 65536},  # the rest of ingest and pipeline: defaults
 }
+# A publisher waits for the broker's PUBACK after this many bytes (back-pressure: its own
+# queue stays small).
+WAIT_EVERY_BYTES = 1_000_000
 # Distinct rows of values a publisher cycles through (building values per record would
 # make the publisher, not the daemon, the limit).
 TABLE_ROWS = 64
@@ -103,9 +106,9 @@ def round_messages(
 
 
 def _flood(port: int, flood: Flood, conn: Connection) -> None:
-    """Child process: publishes rounds at QoS 1 until `seconds` pass, each round once the
-    broker acknowledged the one before (back-pressure: the publisher's own queue stays
-    small); reports (messages, readings, seconds, the event time reached)."""
+    """Child process: publishes rounds at QoS 1 until `seconds` pass, waiting for the
+    broker's PUBACK every `WAIT_EVERY_BYTES`; reports (messages, readings, seconds, the
+    event time reached)."""
     client = publisher(port)
     table = value_table(flood.sensors)
     conn.send("ready")
@@ -113,13 +116,16 @@ def _flood(port: int, flood: Flood, conn: Connection) -> None:
     step = flood.batch_records if flood.kind == "max-size batches" else 1
     started = time.monotonic()
     ts, messages, readings = flood.t0, 0, 0
+    unacked = 0
     while time.monotonic() - started < flood.seconds:
         info = None
         for topic, payload in round_messages(flood, table, ts):
             info = client.publish(topic, payload, qos=1)
             messages += 1
-        if info is not None:
+            unacked += len(payload)
+        if info is not None and unacked >= WAIT_EVERY_BYTES:
             info.wait_for_publish(60)
+            unacked = 0
         readings += len(flood.machines) * flood.sensors * step
         ts += step
     conn.send((messages, readings, time.monotonic() - started, ts))
@@ -271,7 +277,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             t = t0 + LEARN_ROWS + 10
             phases = []
             try:
-                for kind in PHASES:
+                for kind in args.phases:
                     result, t = phase(daemon, broker.port, kind, args, t + 10, rss)
                     phases.append(result)
                     print(json.dumps(result), flush=True)
@@ -321,6 +327,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="flood of each phase")
     parser.add_argument("--settle", type=float, default=60.0, help="after each, seconds")
     parser.add_argument("--publishers", type=int, default=3)
+    parser.add_argument(
+        "--phases", nargs="+", choices=PHASES, default=list(PHASES), help="default: all three"
+    )
     parser.add_argument("--batch-records", type=int, default=450)
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the daemon (MALLOC_ARENA_MAX=2)"

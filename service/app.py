@@ -199,7 +199,7 @@ class App:
         notify("READY=1")
         interval = watchdog_interval()
         intake = self.pipeline.queue
-        heap_keeper = heap.AfterBursts(lambda: intake.taken, lambda: intake.readings)
+        heap_keeper = heap.AfterBursts(lambda: intake.taken, lambda: intake.fill)
         while not stop.wait(interval or 1.0):
             heap_keeper.poll()
             # Also refreshes aemon_ready: a scrape must not depend on someone probing /readyz.

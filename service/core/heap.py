@@ -33,9 +33,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
-# After a burst: readings taken, or readings waiting at once, since the last trim.
+# A burst, since the last trim: this many readings taken, or the pipeline's queue this full
+# (a share of its bound in messages or readings) at one poll.
 BURST_READINGS = 2_000_000
-BURST_BACKLOG = 100_000
+BURST_FILL = 0.25
 TRIM_SPACING = 30.0  # seconds between trims after bursts, at least
 
 
@@ -74,32 +75,32 @@ class AfterBursts:
     which glibc keeps resident (benchmarks/overload.py: 746 MiB after a flood of large
     batches, 515 MiB after a trim). Polled from the main thread (`poll`, every second), off
     the hot path; `malloc_trim` gives the GIL up. `taken` is the readings the pipeline has
-    taken so far, `waiting` those queued now."""
+    taken so far, `fill` how full its queue is now (0: empty, 1: at a bound)."""
 
-    def __init__(self, taken: Callable[[], int], waiting: Callable[[], int]) -> None:
+    def __init__(self, taken: Callable[[], int], fill: Callable[[], float]) -> None:
         self._taken = taken
-        self._waiting = waiting
+        self._fill = fill
         self._taken_at_trim = taken()
-        self._deepest = 0
+        self._deepest = 0.0
         self._trimmed_at = time.monotonic()
 
     def poll(self) -> bool:
         """Trims if a burst has drained since the last trim; whether it trimmed."""
-        waiting = self._waiting()
-        self._deepest = max(self._deepest, waiting)
+        fill = self._fill()
+        self._deepest = max(self._deepest, fill)
         taken = self._taken()
-        burst = taken - self._taken_at_trim >= BURST_READINGS or self._deepest >= BURST_BACKLOG
+        burst = taken - self._taken_at_trim >= BURST_READINGS or self._deepest >= BURST_FILL
         now = time.monotonic()
-        if waiting or not burst or now - self._trimmed_at < TRIM_SPACING:
+        if fill or not burst or now - self._trimmed_at < TRIM_SPACING:
             return False
         before = rss_mib()
         trim()
         log.info(
             "heap_trimmed",
             readings=taken - self._taken_at_trim,
-            deepest_queue=self._deepest,
+            fullest_queue=round(self._deepest, 2),
             rss_mib_before=before,
             rss_mib_after=rss_mib(),
         )
-        self._taken_at_trim, self._deepest, self._trimmed_at = taken, 0, now
+        self._taken_at_trim, self._deepest, self._trimmed_at = taken, 0.0, now
         return True

@@ -217,11 +217,12 @@ class PipelineSettings(Section):
 
     max_batch: int = Field(5000, ge=1, description="Messages taken from the queue per cycle.")
     max_batch_readings: int = Field(
-        100_000,
+        20_000,
         ge=1,
         description="Readings taken from the queue per cycle (past the first message): bounds "
         "the windows a cycle cuts and scores at once, and so the memory of a flood of large "
-        "batches (100,000 readings of 8 sensors: 12,500 windows, about 15 MB).",
+        "batches (benchmarks/overload.py, 50 machines: peak RSS 907 MiB at 100,000, 584 MiB "
+        "at 20,000, at the same rate).",
     )
     min_cycle: float = Field(
         0.005,

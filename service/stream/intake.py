@@ -6,7 +6,8 @@ reading (its rows' dicts and floats), a per-sensor message about 370 bytes for i
 reading (measured with tracemalloc). A bound in messages alone let 1,675 batches of 450
 records take 3 GiB, most of it in the windows of cycles of thousands of such messages: a
 cycle is bounded in readings too (`pipeline.max_batch_readings`), which bounds the windows
-it cuts and scores.
+it cuts and scores (benchmarks/overload.py: the peak of a flood of such batches was 907 MiB
+with cycles of 100,000 readings, 584 MiB with 20,000).
 
 One thread puts (paho's), one takes (the pipeline's): each counts the readings it moved in
 a counter only it writes, so that the count queued needs no lock.
@@ -50,6 +51,11 @@ class Intake:
     def taken(self) -> int:
         """Readings taken by the pipeline since the start."""
         return self._taken
+
+    @property
+    def fill(self) -> float:
+        """How full the queue is: the larger share of its bounds, messages or readings."""
+        return max(self._queue.qsize() / self.max_messages, self.readings / self.max_readings)
 
     def qsize(self) -> int:
         return self._queue.qsize()
