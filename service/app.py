@@ -14,8 +14,9 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
+from service.core import heap
 from service.core.config import Settings
-from service.core.metrics import Metrics
+from service.core.metrics import REJECTED, Metrics
 from service.core.types import MachineState, Rejection, RejectReason
 from service.doors import CommandDoors
 from service.faults import arm_callback, arm_pipeline, armed_faults
@@ -148,10 +149,12 @@ class App:
             result = self.sparkplug.parse(topic, payload, received_at)
         else:
             result = self.ingestor.parse(topic, payload, received_at)
+        # A machine the pipeline has not accepted gets no series of its own: a flood of
+        # made-up names would grow /metrics without end.
         known = self.pipeline.machines
         for rejection in result.rejections:
-            label = rejection.machine if rejection.machine in known else ""
-            self.metrics.received_of[label].inc()
+            label = rejection.machine if rejection.machine in known else REJECTED
+            self.metrics.received_of[label].inc(rejection.count)
             self.rejections.record(rejection, label, topic)
         if not result.readings and not result.rows:
             if ack is not None:
@@ -164,9 +167,10 @@ class App:
             return
         # A message's readings are all of its topic's machine.
         count = result.count
-        self.metrics.received_of[result.machine].inc(count)
-        label = result.machine if result.machine in known else ""
-        overloaded = Rejection(RejectReason.OVERLOADED, "queue full", result.machine, count)
+        label = result.machine if result.machine in known else REJECTED
+        self.metrics.received_of[label].inc(count)
+        full = f"queue full ({self.pipeline.queue.full})"
+        overloaded = Rejection(RejectReason.OVERLOADED, full, result.machine, count)
         self.rejections.record(overloaded, label, topic)
         if ack is not None:
             ack()
@@ -219,7 +223,10 @@ class App:
         self.start()
         notify("READY=1")
         interval = watchdog_interval()
+        intake = self.pipeline.queue
+        heap_keeper = heap.AfterBursts(lambda: intake.taken, lambda: intake.fill)
         while not stop.wait(interval or 1.0):
+            heap_keeper.poll()
             # Also refreshes aemon_ready: a scrape must not depend on someone probing /readyz.
             ready = self.ready()
             if interval and ready["healthy"]:

@@ -11,7 +11,6 @@ so received readings stay unprocessed and unacknowledged).
 from __future__ import annotations
 
 import os
-import queue
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,11 +40,8 @@ def arm_pipeline(pipeline: Pipeline, faults: frozenset[str]) -> None:
     if "pipeline" in faults:
 
         def failing_cycle(timeout: float) -> None:
-            try:
-                pipeline.queue.get(timeout=timeout)
-            except queue.Empty:
-                return
-            raise InjectedFaultError(f"{FAULT_ENV}=pipeline")
+            if pipeline.queue.take(timeout):
+                raise InjectedFaultError(f"{FAULT_ENV}=pipeline")
 
         pipeline.cycle = failing_cycle  # type: ignore[method-assign]
     if "stall" in faults:

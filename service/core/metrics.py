@@ -26,6 +26,10 @@ COMMAND_OUTCOMES = ("ok", "refused")
 NEW_NORMAL_OUTCOMES = ("promoted", "refused")
 
 M = TypeVar("M", Counter, Gauge)
+# The `machine` label of readings that have no accepted machine (an unknown topic, a machine
+# past ingest.max_machines or refused by the allowlist): one series for all of them, so a
+# flood of made-up names cannot grow /metrics. Ingest refuses it as a machine name.
+REJECTED = "_rejected"
 
 
 class ByMachine(Generic[M]):
@@ -84,7 +88,8 @@ class Metrics:
         self.readings_received = Counter(
             "aemon_readings_received_total",
             "Readings received: every reading parsed from a message, plus one for each message "
-            "rejected whole. received = accepted + rejected.",
+            f"rejected whole. received = accepted + rejected, per machine label ({REJECTED}: "
+            "readings of no accepted machine).",
             ["machine"],
             registry=r,
         )
@@ -96,7 +101,8 @@ class Metrics:
         )
         self.readings_rejected = Counter(
             "aemon_readings_rejected_total",
-            "Readings refused, by reason (machine is empty when it is not known).",
+            f"Readings refused, by reason (machine is {REJECTED} for readings of no accepted "
+            "machine).",
             ["machine", "reason"],
             registry=r,
         )
@@ -157,6 +163,11 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "aemon_queue_depth", "Messages waiting for the pipeline thread.", registry=r
+        )
+        self.queue_readings = Gauge(
+            "aemon_queue_readings",
+            "Readings waiting for the pipeline thread (bounded by ingest.max_queued_readings).",
+            registry=r,
         )
         self.machine_state = Gauge(
             "aemon_machine_state",
@@ -281,6 +292,13 @@ class Metrics:
             "aemon_machines_discovered_total",
             "Machines first seen after the first discovery period (a new name on the input "
             "topics: a new machine, or a typo in a topic).",
+            registry=r,
+        )
+        self.machine_limit_reached = Counter(
+            "aemon_machine_limit_reached_total",
+            "Times a new machine was refused while ingest.max_machines machines were known, "
+            "counted once each time the limit is reached (its readings are rejected as "
+            f"unknown_topic under machine {REJECTED}).",
             registry=r,
         )
         # The hot paths' per-machine children (see ByMachine).

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.core.metrics import REJECTED
 from service.core.types import Reading, Rejection, RejectReason, Row
 
 _TEMPLATE_FIELD = re.compile(r"\{(machine|sensor)\}")
@@ -190,7 +191,8 @@ class Ingestor:
             return matched
         for template in self.templates:
             m = template.pattern.match(topic)
-            if m is not None:
+            # The label of readings of no accepted machine is no machine's name.
+            if m is not None and m["machine"] != REJECTED:
                 matched = template, m["machine"], m.groupdict().get("sensor")
                 if len(self._matched) < MAX_CACHED_TOPICS:
                     self._matched[topic] = matched

@@ -22,7 +22,7 @@ import structlog
 
 from service.core import heap
 from service.core.config import Settings
-from service.core.metrics import Metrics
+from service.core.metrics import REJECTED, Metrics
 from service.core.threads import Worker
 from service.core.types import (
     AlertEvent,
@@ -39,6 +39,7 @@ from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
 from service.stream.homeassistant import HomeAssistant
+from service.stream.intake import Intake
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import MachineRuntime
 from service.stream.operator import Operator
@@ -78,8 +79,8 @@ class Pipeline(Worker):
         self.settings = settings
         self.publisher = publisher
         self.learner = learner
-        # SimpleQueue (C) costs a fraction of Queue per message; `submit` keeps the bound.
-        self.queue: queue.SimpleQueue[Batch] = queue.SimpleQueue()
+        i, p = settings.ingest, settings.pipeline
+        self.queue = Intake(i.queue_size, i.max_queued_readings, p.max_batch, p.max_batch_readings)
         self.machines: dict[str, MachineRuntime] = {}
         self.scoring = ScoringPass(metrics.scoring_latency)
         self._installs: queue.Queue[FitResult] = queue.Queue()
@@ -99,6 +100,7 @@ class Pipeline(Worker):
         self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
         self._conditions_at = 0.0
         self._offline: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._at_machine_limit = False  # a new machine was refused, none forgotten since
         # Machines first heard of after this (wall-clock) are announced: at start-up the
         # whole plant is new, later a new name may be a typo in a topic.
         self._announce_after = time.time() + settings.discovery.period
@@ -113,13 +115,10 @@ class Pipeline(Worker):
 
     # -- called from other threads ------------------------------------------------------
     def submit(self, batch: Batch) -> bool:
-        """Hands readings over; False when the queue is full (the caller counts overloaded).
-        Only paho's network thread submits, so the size cannot change between the check
-        and the put but downwards."""
-        if self.queue.qsize() >= self.settings.ingest.queue_size:
-            return False
-        self.queue.put(batch)
-        return True
+        """Hands readings over; False when the queue is full, in messages or readings (the
+        caller counts overloaded). Only paho's network thread submits, so what is queued
+        cannot change between the check and the put but downwards."""
+        return self.queue.put(batch)
 
     def install(self, result: FitResult) -> None:
         self._installs.put(result)
@@ -164,7 +163,7 @@ class Pipeline(Worker):
         self._take_installs()
         self._take_commands()
         waited = time.monotonic()
-        batches = self._drain(timeout)
+        batches = self.queue.take(timeout)
         # The cycle's work, without its wait for the first message.
         started += time.monotonic() - waited
         touched: dict[str, MachineRuntime] = {}
@@ -179,7 +178,8 @@ class Pipeline(Worker):
                 if batch.ack is not None:
                     batch.ack()
         for name, arrivals in received.items():
-            self.metrics.received_of[name].inc(arrivals.count)
+            label = name if name in self.machines else REJECTED
+            self.metrics.received_of[label].inc(arrivals.count)
         for name, count in accepted.items():
             self.metrics.accepted_of[name].inc(count)
         self.operator.seen(touched.values())
@@ -189,6 +189,7 @@ class Pipeline(Worker):
         if batches:
             self.metrics.pipeline_lag.observe(time.time() - batches[0].received_at)
         self.metrics.queue_depth.set(self.queue.qsize())
+        self.metrics.queue_readings.set(self.queue.readings)
         self._follow_conditions()
         self._publish_snapshot()
         self._maybe_freeze()
@@ -209,19 +210,6 @@ class Pipeline(Worker):
             self.metrics.window_gaps.labels(machine=runtime.name).inc(gaps)
         return windows
 
-    def _drain(self, timeout: float) -> list[Batch]:
-        try:
-            batches = [self.queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        limit = self.settings.pipeline.max_batch
-        while len(batches) < limit:
-            try:
-                batches.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batches
-
     def _route(
         self,
         machine: str,
@@ -233,8 +221,7 @@ class Pipeline(Worker):
         runtime = self.machines.get(machine)
         if runtime is None:
             if len(self.machines) >= self.settings.ingest.max_machines:
-                limit = Rejection(RejectReason.UNKNOWN_TOPIC, "machine limit", count=count)
-                self._count_rejection(limit)
+                self._refuse_machine(machine, count)
                 return
             runtime = self._add_machine(machine, None, None)
             self._announce(runtime)
@@ -251,7 +238,26 @@ class Pipeline(Worker):
             touched[machine] = runtime
 
     def _count_rejection(self, rejection: Rejection) -> None:
-        self.rejections.record(rejection, rejection.machine)
+        label = rejection.machine if rejection.machine in self.machines else REJECTED
+        self.rejections.record(rejection, label)
+
+    def _refuse_machine(self, machine: str, count: int) -> None:
+        """A new machine past `ingest.max_machines`: its readings are rejected, and the
+        first refusal since there was room is logged and counted."""
+        limit = self.settings.ingest.max_machines
+        self._count_rejection(
+            Rejection(RejectReason.UNKNOWN_TOPIC, f"machine limit {limit}", machine, count)
+        )
+        if not self._at_machine_limit:
+            self._at_machine_limit = True
+            self.metrics.machine_limit_reached.inc()
+            log.warning(
+                "machine_limit_reached",
+                limit=limit,
+                refused=machine,
+                hint="new machines are rejected as unknown_topic until one is forgotten or "
+                "ingest.max_machines is raised",
+            )
 
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
@@ -349,6 +355,7 @@ class Pipeline(Worker):
 
     def drop_machine(self, name: str) -> None:
         runtime = self.machines.pop(name)
+        self._at_machine_limit = False
         self._changed.pop(name, None)
         self.scoring.scorer.forget(name)
         self.metrics.remove_machine(name)

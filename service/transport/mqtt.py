@@ -28,6 +28,7 @@ from service.core.config import MqttSettings
 from service.core.metrics import Metrics
 from service.core.threads import InjectedFaultError
 from service.transport.acks import Ack, AckOrder
+from service.transport.connect_errors import describe
 from service.transport.mqtt_auth import authenticate
 from service.transport.paho_client import FastClient
 from service.transport.status import OFFLINE, ONLINE
@@ -71,6 +72,7 @@ class MqttClient:
         self._stopping = False
         self._death_logged = False
         self.failed_attempts = 0
+        self._refused = False  # the last CONNACK refused the connection
         self._client = self._build_client()
         self.acks = AckOrder(self._client.ack)
 
@@ -164,6 +166,7 @@ class MqttClient:
         try:
             if reason_code.is_failure:
                 self.last_error = str(reason_code)
+                self._refused = True
                 # 0x86 bad user name or password, 0x87 not authorized
                 auth = reason_code.value in (0x86, 0x87)
                 log.error(
@@ -186,6 +189,7 @@ class MqttClient:
             client.subscribe(wanted)
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
+            self._refused = False
             self.last_error = None
             self.failed_attempts = 0
             self.metrics.broker_connected.set(1)
@@ -226,10 +230,19 @@ class MqttClient:
         properties: Properties | None,
     ) -> None:
         try:
+            was_connected = self.connected.is_set()
             self.connected.clear()
             self.subscribed.clear()
             self.metrics.broker_connected.set(0)
-            log.warning("mqtt_disconnected", reason=str(reason_code))
+            if was_connected:
+                log.warning("mqtt_disconnected", reason=str(reason_code))
+            elif self._refused:
+                # The broker closing the socket after its refusal, which is logged already
+                # (paho names this close "Protocol error", which would mislead).
+                self._refused = False
+            else:
+                self.last_error = f"closed by the broker before it accepted: {reason_code}"
+                log.warning("mqtt_connect_failed", cause="closed", reason=str(reason_code))
         except Exception:
             self.metrics.callback_errors.inc()
             log.exception("mqtt_on_disconnect_failed")
@@ -238,12 +251,18 @@ class MqttClient:
         """The TCP/TLS connection could not be made; paho retries with its backoff."""
         try:
             self.failed_attempts += 1
-            if self.last_error is None or self.last_error.startswith("connection failed"):
-                self.last_error = "connection failed"
+            self._refused = False
+            s = self.settings
+            failure = describe(self._client.connect_error, s.host, s.port)
+            self.last_error = failure.text
             log.warning(
                 "mqtt_connect_failed",
-                host=self.settings.host,
-                port=self.settings.port,
+                cause=failure.cause,
+                reason=failure.reason,
+                hint=failure.hint,
+                host=s.host,
+                port=s.port,
+                tls=s.tls,
                 attempt=self.failed_attempts,
             )
         except Exception:

@@ -54,6 +54,16 @@ class FastClient(paho.Client):
         self._read_buf = b""
         self._read_pos = 0
         self._refill = True
+        self.connect_error: OSError | None = None  # of the last failed connection attempt
+
+    def reconnect(self) -> MQTTErrorCode:
+        """paho's `reconnect`, keeping why it failed: paho's `on_connect_fail` is called
+        without the exception (service.transport.connect_errors names its cause)."""
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.connect_error = exc
+            raise
 
     def network_thread(self) -> threading.Thread | None:
         """paho's network thread, while it runs: paho sets `_thread` to None when it ends."""

@@ -1,5 +1,6 @@
 """TLS, a password file and an ACL on the broker: the daemon connects and scores; a wrong
-password is reported (log, /readyz), retried with backoff, and never shown anywhere."""
+password is reported (log, /readyz) without a misleading disconnection after it, retried
+with backoff, and never shown anywhere."""
 
 from __future__ import annotations
 
@@ -157,6 +158,9 @@ def test_wrong_password_is_reported_retried_and_never_shown(
         assert report["broker_connected"] is False
         assert report["broker_error"] == refused[-1]["reason"]
         assert daemon.healthy()  # no crash: the daemon keeps trying
+        # The broker closing the socket after its refusal is no second problem.
+        assert daemon.log_events("mqtt_disconnected") == []
+        assert "Protocol error" not in daemon.logs()
         for path in ("/", "/healthz", "/readyz", "/metrics", "/api/machines"):
             assert wrong.encode() not in daemon.get(path)[1], path
         assert wrong not in daemon.logs()

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import App
 from service.core.config import Settings
+from service.core.metrics import REJECTED
 from service.core.types import RejectReason
 from service.stream.ingest import Ingestor, IngestResult
 
@@ -232,11 +233,24 @@ def test_received_equals_accepted_plus_rejected(messages: list[tuple[str, bytes]
             app.pipeline.cycle(timeout=0)
     finally:
         app.http.server.server_close()
-    received = _sum(registry, "aemon_readings_received_total")
-    accepted = _sum(registry, "aemon_readings_accepted_total")
-    rejected = _sum(registry, "aemon_readings_rejected_total")
-    assert received == accepted + rejected
+    received = _by_machine(registry, "aemon_readings_received_total")
+    accepted = _by_machine(registry, "aemon_readings_accepted_total")
+    rejected = _by_machine(registry, "aemon_readings_rejected_total")
+    # Per label, and no label but an accepted machine's and the one for the others.
+    assert set(received) <= {*app.pipeline.machines, REJECTED}
+    for label, count in received.items():
+        assert count == accepted.get(label, 0) + rejected.get(label, 0), label
+    assert set(accepted) | set(rejected) <= set(received)
     assert _sum(registry, "aemon_messages_received_total") == len(messages)
+
+
+def _by_machine(registry: CollectorRegistry, name: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == name:
+                totals[s.labels["machine"]] = totals.get(s.labels["machine"], 0) + s.value
+    return totals
 
 
 # -- the batch fast path against `_add` for every value -------------------------------------
