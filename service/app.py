@@ -24,12 +24,13 @@ from service.learning.store import ModelStore
 from service.scoring.runtime import configure_torch
 from service.stream.alert_journal import AlertJournal
 from service.stream.arrivals import Batch
+from service.stream.detail import Detail
 from service.stream.ingest import Ingestor
 from service.stream.learning import FitResult
 from service.stream.pipeline import Pipeline
 from service.stream.publish import Publisher
 from service.stream.rejections import RejectionLog
-from service.transport.http import HttpServer
+from service.transport.http import HttpServer, MachinePages
 from service.transport.mqtt import Ack, MqttClient
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,7 @@ class App:
         self.doors = CommandDoors(
             self.pipeline, self.publisher, self.metrics, settings.http.command_token_file
         )
+        detail = Detail(self.pipeline.board)
         self.http = HttpServer(
             settings.http.host,
             settings.http.port,
@@ -102,6 +104,7 @@ class App:
             self.ready,
             self.pipeline.snapshot,
             self.doors.from_http,
+            MachinePages(detail.machine, detail.history),
         )
         arm_pipeline(self.pipeline, faults)
 

@@ -29,6 +29,7 @@ from service.scoring.detector import Detector
 from service.scoring.threshold import ScoreDrift
 from service.stream.alert import AlertTracker
 from service.stream.conditions import Conditions
+from service.stream.history import MachineHistory
 from service.stream.learning import TuneRequest
 from service.stream.training import TrainingBuffer
 from service.stream.window import MachineWindower
@@ -89,6 +90,10 @@ class MachineRuntime:
         self._drift_wait: int | None = None
         a = settings.alert
         self.tracker = AlertTracker(name, a.k, a.n, a.m, a.top_sensors, a.update_interval)
+        self.history = MachineHistory(self.period)
+        # How its last fit or fine-tune ended (a FitOutcome's value) and when (wall-clock).
+        self.last_fit: str | None = None
+        self.last_fit_at: float | None = None
         if detector is not None:
             # A saved model fixes the sensor set: no discovery, no learning after a restart.
             self._fix_sensors(detector.sensors)
@@ -296,6 +301,8 @@ class MachineRuntime:
         return backlog
 
     def describe(self) -> MachineRecord:
+        tracker = self.tracker
+        firing = tracker.state == AlertState.FIRING
         return {
             "machine": self.name,
             "state": self.shown_state.value,
@@ -303,14 +310,22 @@ class MachineRuntime:
             "acknowledged_by": self.tracker.acknowledged_by,
             "sensors": list(self.sensors),
             "alert": self.tracker.state.value,
-            "alert_id": self.tracker.alert_id,
+            "alert_id": tracker.alert_id,
+            "alert_started_at": tracker.started_at,
+            "alert_peak": tracker.peak_score if firing else None,
+            "top_sensors": [{"sensor": s.sensor, "share": s.share} for s in tracker.top_sensors()],
+            "acknowledged_at": tracker.acknowledged_at,
             "score": self.last_score,
             "threshold": self.detector.threshold if self.detector else None,
             "model_version": self.detector.version if self.detector else None,
             "learning_windows": len(self._learning),
+            "learning_needed": self.learning_windows,
             "fitting": self._fitting,
             "newest_ts": self.newest_ts,
             "scored_until": self.scored_until,
+            "last_seen": self.conditions.last_seen,
+            "last_fit": self.last_fit,
+            "last_fit_at": self.last_fit_at,
         }
 
     def _discover(self, reading: Reading) -> Rejection | None:

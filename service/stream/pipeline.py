@@ -38,6 +38,7 @@ from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
+from service.stream.history import alert_note, command_note, model_note
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import MachineRuntime
 from service.stream.operator import Operator
@@ -262,6 +263,9 @@ class Pipeline(Worker):
             result = self._installs.get_nowait()
             runtime = self.machines[result.machine]
             self._changed[runtime.name] = runtime
+            note = model_note(result, time.time())
+            runtime.last_fit, runtime.last_fit_at = note["outcome"], note["at"]
+            runtime.history.note(note)
             detector = result.detector
             if result.initial:
                 self._count_unscored(runtime)
@@ -332,6 +336,7 @@ class Pipeline(Worker):
         self._changed[name] = runtime
         if event is None:
             return
+        runtime.history.note(alert_note(event))
         self.publisher.publish_alert(event)
         if self.journal is not None:
             self.journal.record(event)
@@ -356,7 +361,10 @@ class Pipeline(Worker):
     def _take_commands(self) -> None:
         while not self._commands.empty():
             machine, command, reply = self._commands.get_nowait()
-            reply(self.operator.run(machine, command))
+            outcome = self.operator.run(machine, command)
+            if (runtime := self.machines.get(machine)) is not None:
+                runtime.history.note(command_note(command, outcome))
+            reply(outcome)
 
     def _follow_conditions(self) -> None:
         now = time.time()
