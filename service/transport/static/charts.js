@@ -56,8 +56,9 @@ function frame(container, height, xs, ys, log) {
     label.textContent = num(log ? 10 ** t : t);
     svg.append(label);
   });
-  ticks(x0, x1, 5).forEach((t) => {
-    const label = svgElement("text", { x: px(t), y: height - 6, "text-anchor": "middle" });
+  ticks(x0, x1, 5).forEach((t, i) => {
+    const anchor = ["start", "middle", "middle", "middle", "end"][i];
+    const label = svgElement("text", { x: px(t), y: height - 6, "text-anchor": anchor });
     label.textContent = timeTick(t, x1 - x0);
     svg.append(label);
   });
@@ -98,16 +99,29 @@ function lineChart(container, series, { height = 160, log = false, title = "" } 
   return svg;
 }
 
-// points: [{x, y, color, kind, title}], drawn in order (later on top).
-function scatter(container, points, { height = 320 } = {}) {
+// Widens [lo, hi] by `share` of its span on each side.
+function padded([lo, hi], share) {
+  const pad = (hi - lo) * share;
+  return [lo - pad, hi + pad];
+}
+
+// points: [{x, y, color, kind, title}], drawn in order (later on top). The frame fits the
+// points of the kinds in `framed` (all when none); a point outside it sits on its edge, with
+// "off the map" in its title, so a far fault does not shrink the known states to a dot.
+function scatter(container, points, { height = 320, framed = [] } = {}) {
   const W = widthOf(container);
   const svg = svgElement("svg", { viewBox: `0 0 ${W} ${height}`, class: "chart",
     role: "img" });
-  const [x0, x1] = extent(points.map((p) => p.x), [0, 1]);
-  const [y0, y1] = extent(points.map((p) => p.y), [0, 1]);
-  const px = (x) => 12 + ((x - x0) / (x1 - x0)) * (W - 24);
-  const py = (y) => height - 12 - ((y - y0) / (y1 - y0)) * (height - 24);
+  const inFrame = points.filter((p) => !framed.length || framed.includes(p.kind));
+  const base = inFrame.length ? inFrame : points;
+  const [x0, x1] = padded(extent(base.map((p) => p.x), [0, 1]), 0.15);
+  const [y0, y1] = padded(extent(base.map((p) => p.y), [0, 1]), 0.15);
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const px = (x) => 12 + ((clamp(x, x0, x1) - x0) / (x1 - x0)) * (W - 24);
+  const py = (y) => height - 12 - ((clamp(y, y0, y1) - y0) / (y1 - y0)) * (height - 24);
   points.forEach((p) => {
+    const off = p.x < x0 || p.x > x1 || p.y < y0 || p.y > y1;
+    if (off) p.title += " (off the map: drawn on its edge)";
     const dot = svgElement("circle", { cx: px(p.x).toFixed(1), cy: py(p.y).toFixed(1),
       r: p.kind === "train" ? 2.5 : 4, fill: p.color, class: `pt ${p.kind}`,
       "fill-opacity": p.kind === "train" ? 0.5 : 0.9 });

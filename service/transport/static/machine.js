@@ -89,7 +89,7 @@ function latentMap(latent) {
   // Training first, alerts last: the new states are drawn on top.
   const order = { train: 0, recent: 1, alert: 2 };
   points.sort((a, b) => order[a.kind] - order[b.kind]);
-  scatter(document.getElementById("latent"), points);
+  scatter(document.getElementById("latent"), points, { framed: ["train", "recent"] });
 }
 
 let threshold = null;
