@@ -120,9 +120,7 @@ def _scores(snapshot: Snapshot, since: float) -> list[dict[str, float]]:
 def _shares(snapshot: Snapshot, sensor: int, since: float) -> list[dict[str, float]]:
     """The sensor's share of each point's error (0 to 1; the shares of a point sum to 1)."""
     keep = snapshot.ts >= since
-    errors = snapshot.errors[keep].astype(np.float64)
-    totals = np.maximum(errors.sum(axis=1), 1e-30)
-    shares = np.round(errors[:, sensor] / totals, 4) if errors.size else np.zeros(0)
+    shares = np.round(snapshot.shares[keep, sensor].astype(np.float64), 3)
     return [
         {"ts": ts, "share": share}
         for ts, share in zip(snapshot.ts[keep].tolist(), shares.tolist(), strict=True)

@@ -3,8 +3,10 @@ thread from what scoring already computed and read by the HTTP threads.
 
 - **scores**: a ring of `HISTORY_POINTS` buckets of `HISTORY_SPAN / HISTORY_POINTS`
   seconds of event time (20 s: the last 4 hours), each the window of highest score in it
-  (its score, threshold and per-sensor errors): downsampled, a spike is never averaged
-  away. Fixed numpy arrays, written in place.
+  (its score, threshold and each sensor's share of its error, in float16: 3 digits, and
+  no overflow as raw errors of a wild fault would): downsampled, a spike is never averaged
+  away. Fixed numpy arrays, written in
+  place: 720 x (16 + 2 x sensors) bytes a machine.
 - **windows**: references to the latest windows (one every `KEEP_EVERY` of a window's
   length, `RECENT_WINDOWS` of them), and those around the last alert (the ones before it,
   then its own up to `ALERT_WINDOWS`). A window's array is never written after it is cut,
@@ -32,9 +34,9 @@ from service.stream.learning import FitResult
 
 HISTORY_SPAN = 4 * 3600.0
 HISTORY_POINTS = 720
-RECENT_WINDOWS = 24
+RECENT_WINDOWS = 16
 KEEP_EVERY = 0.5  # of a window's length: kept windows overlap by half
-ALERT_WINDOWS = 48
+ALERT_WINDOWS = 32
 ALERT_CONTEXT = 8  # of the latest windows, kept when an alert is raised
 EVENTS = 100
 
@@ -58,7 +60,7 @@ class Snapshot:
     ts: np.ndarray  # [n] float64, oldest first
     score: FloatArray  # [n]
     threshold: FloatArray  # [n]
-    errors: FloatArray  # [n, sensors]
+    shares: FloatArray  # [n, sensors], each row summing to 1 (or all 0)
     recent: list[Kept]
     around_alert: list[Kept]
     events: list[dict[str, Any]]
@@ -72,9 +74,11 @@ class MachineHistory:
         self._lock = threading.Lock()
         self._sensors: tuple[str, ...] = ()
         self._ts = np.full(HISTORY_POINTS, np.nan)
-        self._score = np.zeros(HISTORY_POINTS, np.float32)
-        self._threshold = np.zeros(HISTORY_POINTS, np.float32)
-        self._errors = np.zeros((HISTORY_POINTS, 0), np.float32)
+        # Written whole at once (not np.zeros, whose pages the kernel would hand out as
+        # the ring fills): the memory is taken when the machine starts, not over 4 hours.
+        self._score = np.full(HISTORY_POINTS, 0.0, np.float32)
+        self._threshold = np.full(HISTORY_POINTS, 0.0, np.float32)
+        self._shares = np.full((HISTORY_POINTS, 0), 0.0, np.float16)
         self._head = -1  # slot of the newest bucket
         self._bucket_of_head = -1
         self._recent: deque[Kept] = deque(maxlen=RECENT_WINDOWS)
@@ -98,19 +102,21 @@ class MachineHistory:
             if windows[0].sensors != self._sensors:
                 self._restart(windows[0].sensors)
             threshold = detector.threshold
-            for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
-                self._into_bucket(window.end_ts, float(score), threshold, sensor_errors)
+            totals = errors.sum(axis=1, keepdims=True, dtype=np.float64)
+            shares = errors / np.where(totals > 0, totals, 1.0)
+            for window, score, share in zip(windows, scores, shares, strict=True):
+                self._into_bucket(window.end_ts, float(score), threshold, share)
             self._keep(windows, scores, firing)
 
     def _restart(self, sensors: tuple[str, ...]) -> None:
         self._sensors = sensors
         self._ts[:] = np.nan
-        self._errors = np.zeros((HISTORY_POINTS, len(sensors)), np.float32)
+        self._shares = np.full((HISTORY_POINTS, len(sensors)), 0.0, np.float16)
         self._head = self._bucket_of_head = -1
         self._recent.clear()
         self._alert = []
 
-    def _into_bucket(self, ts: float, score: float, threshold: float, errors: FloatArray) -> None:
+    def _into_bucket(self, ts: float, score: float, threshold: float, shares: FloatArray) -> None:
         bucket = int(ts // self.bucket)
         if bucket < self._bucket_of_head:
             return  # a backlog scored after newer windows: older than the ring's head
@@ -121,7 +127,7 @@ class MachineHistory:
             return
         h = self._head
         self._ts[h], self._score[h], self._threshold[h] = ts, score, threshold
-        self._errors[h] = errors
+        self._shares[h] = shares
 
     def _keep(self, windows: list[Window], scores: FloatArray, firing: list[bool]) -> None:
         spacing = KEEP_EVERY * len(windows[0].values) * self.period
@@ -156,7 +162,7 @@ class MachineHistory:
                 self._ts[filled].copy(),
                 self._score[filled].copy(),
                 self._threshold[filled].copy(),
-                self._errors[filled].copy(),
+                self._shares[filled].astype(np.float32),
                 list(self._recent),
                 list(self._alert),
                 list(self._events),
@@ -165,7 +171,7 @@ class MachineHistory:
 
     def nbytes(self) -> int:
         """The ring's arrays (windows kept are references to the pipeline's)."""
-        arrays = (self._ts, self._score, self._threshold, self._errors)
+        arrays = (self._ts, self._score, self._threshold, self._shares)
         return sum(a.nbytes for a in arrays)
 
 

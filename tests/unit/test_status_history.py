@@ -62,7 +62,7 @@ def test_the_ring_keeps_each_buckets_highest_score_and_is_bounded() -> None:
     snap = history.snapshot()
     assert snap.ts.tolist() == [1.0]  # one bucket, its peak
     assert snap.score.tolist() == [5.0]
-    assert snap.errors.tolist() == [[4.0, 1.0]]
+    assert snap.shares.tolist() == [[0.7998046875, 0.199951171875]]  # 4/5 and 1/5 in float16
     # Two and a half times round the ring: it holds the newest HISTORY_POINTS buckets.
     ends = [bucket * (i + 1) for i in range(HISTORY_POINTS * 5 // 2)]
     many = windows_at(ends, np.random.default_rng(2))
@@ -71,7 +71,7 @@ def test_the_ring_keeps_each_buckets_highest_score_and_is_bounded() -> None:
     snap = history.snapshot()
     assert len(snap.ts) == HISTORY_POINTS
     assert snap.ts.tolist() == ends[-HISTORY_POINTS:]
-    assert history.nbytes() == HISTORY_POINTS * (8 + 4 + 4 + 4 * len(SENSORS))
+    assert history.nbytes() == HISTORY_POINTS * (8 + 4 + 4 + 2 * len(SENSORS))
 
 
 def test_kept_windows_are_spaced_bounded_and_give_an_alert_its_context() -> None:
@@ -90,7 +90,9 @@ def test_kept_windows_are_spaced_bounded_and_give_an_alert_its_context() -> None
     assert [k.alert for k in around] == [False] * ALERT_CONTEXT + [True] * 5
     # Non-overlapping windows make one series: each step drawn once.
     series = tiled(recent, 1.0)
-    assert [k.end_ts for k in series] == [float(t) for t in range(8, 100, 8)]
+    assert [k.end_ts for k in series] == [float(t) for t in range(96, 99 - 4 * RECENT_WINDOWS, -8)][
+        ::-1
+    ]
 
 
 @pytest.mark.parametrize("kind", family_names())
