@@ -102,10 +102,8 @@ class MachineHistory:
             if windows[0].sensors != self._sensors:
                 self._restart(windows[0].sensors)
             threshold = detector.threshold
-            totals = errors.sum(axis=1, keepdims=True, dtype=np.float64)
-            shares = errors / np.where(totals > 0, totals, 1.0)
-            for window, score, share in zip(windows, scores, shares, strict=True):
-                self._into_bucket(window.end_ts, float(score), threshold, share)
+            for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
+                self._into_bucket(window.end_ts, float(score), threshold, sensor_errors)
             self._keep(windows, scores, firing)
 
     def _restart(self, sensors: tuple[str, ...]) -> None:
@@ -116,7 +114,7 @@ class MachineHistory:
         self._recent.clear()
         self._alert = []
 
-    def _into_bucket(self, ts: float, score: float, threshold: float, shares: FloatArray) -> None:
+    def _into_bucket(self, ts: float, score: float, threshold: float, errors: FloatArray) -> None:
         bucket = int(ts // self.bucket)
         if bucket < self._bucket_of_head:
             return  # a backlog scored after newer windows: older than the ring's head
@@ -127,7 +125,9 @@ class MachineHistory:
             return
         h = self._head
         self._ts[h], self._score[h], self._threshold[h] = ts, score, threshold
-        self._shares[h] = shares
+        # Shares only for the window a bucket keeps: most windows replace no bucket's peak.
+        total = float(errors.sum())
+        self._shares[h] = errors / total if total > 0 else 0.0
 
     def _keep(self, windows: list[Window], scores: FloatArray, firing: list[bool]) -> None:
         spacing = KEEP_EVERY * len(windows[0].values) * self.period
