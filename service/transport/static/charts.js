@@ -95,8 +95,16 @@ function lineChart(container, series, { height = 160, log = false, title = "" } 
     label.textContent = title;
     svg.append(label);
   }
+  if (!drawn) empty(svg, height);
   svg.dataset.points = String(drawn);
   return svg;
+}
+
+// Said in the chart, rather than axes over nothing: a machine still learning has no scores.
+function empty(svg, height) {
+  const label = svgElement("text", { x: PAD.left + 20, y: height / 2 });
+  label.textContent = "no data yet";
+  svg.append(label);
 }
 
 // Widens [lo, hi] by `share` of its span on each side.
@@ -130,6 +138,7 @@ function scatter(container, points, { height = 320, framed = [] } = {}) {
     dot.append(tip);
     svg.append(dot);
   });
+  if (!points.length) empty(svg, height);
   svg.dataset.points = String(points.length);
   container.replaceChildren(svg);
   return svg;
