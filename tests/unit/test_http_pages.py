@@ -3,6 +3,7 @@ unknown machine, 400 for a bad `since`)."""
 
 from __future__ import annotations
 
+import gzip
 import time
 import urllib.error
 import urllib.request
@@ -14,10 +15,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.core.metrics import Metrics
-from service.transport.http import HttpServer, MachinePages, static_files
+from service.transport.http import GZIP_ABOVE, HttpServer, MachinePages, static_files
+
+BIG = "x" * GZIP_ABOVE
 
 
 def detail(machine: str) -> Mapping[str, Any] | None:
+    if machine == "big":
+        return {"machine": machine, "pad": BIG}
     return {"machine": machine} if machine == "press 1" else None
 
 
@@ -36,10 +41,19 @@ def server() -> Iterator[HttpServer]:
     http.stop(time.monotonic() + 5)
 
 
-def get(server: HttpServer, path: str) -> tuple[int, str, bytes]:
+def get(
+    server: HttpServer, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes]:
+    url = f"http://127.0.0.1:{server.port}{path}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as r:
-            return r.status, r.headers["Content-Type"], r.read()
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=10
+        ) as r:
+            return (
+                r.status,
+                r.headers.get("Content-Encoding") or r.headers["Content-Type"],
+                r.read(),
+            )
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read()
 
@@ -73,3 +87,17 @@ def test_a_machine_and_its_history(server: HttpServer) -> None:
     assert get(server, "/api/machines/nope/history")[0] == 404
     for bad in ("x", "nan", "inf", ""):
         assert get(server, f"/api/machines/press%201/history?since={bad}")[0] == 400
+
+
+def test_a_large_answer_is_gzipped_for_a_client_that_takes_it(server: HttpServer) -> None:
+    plain = get(server, "/api/machines/big")
+    assert plain[1] == "application/json"
+    assert orjson.loads(plain[2])["pad"] == BIG
+    status, encoding, body = get(server, "/api/machines/big", {"Accept-Encoding": "gzip"})
+    assert (status, encoding) == (200, "gzip")
+    assert len(body) < len(plain[2]) // 10
+    assert orjson.loads(gzip.decompress(body)) == orjson.loads(plain[2])
+    # Small answers go as they are.
+    assert (
+        get(server, "/api/machines/press%201", {"Accept-Encoding": "gzip"})[1] == "application/json"
+    )
