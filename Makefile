@@ -20,13 +20,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Mosquitto for the broker, its clients (mosquitto_sub, mosquitto_pub) to watch and feed it,
-# Prometheus for promtool and the demo's scrape.
+# Prometheus for promtool and the demo's scrape, Chromium for the status page's browser test.
 system-deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null || \
-		! command -v promtool >/dev/null; then \
+		! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-			mosquitto mosquitto-clients prometheus >/dev/null; \
+			mosquitto mosquitto-clients prometheus chromium >/dev/null; \
 	fi
 
 lint: install

@@ -2,7 +2,7 @@
 
     python -m benchmarks.latency [--machines 1000] [--sensors 8] [--seconds 90]
                                  [--faults 50] [--finetune-after 30] [--burst]
-                                 [--scrape-interval 15]
+                                 [--scrape-interval 15] [--page]
 
 Mosquitto, the daemon and the load generator run as processes of their own on 127.0.0.1.
 After a fast learning phase (batched history), every machine sends one row a second of
@@ -19,6 +19,10 @@ fine-tuner works through one job per machine while the pipeline scores. Scoring 
 windows it completed) are `histogram_quantile` over each phase's increase of the daemon's
 histograms; `aemon_finetune_runs_total` and the fine-tunes' summed duration show that the
 fine-tuner was busy. CPU and RSS come from /proc/<pid>.
+
+`--page` keeps the status pages open through the live run: a viewer polls every 5 s as
+the plant page and one faulty machine's page do (`benchmarks.status_page.Viewer`). Every
+run ends by loading both pages in Debian's chromium: time to the data drawn, bytes fetched.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from benchmarks.common import (
     quantile_between,
     sleep_until,
 )
+from benchmarks.status_page import Viewer, browser_load
 from tests.support import Daemon, Mosquitto, metric_value, running
 
 LATENESS = float(BENCH_CONFIG["window"]["lateness"])
@@ -169,12 +174,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc = ProcStats(daemon.pid)
             start_text, cpu0, wall0 = daemon.metrics(), proc.cpu_seconds(), time.time()
             busy0, niced0, load0 = box_busy(), box_niced(), loadavg()
+            viewer = Viewer(daemon.url(""), "m0") if args.page else None
             gen = Paced(broker.port, PacedSpec(m, s, args.seconds, faults, args.burst))
+            if viewer is not None:
+                viewer.start()
             try:
                 texts, rss_peak = scrape_phases(daemon, gen, proc, args)
                 published = gen.published()
             finally:
                 gen.stop()
+                if viewer is not None:
+                    viewer.stop()
             caught_up = catch_up(daemon, start_text, m * s * args.seconds)
             time.sleep(LATENESS + 3)  # the last alerts: a window waits for the watermark
             end_text, cpu1, wall1 = daemon.metrics(), proc.cpu_seconds(), time.time()
@@ -185,6 +195,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             }
             memory = proc.memory_mib()
             raised = alerts.events()
+            page_load = browser_load(daemon.url(""), "m0", m)
     latencies, unmatched = alert_latencies(
         [(t, e) for t, e in raised if int(e["machine"].removeprefix("m")) in faults], published
     )
@@ -233,6 +244,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_peak_mib": max(rss_peak, memory["rss_mib"]),
         "rss_hwm_mib": memory["hwm_mib"],
         **box,
+        "page_open": viewer.figures() if viewer is not None else None,
+        "page_load": page_load,
     }
 
 
@@ -333,6 +346,17 @@ def print_table(r: dict[str, Any]) -> None:
         f"scoring p99 while fine-tuning / without: "
         f"{b['scoring_p99'] / a['scoring_p99']:.2f} (target < 2)"
     )
+    if r["page_open"]:
+        for page, f in r["page_open"].items():
+            print(
+                f"{page} page open: {f['polls']} polls, p50 {f['p50_ms']:.0f} ms, "
+                f"max {f['max_ms']:.0f} ms, {f['json_kib']:.0f} KiB of JSON a poll"
+            )
+    for page, f in r["page_load"].items():
+        print(
+            f"{page} page load in chromium: {f['load_s']:.2f} s to drawn, "
+            f"{f['kib']:.0f} KiB in {f['requests']} requests"
+        )
 
 
 def main() -> None:
@@ -354,6 +378,9 @@ def main() -> None:
         type=float,
         default=15.0,
         help="seconds between full /metrics scrapes (deploy/prometheus: 15 s)",
+    )
+    parser.add_argument(
+        "--page", action="store_true", help="keep the status pages open (polled) meanwhile"
     )
     args = parser.parse_args()
     if args.seconds < phase_marks(args)[2] + 10:

@@ -25,6 +25,7 @@ from service.learning.store import ModelStore
 from service.scoring.runtime import configure_torch
 from service.stream.alert_journal import AlertJournal
 from service.stream.arrivals import Batch
+from service.stream.detail import Detail
 from service.stream.ingest import Ingestor
 from service.stream.learning import FitResult
 from service.stream.pipeline import Pipeline
@@ -32,7 +33,7 @@ from service.stream.publish import Publisher
 from service.stream.rejections import RejectionLog
 from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from service.stream.sparkplug import SparkplugReader
-from service.transport.http import HttpServer
+from service.transport.http import HttpServer, MachinePages
 from service.transport.mqtt import Ack, MqttClient
 from service.transport.sparkplug_host import SparkplugHost
 
@@ -82,7 +83,7 @@ class App:
                 spb.rebirth_interval,
                 spb.machines,
                 # The pipeline is made after the MQTT client these subscriptions are for.
-                lambda machines: self.pipeline.mark_offline(machines),  # noqa: PLW0108
+                lambda machines: self.pipeline.operator.mark_offline(machines),  # noqa: PLW0108
             )
             if spb.enabled
             else None
@@ -115,6 +116,7 @@ class App:
         self.doors = CommandDoors(
             self.pipeline, self.publisher, self.metrics, settings.http.command_token_file
         )
+        detail = Detail(self.pipeline.board)
         self.http = HttpServer(
             settings.http.host,
             settings.http.port,
@@ -123,6 +125,7 @@ class App:
             self.ready,
             self.pipeline.snapshot,
             self.doors.from_http,
+            MachinePages(detail.machine, detail.history),
         )
         arm_pipeline(self.pipeline, faults)
 

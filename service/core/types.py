@@ -93,8 +93,15 @@ class FitOutcome(StrEnum):
     INITIAL = "initial"
 
 
+class SensorShareRecord(TypedDict):
+    sensor: str
+    share: float
+
+
 class MachineRecord(TypedDict):
-    """One machine as `/api/machines` describes it."""
+    """One machine as `/api/machines` describes it. Times are Unix seconds: `newest_ts`,
+    `scored_until` and `alert_started_at` in event time, `last_seen`, `acknowledged_at` and
+    `last_fit_at` in wall-clock time."""
 
     machine: str
     state: str
@@ -103,13 +110,21 @@ class MachineRecord(TypedDict):
     sensors: list[str]
     alert: str
     alert_id: str | None
+    alert_started_at: float | None
+    alert_peak: float | None
+    top_sensors: list[SensorShareRecord]
+    acknowledged_at: float | None
     score: float | None
     threshold: float | None
     model_version: int | None
     learning_windows: int
+    learning_needed: int
     fitting: bool
     newest_ts: float | None
     scored_until: float | None
+    last_seen: float
+    last_fit: str | None
+    last_fit_at: float | None
 
 
 class Reading(NamedTuple):

@@ -38,6 +38,7 @@ from service.scoring.detector import (
     FitReport,
     train_model,
 )
+from service.scoring.latent import fit_map
 from service.scoring.threshold import calibrate, promoted_threshold
 from service.stream.learning import FitRequest, FitResult, TuneRequest
 
@@ -127,7 +128,7 @@ class FineTuner(Worker):
         if result.detector is not None and self.store is not None:
             result = self._persist(job.machine, result)
         self.metrics.finetune_runs.labels(machine=job.machine, outcome=result.outcome).inc()
-        self.install(FitResult(job.machine, result.detector, initial))
+        self.install(FitResult(job.machine, result.detector, initial, result.outcome))
 
     def _persist(self, machine: str, result: Trained) -> Trained:
         """A model is used only once it is on disk, so a restart resumes with it."""
@@ -204,6 +205,7 @@ def tune(settings: Settings, job: TuneJob, cancel: threading.Event | None = None
         return Trained(None, FitOutcome.REJECTED_GATE)
     candidate.threshold = threshold
     candidate.version = job.current.version + 1
+    candidate.latent_map = fit_map(candidate, job.train)
     parent = job.current.version or None
     facts = TrainingFacts(reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent)
     return Trained(candidate, FitOutcome.PROMOTED, facts)

@@ -19,6 +19,7 @@ import torch
 from service.core.config import ModelSettings, ThresholdSettings
 from service.core.types import FloatArray
 from service.scoring.batched import residual_errors
+from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
 from service.scoring.threshold import calibrate
 
@@ -67,6 +68,9 @@ class Detector:
     # Per sensor, what a held offset of its residual counts (`ModelSettings.offset_discount`):
     # 1 for a sensor whose level held as steady while learning as the machine's median one.
     held_weight: FloatArray = field(default_factory=lambda: np.ones(0, np.float32), repr=False)
+    # The 2-D map of the model's latent codes, fitted on its training windows (the status
+    # page's); None for a model saved before maps existed, until its next fine-tune.
+    latent_map: LatentMap | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.held_weight.shape != (len(self.sensors),):
@@ -101,7 +105,11 @@ class Detector:
         threshold = float(meta["threshold"])
         base = float(meta.get("base_threshold") or threshold)
         version = int(meta["version"])
-        return cls(sensors, window, settings, model, mean, std, threshold, version, base, held)
+        saved_map = meta.get("latent_map")
+        latent_map = LatentMap.from_json(saved_map) if saved_map else None
+        return cls(
+            sensors, window, settings, model, mean, std, threshold, version, base, held, latent_map
+        )
 
     def fit(
         self,
@@ -135,6 +143,7 @@ class Detector:
         self.base_threshold = self.threshold
         x = self.scaled(windows)
         loss = train_model(self.model, x, self.settings, then, cancel, progress.at(first))
+        self.latent_map = fit_map(self, windows)
         return FitReport(len(windows), len(holdout), loss, self.threshold, holdout_scores)
 
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -159,6 +168,7 @@ class Detector:
             self.version,
             self.base_threshold,
             self.held_weight.copy(),
+            self.latent_map,
         )
 
     def meta(self) -> dict[str, Any]:
@@ -173,6 +183,7 @@ class Detector:
             "version": self.version,
             "base_threshold": self.base_threshold,
             "held_weight": self.held_weight.tolist(),
+            "latent_map": self.latent_map.to_json() if self.latent_map else None,
         }
 
     def _fit_scaler(self, windows: FloatArray) -> None:

@@ -76,6 +76,17 @@ class AlertTracker:
         return None
 
     @property
+    def started_at(self) -> float | None:
+        """Event time of the firing alert's first anomalous window; None when none fires."""
+        return self._started_at if self.state == AlertState.FIRING else None
+
+    def top_sensors(self) -> tuple[SensorShare, ...]:
+        """The firing alert's sensors with the largest shares of its error so far."""
+        if self.state != AlertState.FIRING or self._last is None:
+            return ()
+        return self._top_sensors(self._last.sensors)
+
+    @property
     def alert_id(self) -> str | None:
         return alert_id(self.machine, self._started_at) if self.state == AlertState.FIRING else None
 

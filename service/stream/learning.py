@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from service.core.types import FloatArray, TuneReason
+from service.core.types import FitOutcome, FloatArray, TuneReason
 from service.scoring.detector import Detector
 
 
@@ -50,6 +50,7 @@ class FitResult:
     machine: str
     detector: Detector | None
     initial: bool
+    outcome: FitOutcome | None = None
 
 
 class Learner(Protocol):

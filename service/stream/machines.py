@@ -29,6 +29,7 @@ from service.scoring.detector import Detector
 from service.scoring.threshold import ScoreDrift
 from service.stream.alert import AlertTracker
 from service.stream.conditions import Conditions
+from service.stream.history import MachineHistory
 from service.stream.learning import TuneRequest
 from service.stream.settling import Settling
 from service.stream.training import TrainingBuffer
@@ -97,6 +98,10 @@ class MachineRuntime:
         # A settled state waits to be re-baselined on (a request once none is out).
         self.new_normal_due = False
         self._tuning_for: TuneReason | None = None
+        self.history = MachineHistory(self.period)
+        # How its last fit or fine-tune ended (a FitOutcome's value) and when (wall-clock).
+        self.last_fit: str | None = None
+        self.last_fit_at: float | None = None
         if detector is not None:
             # A saved model fixes the sensor set: no discovery, no learning after a restart.
             self._fix_sensors(detector.sensors)
@@ -333,6 +338,8 @@ class MachineRuntime:
         return backlog
 
     def describe(self) -> MachineRecord:
+        tracker = self.tracker
+        firing = tracker.state == AlertState.FIRING
         return {
             "machine": self.name,
             "state": self.shown_state.value,
@@ -340,14 +347,22 @@ class MachineRuntime:
             "acknowledged_by": self.tracker.acknowledged_by,
             "sensors": list(self.sensors),
             "alert": self.tracker.state.value,
-            "alert_id": self.tracker.alert_id,
+            "alert_id": tracker.alert_id,
+            "alert_started_at": tracker.started_at,
+            "alert_peak": tracker.peak_score if firing else None,
+            "top_sensors": [{"sensor": s.sensor, "share": s.share} for s in tracker.top_sensors()],
+            "acknowledged_at": tracker.acknowledged_at,
             "score": self.last_score,
             "threshold": self.detector.threshold if self.detector else None,
             "model_version": self.detector.version if self.detector else None,
             "learning_windows": len(self._learning),
+            "learning_needed": self.learning_windows,
             "fitting": self._fitting,
             "newest_ts": self.newest_ts,
             "scored_until": self.scored_until,
+            "last_seen": self.conditions.last_seen,
+            "last_fit": self.last_fit,
+            "last_fit_at": self.last_fit_at,
         }
 
     def _discover(self, reading: Reading) -> Rejection | None:

@@ -5,6 +5,7 @@ state lives. Each command is logged with `by` and `reason`, counted, and publish
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -34,10 +35,39 @@ class Host(Protocol):
 
 
 class Operator:
-    def __init__(self, host: Host, metrics: Metrics, publisher: Publisher) -> None:
+    def __init__(
+        self, host: Host, metrics: Metrics, publisher: Publisher, discovery_period: float = 0.0
+    ) -> None:
         self.host = host
         self.metrics = metrics
         self.publisher = publisher
+        # Machines first heard of after this (wall-clock) are announced: at start-up the
+        # whole plant is new, later a new name may be a typo in a topic.
+        self._announce_after = time.time() + discovery_period
+        # Machines their source said are gone (a Sparkplug death), from any thread.
+        self._offline: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def announce(self, runtime: MachineRuntime) -> None:
+        """A machine first heard of well after start-up: worth a look (a typo in a topic
+        makes one too)."""
+        if time.time() < self._announce_after:
+            return
+        self.metrics.machines_discovered.inc()
+        log.warning("machine_discovered", machine=runtime.name)
+        self.publisher.publish_event(
+            {"event": "machine_discovered", "machine": runtime.name, "at": rfc3339(time.time())}
+        )
+
+    def mark_offline(self, machines: list[str]) -> None:
+        """Their source said they are gone; any thread (taken at the next cycle)."""
+        for name in machines:
+            self._offline.put(name)
+
+    def take_offline(self) -> None:
+        while not self._offline.empty():
+            runtime = self.host.machines.get(self._offline.get_nowait())
+            if runtime is not None:
+                self.went_offline(runtime)
 
     def run(self, machine: str, command: Command) -> Outcome:
         now = time.time()

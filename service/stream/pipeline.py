@@ -38,12 +38,13 @@ from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
+from service.stream.history import alert_note, command_note, model_note
 from service.stream.homeassistant import HomeAssistant
 from service.stream.intake import Intake
 from service.stream.learning import FitRequest, FitResult, Learner, SavedModels
 from service.stream.machines import MachineRuntime
 from service.stream.operator import Operator
-from service.stream.publish import Publisher, rfc3339
+from service.stream.publish import Publisher
 from service.stream.registry import new_machine
 from service.stream.rejections import RejectionLog
 from service.stream.verdicts import Verdicts
@@ -95,15 +96,11 @@ class Pipeline(Worker):
         ha = settings.homeassistant
         self.homeassistant = HomeAssistant(ha, publisher) if ha.enabled else None
         self.journal = journal
-        self.operator = Operator(self, metrics, publisher)
+        self.operator = Operator(self, metrics, publisher, settings.discovery.period)
         self.verdicts = Verdicts(metrics, learner, self.emit)
         self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
         self._conditions_at = 0.0
-        self._offline: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._at_machine_limit = False  # a new machine was refused, none forgotten since
-        # Machines first heard of after this (wall-clock) are announced: at start-up the
-        # whole plant is new, later a new name may be a typo in a topic.
-        self._announce_after = time.time() + settings.discovery.period
         for name, machine in settings.machines.items():
             self._add_machine(name, machine.sensors, machine.period)
         for name in store.machines() if store is not None else []:
@@ -224,7 +221,7 @@ class Pipeline(Worker):
                 self._refuse_machine(machine, count)
                 return
             runtime = self._add_machine(machine, None, None)
-            self._announce(runtime)
+            self.operator.announce(runtime)
         rejections: list[Rejection] = []
         for rows, readings in arrivals.spans:
             if rows:
@@ -272,6 +269,9 @@ class Pipeline(Worker):
             result = self._installs.get_nowait()
             runtime = self.machines[result.machine]
             self._changed[runtime.name] = runtime
+            note = model_note(result, time.time())
+            runtime.last_fit, runtime.last_fit_at = note["outcome"], note["at"]
+            runtime.history.note(note)
             detector = result.detector
             if result.initial:
                 self._count_unscored(runtime)
@@ -344,6 +344,7 @@ class Pipeline(Worker):
         self._changed[name] = runtime
         if event is None:
             return
+        runtime.history.note(alert_note(event))
         self.publisher.publish_alert(event)
         if self.journal is not None:
             self.journal.record(event)
@@ -368,19 +369,14 @@ class Pipeline(Worker):
             "machine_forgotten", machine=name, models_moved_to=str(aside), sensors=runtime.sensors
         )
 
-    def mark_offline(self, machines: list[str]) -> None:
-        """Their source said they are gone (a Sparkplug death); any thread."""
-        for name in machines:
-            self._offline.put(name)
-
     def _take_commands(self) -> None:
         while not self._commands.empty():
             machine, command, reply = self._commands.get_nowait()
-            reply(self.operator.run(machine, command))
-        while not self._offline.empty():
-            runtime = self.machines.get(self._offline.get_nowait())
-            if runtime is not None:
-                self.operator.went_offline(runtime)
+            outcome = self.operator.run(machine, command)
+            if (runtime := self.machines.get(machine)) is not None:
+                runtime.history.note(command_note(command, outcome))
+            reply(outcome)
+        self.operator.take_offline()
 
     def _follow_conditions(self) -> None:
         now = time.time()
@@ -388,14 +384,3 @@ class Pipeline(Worker):
             self._conditions_at = now
             for runtime in self.machines.values():
                 self.operator.follow_conditions(runtime, now, self.settings.alert.stale_after)
-
-    def _announce(self, runtime: MachineRuntime) -> None:
-        """A machine first heard of well after start-up: worth a look (a typo in a topic
-        makes one too)."""
-        if time.time() < self._announce_after:
-            return
-        self.metrics.machines_discovered.inc()
-        log.warning("machine_discovered", machine=runtime.name)
-        self.publisher.publish_event(
-            {"event": "machine_discovered", "machine": runtime.name, "at": rfc3339(time.time())}
-        )

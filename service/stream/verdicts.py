@@ -3,6 +3,7 @@ events, the fine-tuning buffer, drift, gauges, and a fine-tune request when one 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -10,6 +11,7 @@ import structlog
 from service.core.metrics import Metrics
 from service.core.types import (
     AlertEvent,
+    AlertKind,
     FitOutcome,
     FloatArray,
     Resolution,
@@ -48,6 +50,7 @@ class Verdicts:
     ) -> None:
         """Alerts, fine-tuning buffer and gauges from one machine's scored windows."""
         name = runtime.name
+        firing: list[bool] = []
         for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
             result = Score(
                 name,
@@ -60,15 +63,19 @@ class Verdicts:
             )
             event = runtime.tracker.observe(result)
             if event is not None:
+                if event.kind == AlertKind.RAISED:
+                    runtime.history.alert_raised()
                 self.emit(runtime, event)
             if runtime.settled(window):
                 self._say_settled(runtime)
+            firing.append(runtime.firing)
             runtime.buffer.observe(
                 window.values, result.score, detector.threshold, runtime.alert_active
             )
             drift = runtime.observe_drift(result.score)
             if drift is not None:
                 self._count_drift(runtime, drift, window.end_ts)
+        runtime.history.record(detector, windows, scores, errors, firing)
         runtime.last_score = float(scores[-1])
         runtime.scored_until = windows[-1].end_ts
         self.metrics.scored_of[name].inc(len(windows))
@@ -126,6 +133,7 @@ class Verdicts:
         except TooFewWindowsError as exc:
             too_few = FitOutcome.TOO_FEW_WINDOWS
             self.metrics.finetune_runs.labels(machine=runtime.name, outcome=too_few).inc()
+            runtime.last_fit, runtime.last_fit_at = too_few.value, time.time()
             log.info("finetune_skipped", machine=runtime.name, clean_windows=exc.args[0])
             return
         if job is not None:

@@ -1,12 +1,17 @@
-"""One port: `/metrics`, `/healthz`, `/readyz`, `/api/machines` and a status page at `/`."""
+"""One port: `/metrics`, `/healthz`, `/readyz`, `/api/machines` (with each machine's detail
+and history) and the status pages, `/` and `/machines/<machine>`: static files shipped in
+the package (`service/transport/static/`) that read only the JSON API."""
 
 from __future__ import annotations
 
-import html
+import math
 import re
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -25,6 +30,38 @@ Machines = Callable[[], Sequence[Mapping[str, Any]]]
 Commands = Callable[[str, bytes, str | None], tuple[int, dict[str, Any]]]
 MAX_BODY = 4096
 _COMMANDS_PATH = re.compile(r"^/api/machines/([^/]+)/commands$")
+_MACHINE_PATH = re.compile(r"^/api/machines/([^/]+)(/history)?$")
+_PAGE_PATH = re.compile(r"^/machines/([^/]+)$")
+_STATIC_PATH = re.compile(r"^/static/([A-Za-z0-9_.-]+)$")
+# Bodies of the pages' JSON and files above this are gzipped for a client that accepts it:
+# a 1,000-machine plant's /api/machines is half a megabyte, polled every 5 s.
+GZIP_ABOVE = 16384
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+@dataclass(frozen=True)
+class MachinePages:
+    """The JSON of one machine: `detail(machine)` for `/api/machines/<machine>` and
+    `history(machine, since)` for `.../history?since=<epoch>`; None for an unknown one."""
+
+    detail: Callable[[str], Mapping[str, Any] | None]
+    history: Callable[[str, float], Mapping[str, Any] | None]
+
+
+def static_files() -> dict[str, tuple[str, bytes]]:
+    """The status pages' files, read once: name -> (content type, bytes)."""
+    folder = resources.files("service.transport") / "static"
+    files = {}
+    for entry in folder.iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if entry.is_file() and suffix in _TYPES:
+            files[entry.name] = (_TYPES[suffix], entry.read_bytes())
+    return files
 
 
 class HttpServer(Worker):
@@ -37,9 +74,10 @@ class HttpServer(Worker):
         ready: Probe,
         machines: Machines,
         commands: Commands | None = None,
+        pages: MachinePages | None = None,
     ) -> None:
         super().__init__("http", metrics)
-        handler = _handler_class(metrics.registry, health, ready, machines, commands)
+        handler = _handler_class(metrics.registry, health, ready, machines, commands, pages)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
 
@@ -67,7 +105,10 @@ def _handler_class(
     ready: Probe,
     machines: Machines,
     commands: Commands | None,
+    pages: MachinePages | None,
 ) -> type[BaseHTTPRequestHandler]:
+    static = static_files()
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "aemon"
 
@@ -95,20 +136,52 @@ def _handler_class(
             elif path == "/readyz":
                 self._probe(ready(), "ready")
             elif path == "/api/machines":
-                self._send(200, "application/json", orjson.dumps(machines()))
-            elif path == "/":
-                page = status_page(health(), ready(), machines())
-                self._send(200, "text/html; charset=utf-8", page.encode())
+                self._send(200, "application/json", orjson.dumps(machines()), gzip=True)
+            elif (match := _MACHINE_PATH.match(path)) and pages is not None:
+                self._machine(unquote(match.group(1)), match.group(2) is not None, query)
+            elif path == "/" or _PAGE_PATH.match(path):
+                self._static("index.html" if path == "/" else "machine.html")
+            elif match := _STATIC_PATH.match(path):
+                self._static(match.group(1))
             else:
                 self._send(404, "text/plain", b"not found\n")
+
+        def _machine(self, machine: str, history: bool, query: str) -> None:
+            assert pages is not None
+            if history:
+                since = parse_since(query)
+                if since is None:
+                    self._send(400, "text/plain", b"since: Unix seconds, a finite number\n")
+                    return
+                answer = pages.history(machine, since)
+            else:
+                answer = pages.detail(machine)
+            if answer is None:
+                self._send(404, "application/json", orjson.dumps({"error": "unknown machine"}))
+                return
+            self._send(200, "application/json", orjson.dumps(answer), gzip=True)
+
+        def _static(self, name: str) -> None:
+            if name not in static:
+                self._send(404, "text/plain", b"not found\n")
+                return
+            content_type, body = static[name]
+            self._send(200, content_type, body, gzip=True)
 
         def _probe(self, report: dict[str, Any], key: str) -> None:
             status = 200 if report[key] else 503
             self._send(status, "application/json", orjson.dumps(report))
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, body: bytes, gzip: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if gzip:
+                self.send_header("Vary", "Accept-Encoding")
+                if len(body) > GZIP_ABOVE and accepts_gzip(self.headers.get("Accept-Encoding")):
+                    # zlib gives the GIL up while it compresses: the pipeline need not wait.
+                    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+                    body = compressor.compress(body) + compressor.flush()
+                    self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -130,39 +203,35 @@ def selected(registry: CollectorRegistry, query: str) -> CollectorRegistry | Res
     return registry.restricted_registry(names)
 
 
-def status_page(
-    health: dict[str, Any], ready: dict[str, Any], machines: Sequence[Mapping[str, Any]]
-) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
+def parse_since(query: str) -> float | None:
+    """`since=<epoch>` (Unix seconds) of a query, 0 when absent; None when not a finite
+    number.
 
-    columns = [
-        "machine",
-        "state",
-        "alert",
-        "acknowledged_by",
-        "score",
-        "threshold",
-        "model_version",
-        "sensors",
-    ]
-    rows = "".join(
-        "<tr>"
-        + "".join(cell(m[c] if c != "sensors" else ", ".join(m[c])) for c in columns)
-        + "</tr>"
-        for m in machines
-    )
-    head = "".join(f"<th>{c}</th>" for c in columns)
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><title>aemon</title>"
-        '<meta http-equiv="refresh" content="5">'
-        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>"
-        "</head><body><h1>aemon</h1>"
-        f"<p>healthy: {health['healthy']} &middot; ready: {ready['ready']} &middot; "
-        f"broker connected: {ready['broker_connected']}</p>"
-        f"<table><tr>{head}</tr>{rows}</table>"
-        '<p><a href="/metrics">/metrics</a> &middot; <a href="/api/machines">/api/machines</a>'
-        "</p></body></html>"
-    )
+    >>> parse_since(""), parse_since("since=1700000000.5"), parse_since("since=x")
+    (0.0, 1700000000.5, None)
+    >>> parse_since("since=nan") is None, parse_since("since=1&since=2") is None
+    (True, True)
+    """
+    values = parse_qs(query, keep_blank_values=True).get("since")
+    if values is None:
+        return 0.0
+    if len(values) != 1:
+        return None
+    try:
+        since = float(values[0])
+    except ValueError:
+        return None
+    return since if math.isfinite(since) else None
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an `Accept-Encoding` header takes gzip (`q=0` refuses it).
+
+    >>> accepts_gzip("gzip, deflate, br"), accepts_gzip(None), accepts_gzip("gzip;q=0")
+    (True, False, False)
+    """
+    for part in (header or "").split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in {"gzip", "*"}:
+            return params.replace(" ", "") not in {"q=0", "q=0.0"}
+    return False

@@ -253,9 +253,9 @@ def _by_machine(registry: CollectorRegistry, name: str) -> dict[str, float]:
     return totals
 
 
-# -- the batch fast path against `_add` for every value -------------------------------------
+# -- the batch fast path against `add` for every value -------------------------------------
 class SlowIngestor(Ingestor):
-    """Every value of a per-machine record through `_add`: what the fast path replaced."""
+    """Every value of a per-machine record through `add`: what the fast path replaced."""
 
     def _values(
         self,
@@ -267,7 +267,7 @@ class SlowIngestor(Ingestor):
         finite: bool = False,
     ) -> None:
         for sensor, value in values.items():
-            self._add(result, machine, sensor, ts, value, received_at)
+            self.add(result, machine, sensor, ts, value, received_at)
 
 
 SLOW_OPEN = SlowIngestor(TEMPLATES, max_payload_bytes=2048, future_tolerance=TOLERANCE)
@@ -399,7 +399,7 @@ def test_rows_end_to_end_count_and_window_as_readings_do(
     script: list[tuple[str, list[tuple[int, dict[str, Any]]], bool]],
 ) -> None:
     """The same messages through the row path and through the per-value path (every value
-    of a record through `_add`): the same counters by machine and reason, the same sensors
+    of a record through `add`): the same counters by machine and reason, the same sensors
     discovered and the same windows learned from."""
     clock = NOW - 100.0
     messages = []
