@@ -350,7 +350,7 @@ def print_table(r: dict[str, Any]) -> None:
         for page, f in r["page_open"].items():
             print(
                 f"{page} page open: {f['polls']} polls, p50 {f['p50_ms']:.0f} ms, "
-                f"max {f['max_ms']:.0f} ms, {f['json_kib']:.0f} KiB of JSON a poll"
+                f"max {f['max_ms']:.0f} ms, {f['sent_kib']:.0f} KiB sent a poll"
             )
     for page, f in r["page_load"].items():
         print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ CONFIG: dict[str, dict[str, Any]] = {
 @dataclass
 class Scene:
     daemon: Daemon
+    broker: Mosquitto
     base: str
     started: float  # event time of the feed's first sample
 
@@ -92,7 +94,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
                 60,
                 "all scored",
             )
-        yield Scene(daemon, f"http://127.0.0.1:{daemon.http_port}", start)
+        yield Scene(daemon, broker, f"http://127.0.0.1:{daemon.http_port}", start)
     finally:
         daemon.stop()
         broker.stop()
@@ -197,3 +199,20 @@ def test_the_json_behind_the_pages(scene: Scene) -> None:
     assert get(f"{scene.base}/api/machines/nope/history")[0] == 404
     assert get(f"{scene.base}/api/machines/nope")[0] == 404
     assert get(f"{scene.base}/api/machines/{FAULTY}/history?since=soon")[0] == 400
+
+
+def test_an_acknowledgement_shows_in_the_detail(scene: Scene) -> None:
+    pub = Publisher(scene.broker.port)
+    with running(pub):
+        pub.send(f"aemon/command/{FAULTY}", {"command": "ack", "by": "night shift"})
+        pub.flush()
+        detail = wait_until(
+            lambda: (d := get(f"{scene.base}/api/machines/{FAULTY}")[1])["acknowledged_by"] and d,
+            30,
+            "acknowledged",
+        )
+    assert detail["acknowledged_by"] == "night shift"
+    assert detail["acknowledged_at"] is not None
+    newest = next(e for e in detail["events"] if e["kind"] == "command")
+    assert (newest["command"], newest["by"], newest["ok"]) == ("ack", "night shift", True)
+    assert any(e["kind"] == "alert" and e["event"] == "acknowledged" for e in detail["events"])

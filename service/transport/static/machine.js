@@ -116,7 +116,13 @@ function history(h, bucket) {
 }
 
 poll(async () => {
-  const [m, h] = await Promise.all([getJSON(api), getJSON(`${api}/history`), showHealth()]);
+  const known = await fetch(api, { method: "GET", cache: "no-store" });
+  if (known.status === 404) {
+    document.getElementById("summary").innerHTML =
+      `<dt>unknown</dt><dd>the daemon has no machine ${esc(machine)}: <a href="/">the plant</a></dd>`;
+    return;
+  }
+  const [m, h] = await Promise.all([known.json(), getJSON(`${api}/history`), showHealth()]);
   threshold = m.threshold;
   summary(m);
   events(m.events);
