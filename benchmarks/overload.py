@@ -2,16 +2,18 @@
 
     python -m benchmarks.overload [--machines 50] [--sensors 8] [--seconds 60]
                                   [--settle 60] [--publishers 3] [--batch-records 450]
+                                  [--phases PHASE ...] [--env KEY=VALUE ...]
 
 Everything runs on 127.0.0.1: a Mosquitto of its own, the daemon as a process with the
 shipped ingest and pipeline defaults (but for `ingest.max_payload_bytes` 64 KiB), and the
 publishers in processes of their own. Every machine learns first (batched history), then
-three phases flood it for `--seconds` each, as fast as the publishers get PUBACKs:
+three phases flood it for `--seconds` each, at QoS 1, each publisher waiting for the
+broker's PUBACK every 1 MB:
 
 - per-sensor: one reading a message (`plant/<m>/<s>`, `{"ts", "value"}`);
 - per-machine: one record of every sensor a message (`plant/<m>`);
-- max-size batches: `--batch-records` records a message (about 50 KB, under the 64 KiB
-  payload limit).
+- max-size batches: `--batch-records` records a message (56 KB with 8 sensors, under
+  the 64 KiB payload limit).
 
 Event time runs ahead one grid step a record, from a year back, so nothing is late or
 in the future. Per phase it prints the daemon's RSS before, at its peak (sampled every

@@ -74,8 +74,10 @@ class AfterBursts:
     threads that parsed, windowed and scored it full of freed chunks between live ones,
     which glibc keeps resident (benchmarks/overload.py: 746 MiB after a flood of large
     batches, 515 MiB after a trim). Polled from the main thread (`poll`, every second), off
-    the hot path; `malloc_trim` gives the GIL up. `taken` is the readings the pipeline has
-    taken so far, `fill` how full its queue is now (0: empty, 1: at a bound)."""
+    the hot path; `malloc_trim` gives the GIL up, and took 21 ms after such a flood (1 ms
+    with nothing to give back), holding each arena's lock in turn meanwhile. `taken` is the
+    readings the pipeline has taken so far, `fill` how full its queue is now (0: empty, 1:
+    at a bound)."""
 
     def __init__(self, taken: Callable[[], int], fill: Callable[[], float]) -> None:
         self._taken = taken
