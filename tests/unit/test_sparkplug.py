@@ -15,7 +15,6 @@ from service.stream.sparkplug_schema import INT64, Payload
 from simulators.sparkplug_edge import SparkplugEdge, is_rebirth_request
 from tests.support import metric_value
 
-NOW = float(int(time.time()))  # births carry the wall clock's time; whole ms
 SENSORS = ("pressure", "current")
 
 
@@ -23,6 +22,8 @@ class Wire:
     """The reader with an edge node beside it; rebirth requests are collected."""
 
     def __init__(self, interval: float = 10.0) -> None:
+        # Births carry the wall clock's time: the test's own now (whole seconds: exact ms).
+        self.now = float(int(time.time()))
         self.requests: list[tuple[str, bytes]] = []
         self.gone: list[str] = []  # machines said to be offline
         self.metrics = Metrics(CollectorRegistry())
@@ -38,8 +39,8 @@ class Wire:
         )
         self.edge = SparkplugEdge("plant1", "edge7", {"pump-1": SENSORS, "pump-2": SENSORS})
 
-    def send(self, message: tuple[str, bytes], at: float = NOW):  # type: ignore[no-untyped-def]
-        return self.reader.parse(message[0], message[1], at)
+    def send(self, message: tuple[str, bytes], at: float | None = None):  # type: ignore[no-untyped-def]
+        return self.reader.parse(message[0], message[1], self.now if at is None else at)
 
     def born(self) -> None:
         for message in self.edge.births({"pump-1": {"pressure": 3.0, "current": 1.0}}):
@@ -55,13 +56,13 @@ def test_data_by_alias_is_read_with_the_births_names_and_the_metrics_times() -> 
     births = [wire.send(m) for m in wire.edge.births({"pump-1": {"pressure": 3.0}})]
     assert [r.rejections for r in births] == [[], [], []]
     assert [(x.sensor, x.value) for x in births[1].readings] == [("pressure", 3.0)]
-    result = wire.send(wire.edge.data("pump-1", NOW - 5.5, {"pressure": 3.2, "current": 1.4}))
+    result = wire.send(wire.edge.data("pump-1", wire.now - 5.5, {"pressure": 3.2, "current": 1.4}))
     assert result.machine == "plant1.edge7.pump-1"
     assert [(x.sensor, x.ts, x.value) for x in result.readings] == [
-        ("pressure", NOW - 5.5, 3.2),
-        ("current", NOW - 5.5, 1.4),
+        ("pressure", wire.now - 5.5, 3.2),
+        ("current", wire.now - 5.5, 1.4),
     ]
-    mapped = wire.send(wire.edge.data("pump-2", NOW, {"current": 2.0}))
+    mapped = wire.send(wire.edge.data("pump-2", wire.now, {"current": 2.0}))
     assert mapped.machine == "pump-2"
     assert wire.requests == []
 
@@ -70,7 +71,7 @@ def test_integers_are_signed_as_their_data_type_says_and_strings_are_ignored() -
     wire = Wire()
     wire.born()
     ignored = wire.counted("ignored_metric")  # the births' null values
-    payload = Payload(timestamp=int(NOW * 1000), seq=wire.edge.next_seq())
+    payload = Payload(timestamp=int(wire.now * 1000), seq=wire.edge.next_seq())
     payload.metrics.add(name="level", datatype=3, int_value=(1 << 32) - 5)  # Int32 -5
     payload.metrics.add(name="count", datatype=7, int_value=(1 << 32) - 5)  # UInt32
     payload.metrics.add(name="offset", datatype=INT64, long_value=(1 << 64) - 2)
@@ -90,12 +91,12 @@ def test_integers_are_signed_as_their_data_type_says_and_strings_are_ignored() -
 def test_data_before_a_birth_is_rejected_and_one_rebirth_is_asked() -> None:
     wire = Wire(interval=10.0)
     wire.edge.births()  # published before aemon subscribed: never seen
-    first = wire.send(wire.edge.data("pump-1", NOW, {"pressure": 3.0}), at=NOW)
-    again = wire.send(wire.edge.data("pump-1", NOW + 1, {"pressure": 3.0}), at=NOW + 1)
+    first = wire.send(wire.edge.data("pump-1", wire.now, {"pressure": 3.0}), at=wire.now)
+    again = wire.send(wire.edge.data("pump-1", wire.now + 1, {"pressure": 3.0}), at=wire.now + 1)
     assert [r.reason for r in first.rejections + again.rejections] == [RejectReason.NO_BIRTH] * 2
     assert [t for t, _ in wire.requests] == ["spBv1.0/plant1/NCMD/edge7"]
     assert is_rebirth_request(wire.requests[0][1])
-    wire.send(wire.edge.data("pump-1", NOW + 11, {"pressure": 3.0}), at=NOW + 11)
+    wire.send(wire.edge.data("pump-1", wire.now + 11, {"pressure": 3.0}), at=wire.now + 11)
     assert len(wire.requests) == 2  # past rebirth_interval
 
 
@@ -103,11 +104,11 @@ def test_a_seq_gap_is_counted_and_answered_with_a_rebirth_request() -> None:
     wire = Wire()
     wire.born()
     wire.edge.skip()
-    result = wire.send(wire.edge.data("pump-1", NOW, {"pressure": 3.0}))
+    result = wire.send(wire.edge.data("pump-1", wire.now, {"pressure": 3.0}))
     assert len(result.readings) == 1  # the data itself is good
     assert wire.counted("seq_gap") == 1
     assert len(wire.requests) == 1
-    wire.send(wire.edge.data("pump-1", NOW + 1, {"pressure": 3.0}))
+    wire.send(wire.edge.data("pump-1", wire.now + 1, {"pressure": 3.0}))
     assert wire.counted("seq_gap") == 1
 
 
@@ -118,9 +119,9 @@ def test_a_death_forgets_the_births_until_the_next_one_and_a_stale_death_is_igno
     wire.edge.bd_seq += 1
     wire.born()  # a reconnect: the old session's will may arrive after the new birth
     wire.send(stale_death)
-    assert wire.send(wire.edge.data("pump-1", NOW, {"pressure": 3.0})).readings
+    assert wire.send(wire.edge.data("pump-1", wire.now, {"pressure": 3.0})).readings
     wire.send(wire.edge.death())
-    dead = wire.send(wire.edge.data("pump-1", NOW + 1, {"pressure": 3.0}))
+    dead = wire.send(wire.edge.data("pump-1", wire.now + 1, {"pressure": 3.0}))
     assert [r.reason for r in dead.rejections] == [RejectReason.NO_BIRTH]
     assert wire.counted("node_death") == 1
     assert wire.gone == ["plant1.edge7", "plant1.edge7.pump-1", "pump-2"]

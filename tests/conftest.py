@@ -1,4 +1,4 @@
-"""Shared fixtures of the unit tests."""
+"""Shared fixtures of every test (unit, integration and deploy)."""
 
 from __future__ import annotations
 
