@@ -32,7 +32,7 @@ import numpy as np
 import structlog
 
 from service.core.config import Settings, ThresholdSettings
-from service.core.types import AlertState, FloatArray, Resolution, Row, Score, Window
+from service.core.types import AlertState, FloatArray, Row, Score, Window
 from service.offline.readers import (
     BoolArray,
     NabWindows,
@@ -294,8 +294,6 @@ def _follow_new_normal(
     promoted = rebaseline(request)
     runtime.tuned(promoted)
     log.info("new_normal", machine=runtime.name, at=window.end_ts, promoted=promoted is not None)
-    if promoted is not None and runtime.firing:
-        runtime.tracker.clean_resolution = Resolution.NEW_NORMAL
     return promoted
 
 

@@ -21,6 +21,7 @@ from service.core.types import (
     Reading,
     Rejection,
     RejectReason,
+    Resolution,
     Row,
     TuneReason,
     Window,
@@ -157,8 +158,9 @@ class MachineRuntime:
         if not (f.enabled and f.new_normal_after) or self.detector is None:
             return False
         if not self.firing:
-            self.settling.reset()
-            self.new_normal_due = False
+            if self.settling.started_at is not None:  # a stretch was followed: it ended
+                self.settling.reset()
+                self.new_normal_due = False
             return False
         settled = self.settling.observe(window.end_ts, window.values, self.detector.std)
         self.new_normal_due |= settled
@@ -312,12 +314,16 @@ class MachineRuntime:
 
     def tuned(self, detector: Detector | None) -> TuneReason | None:
         """A fine-tune ended: promoted (a new detector) or not (None). Returns why it had
-        been requested."""
+        been requested. Once re-baselined on a new normal, the alert that settled resolves
+        as new_normal when windows score clean under the new model (a state it still
+        flags keeps it firing)."""
         self.tuning = False
         reason, self._tuning_for = self._tuning_for, None
         if detector is not None:
             self.detector = detector
             self._watch_drift(detector)
+            if reason == TuneReason.NEW_NORMAL and self.firing:
+                self.tracker.clean_resolution = Resolution.NEW_NORMAL
         return reason
 
     def install(self, detector: Detector | None) -> list[Window]:
@@ -339,17 +345,16 @@ class MachineRuntime:
 
     def describe(self) -> MachineRecord:
         tracker = self.tracker
-        firing = tracker.state == AlertState.FIRING
         return {
             "machine": self.name,
             "state": self.shown_state.value,
             "maintenance_until": self.conditions.maintenance_until,
-            "acknowledged_by": self.tracker.acknowledged_by,
+            "acknowledged_by": tracker.acknowledged_by,
             "sensors": list(self.sensors),
-            "alert": self.tracker.state.value,
+            "alert": tracker.state.value,
             "alert_id": tracker.alert_id,
             "alert_started_at": tracker.started_at,
-            "alert_peak": tracker.peak_score if firing else None,
+            "alert_peak": tracker.peak_score if self.firing else None,
             "top_sensors": [{"sensor": s.sensor, "share": s.share} for s in tracker.top_sensors()],
             "acknowledged_at": tracker.acknowledged_at,
             "score": self.last_score,

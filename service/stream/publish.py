@@ -95,5 +95,4 @@ class Publisher:
 
     def clear_alert(self, machine: str) -> None:
         """Removes the machine's retained alert (an empty retained message deletes it)."""
-        self.sink.publish(self.alert_topic(machine), b"", qos=1, retain=True)
-        self.metrics.alerts_published.inc()
+        self.publish_retained(self.alert_topic(machine), None)

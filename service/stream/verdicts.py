@@ -14,7 +14,6 @@ from service.core.types import (
     AlertKind,
     FitOutcome,
     FloatArray,
-    Resolution,
     Score,
     TuneReason,
     Window,
@@ -84,17 +83,14 @@ class Verdicts:
         self._maybe_finetune(runtime)
 
     def tuned(self, runtime: MachineRuntime, detector: Detector | None) -> None:
-        """A fine-tune's result: installed when promoted. Once re-baselined on a new
-        normal, the alert that settled resolves as new_normal when windows score clean
-        under the new model (a state it still flags keeps it firing)."""
+        """A fine-tune's result, installed when promoted (`MachineRuntime.tuned`); a
+        re-baselining on a new normal is counted and logged."""
         if runtime.tuned(detector) != TuneReason.NEW_NORMAL:
             return
         outcome = "refused" if detector is None else "promoted"
         self.metrics.new_normals.labels(machine=runtime.name, outcome=outcome).inc()
-        tracker = runtime.tracker
-        log.info("new_normal", machine=runtime.name, outcome=outcome, alert_id=tracker.alert_id)
-        if detector is not None and runtime.firing:
-            tracker.clean_resolution = Resolution.NEW_NORMAL
+        alert_id = runtime.tracker.alert_id
+        log.info("new_normal", machine=runtime.name, outcome=outcome, alert_id=alert_id)
 
     def _say_settled(self, runtime: MachineRuntime) -> None:
         settling = runtime.settling
