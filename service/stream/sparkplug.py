@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 
 from service.core.metrics import Metrics
 from service.core.types import RejectReason
-from service.stream.ingest import Ingestor, IngestResult
+from service.stream.ingest import MAX_CACHED_TOPICS, Ingestor, IngestResult
 from service.stream.sparkplug_schema import (
     BOOLEAN,
     DOUBLE,
@@ -104,8 +104,8 @@ class SparkplugReader:
         machine = result.machine = self.machine_name(group, node, device)
         known = self._follow((group, node), kind, device, message, received_at)
         if known is None:
-            if kind.endswith("DATA") or kind == "DBIRTH":
-                result.reject(RejectReason.NO_BIRTH, f"{kind} before its birth", machine)
+            if kind.endswith("DATA") or kind.endswith("BIRTH"):
+                result.reject(*self._unread(kind), machine)
             return result
         if not self.ingestor.admits(machine):
             return result.reject(RejectReason.UNKNOWN_TOPIC, f"undeclared machine {machine}")
@@ -123,6 +123,8 @@ class SparkplugReader:
         """Births, deaths and sequence of a node: the metrics a data or birth message is
         read with, or None when it has no readings (a death, or nothing born)."""
         if kind == "NBIRTH":
+            if key not in self._nodes and len(self._nodes) >= MAX_CACHED_TOPICS:
+                return None  # a flood of made-up nodes must not grow it
             self._nodes[key] = _Node(_bd_seq(message), int(message.seq), _defined(message))
             self._count("birth")
         elif kind == "NDEATH":
@@ -143,6 +145,12 @@ class SparkplugReader:
         if known is None:
             self._ask_rebirth(key, received_at)
         return known
+
+    def _unread(self, kind: str) -> tuple[RejectReason, str]:
+        """Why a data or birth message gave no readings."""
+        if kind == "NBIRTH":
+            return RejectReason.UNKNOWN_TOPIC, f"{len(self._nodes)} Sparkplug nodes already"
+        return RejectReason.NO_BIRTH, f"{kind} before its birth"
 
     def machine_name(self, group: str, node: str, device: str | None) -> str:
         path = f"{group}/{node}" if device is None else f"{group}/{node}/{device}"
@@ -180,6 +188,8 @@ class SparkplugReader:
     def _ask_rebirth(self, key: tuple[str, str], now: float) -> None:
         if now - self._asked.get(key, -self.rebirth_interval) < self.rebirth_interval:
             return
+        if len(self._asked) >= MAX_CACHED_TOPICS:  # a flood of made-up nodes must not grow it
+            self._asked.clear()
         self._asked[key] = now
         request = Payload(timestamp=int(time.time() * 1000))
         request.metrics.add(name="Node Control/Rebirth", datatype=BOOLEAN, boolean_value=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.core.metrics import Metrics
 from service.core.types import RejectReason
+from service.stream import sparkplug
 from service.stream.ingest import Ingestor
 from service.stream.sparkplug import SparkplugReader
 from service.stream.sparkplug_schema import INT64, Payload
@@ -136,3 +138,16 @@ def test_garbage_and_commands() -> None:
     assert command.readings == []
     other = wire.send(("spBv1.0/plant9/NDATA/edge7", b""))
     assert [r.reason for r in other.rejections] == [RejectReason.UNKNOWN_TOPIC]
+
+
+def test_made_up_nodes_cannot_grow_the_readers_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparkplug, "MAX_CACHED_TOPICS", 2)
+    wire = Wire(interval=0.0)
+    births = [SparkplugEdge("plant1", f"edge{i}", {}).births()[0] for i in range(3)]
+    results = [wire.send(birth) for birth in births]
+    assert [r.rejections for r in results[:2]] == [[], []]
+    assert [r.reason for r in results[2].rejections] == [RejectReason.UNKNOWN_TOPIC]
+    for i in range(5):  # data of nodes never born: each asks a rebirth, none is kept long
+        wire.send(SparkplugEdge("plant1", f"ghost{i}", {"d": ("x",)}).data("d", wire.now, {}))
+    assert len(wire.requests) == 5
+    assert len(wire.reader._asked) <= 2
