@@ -21,6 +21,7 @@ from service.core.types import MachineState, Rejection, RejectReason
 from service.doors import CommandDoors
 from service.faults import arm_callback, arm_pipeline, armed_faults
 from service.learning.finetune import FineTuner
+from service.learning.shared_store import SharedModelStore
 from service.learning.store import ModelStore
 from service.scoring.runtime import configure_torch
 from service.stream.alert_journal import AlertJournal
@@ -35,6 +36,7 @@ from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from service.stream.sparkplug import SparkplugReader
 from service.transport.http import HttpServer, MachinePages
 from service.transport.mqtt import Ack, MqttClient
+from service.transport.nats_input import NatsInput
 from service.transport.sparkplug_host import SparkplugHost
 
 log = structlog.get_logger(__name__)
@@ -90,16 +92,36 @@ class App:
         )
         host_id = spb.host_id if spb.enabled else None
         self.sparkplug_host = SparkplugHost(settings.mqtt, host_id) if host_id else None
+        on_message = arm_callback(self.on_message, faults)
+        scaled_out = settings.input.kind == "nats"
+        # Scaled out, readings come from NATS and MQTT carries the rest; each replica has
+        # a status topic of its own (one retained `offline` must not hide the others).
         self.mqtt = MqttClient(
             settings.mqtt,
-            self.ingestor.subscriptions + (self.sparkplug.subscriptions if self.sparkplug else []),
-            f"{prefix}/status",
-            arm_callback(self.on_message, faults),
+            [] if scaled_out else self.subscriptions,
+            f"{prefix}/status/{settings.mqtt.client_id}" if scaled_out else f"{prefix}/status",
+            on_message,
             self.metrics,
             commands=f"{self.command_prefix}+",
         )
         self.publisher = Publisher(self.mqtt, prefix, self.metrics)
-        self.store = ModelStore(settings.state.dir)
+        # The pipeline is made below: the input reaches it through these lambdas.
+        self.nats = (
+            NatsInput(
+                settings,
+                on_message,
+                self.metrics,
+                lambda: self.pipeline.queue.fill,
+                lambda machines: self.pipeline.release(machines),  # noqa: PLW0108
+            )
+            if scaled_out
+            else None
+        )
+        self.store = (
+            SharedModelStore(settings.state.dir, self.nats, self.metrics)
+            if self.nats is not None
+            else ModelStore(settings.state.dir)
+        )
         # Learning beside the hot path: the pipeline knows the fine-tuner as a `Learner`
         # and hands its results back through `install`, taken in at its next cycle.
         self.finetuner = FineTuner(settings, self.metrics, self._install, self.store)
@@ -128,6 +150,13 @@ class App:
             MachinePages(detail.machine, detail.history),
         )
         arm_pipeline(self.pipeline, faults)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The MQTT input's topic filters: the plant's topics, and Sparkplug's if enabled."""
+        return self.ingestor.subscriptions + (
+            self.sparkplug.subscriptions if self.sparkplug else []
+        )
 
     def _install(self, result: FitResult) -> None:
         self.pipeline.install(result)
@@ -186,6 +215,8 @@ class App:
             "http": self.http.healthy,
             "mqtt": self.mqtt.network_thread_alive(),
         }
+        if self.nats is not None:
+            threads["nats"] = self.nats.network_thread_alive()
         return {"healthy": all(threads.values()), "threads": threads}
 
     def ready(self) -> dict[str, Any]:
@@ -193,7 +224,7 @@ class App:
         connected = self.mqtt.connected.is_set()
         subscribed = self.mqtt.subscribed.is_set()
         healthy = self.health()["healthy"]
-        report = {
+        report: dict[str, Any] = {
             "ready": connected and subscribed and healthy,
             "healthy": healthy,
             "broker_connected": connected,
@@ -201,6 +232,16 @@ class App:
             "broker_error": self.mqtt.last_error,
             "machines": {s.value: states.get(s.value, 0) for s in MachineState},
         }
+        if self.nats is not None:
+            consuming = self.nats.connected.is_set() and self.nats.subscribed.is_set()
+            report["ready"] = report["ready"] and consuming
+            report["nats"] = {
+                "connected": self.nats.connected.is_set(),
+                "consuming": self.nats.subscribed.is_set(),
+                "error": self.nats.last_error,
+                "replica": self.nats.replica,
+                "partitions_owned": self.nats.owned(),
+            }
         self.metrics.ready.set(1 if report["ready"] else 0)
         return report
 
@@ -217,6 +258,8 @@ class App:
         lower_priority(self.finetuner, FINETUNER_NICE)
         self.pipeline.start()
         self.mqtt.start()
+        if self.nats is not None:
+            self.nats.start()
         if self.sparkplug_host is not None:
             self.sparkplug_host.start()
         log.info("aemon_started", http_port=self.http.port, broker=self.settings.mqtt.host)
@@ -241,6 +284,8 @@ class App:
         """First step of shutdown: readings still arriving are neither parsed nor acked."""
         self.accepting.clear()
         self.mqtt.pause_input()
+        if self.nats is not None:
+            self.nats.pause_input()
 
     def shutdown(self) -> None:
         """Stop input, drain, stop the fitter, say offline, disconnect, close HTTP."""
@@ -254,6 +299,8 @@ class App:
         self.pipeline.stop(drained)
         self.pipeline.join_until(drained + PIPELINE_GRACE)
         self.finetuner.join_until(time.monotonic() + FINETUNER_GRACE)
+        if self.nats is not None:  # the drained readings' acknowledgements go out first
+            self.nats.stop(time.monotonic() + MQTT_GRACE)
         if self.sparkplug_host is not None:
             self.sparkplug_host.stop()
         self.mqtt.stop(time.monotonic() + MQTT_GRACE)

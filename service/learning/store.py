@@ -90,7 +90,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """After a crash, `path` holds either its old content or `data`, never a mix."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -105,11 +105,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _make_dirs(path: Path) -> None:
+def make_dirs(path: Path) -> None:
     """Creates `path` and its missing parents, each made durable in its own parent."""
     if path.is_dir():
         return
-    _make_dirs(path.parent)
+    make_dirs(path.parent)
     path.mkdir(exist_ok=True)
     _fsync_dir(path.parent)
 
@@ -154,15 +154,15 @@ class ModelStore:
         tensors = {k: v.detach().contiguous() for k, v in detector.model.state_dict().items()}
         data = save_tensors(tensors)
         with self._lock:
-            _make_dirs(folder)
+            make_dirs(folder)
             version = max([0, *self.version_numbers(machine)]) + 1
             meta = _version_meta(machine, version, detector, facts, data)
             target = folder / str(version)
             # A folder of this number without meta.json is an interrupted save: reuse it.
-            _make_dirs(target)
-            _write_atomic(target / WEIGHTS, data)
-            _write_atomic(target / META, meta)
-            _write_atomic(folder / CURRENT, f"{version}\n".encode())
+            make_dirs(target)
+            write_atomic(target / WEIGHTS, data)
+            write_atomic(target / META, meta)
+            write_atomic(folder / CURRENT, f"{version}\n".encode())
         log.info("model_saved", machine=machine, version=version, bytes=len(data))
         return version
 
@@ -257,7 +257,7 @@ class ModelStore:
                 except StoreError as exc:
                     errors.append(exc.reason)
                     continue
-                _write_atomic(self.machine_dir(machine) / CURRENT, f"{candidate}\n".encode())
+                write_atomic(self.machine_dir(machine) / CURRENT, f"{candidate}\n".encode())
                 log.info("model_rolled_back", machine=machine, previous=current, current=candidate)
                 return candidate
         raise StoreError(
@@ -285,7 +285,7 @@ class ModelStore:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.root / FORGOTTEN / f"{folder.name}-{stamp}"
         with self._lock:
-            _make_dirs(aside.parent)
+            make_dirs(aside.parent)
             folder.rename(aside)
             _fsync_dir(self.root)
         log.info("models_moved_aside", machine=machine, to=str(aside))

@@ -48,6 +48,11 @@ class Intake:
         return self._put - self._taken
 
     @property
+    def readings_put(self) -> int:
+        """Readings queued since the start (read on the putting thread, exact there)."""
+        return self._put
+
+    @property
     def taken(self) -> int:
         """Readings taken by the pipeline since the start."""
         return self._taken

@@ -60,6 +60,10 @@ class Learner(Protocol):
     def pending(self) -> int:
         """Requests queued and not yet started."""
 
+    def drop(self, machine: str) -> None:
+        """Requests of `machine` queued now are not carried out (it moved to another
+        replica, or was forgotten); a request submitted later is."""
+
 
 class SavedModels(Protocol):
     """Where a machine's current model is read from when it is added

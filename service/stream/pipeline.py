@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -30,10 +31,10 @@ from service.core.types import (
     MachineRecord,
     MachineState,
     Rejection,
-    RejectReason,
     Window,
 )
 from service.scoring.passes import ScoringPass, Work
+from service.stream.admission import Admission
 from service.stream.alert_journal import AlertJournal, take_up
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
@@ -100,10 +101,14 @@ class Pipeline(Worker):
         self.verdicts = Verdicts(metrics, learner, self.emit)
         self._commands: queue.Queue[tuple[str, Command, Callable[[Outcome], None]]] = queue.Queue()
         self._conditions_at = 0.0
-        self._at_machine_limit = False  # a new machine was refused, none forgotten since
-        for name, machine in settings.machines.items():
+        self.admission = Admission(settings, metrics, self._count_rejection)
+        # Machines another replica took over, and the readings queued when it did.
+        self._releases: deque[tuple[list[str], int]] = deque()
+        # Scaled out, a replica takes up a machine when its readings come: another may own it.
+        scaled_out = settings.input.kind == "nats"
+        for name, machine in ({} if scaled_out else settings.machines).items():
             self._add_machine(name, machine.sensors, machine.period)
-        for name in store.machines() if store is not None else []:
+        for name in store.machines() if store is not None and not scaled_out else []:
             if name not in self.machines:
                 self._add_machine(name, None, None)
         if journal is not None:
@@ -116,6 +121,12 @@ class Pipeline(Worker):
         caller counts overloaded). Only paho's network thread submits, so what is queued
         cannot change between the check and the put but downwards."""
         return self.queue.put(batch)
+
+    def release(self, machines: list[str]) -> None:
+        """Another replica took over these machines (`input.kind = "nats"`): they are
+        forgotten here, but not their models or alerts, once the readings queued now are
+        taken in. Called from the input's thread, the only one that queues readings."""
+        self._releases.append((machines, self.queue.readings_put))
 
     def install(self, result: FitResult) -> None:
         self._installs.put(result)
@@ -217,10 +228,10 @@ class Pipeline(Worker):
         count = arrivals.count
         runtime = self.machines.get(machine)
         if runtime is None:
-            if len(self.machines) >= self.settings.ingest.max_machines:
-                self._refuse_machine(machine, count)
+            if not self.admission.admits(len(self.machines)):
+                self.admission.refuse(machine, count)
                 return
-            runtime = self._add_machine(machine, None, None)
+            runtime = self._add_machine(machine, *self.admission.sensors_of(machine))
             self.operator.announce(runtime)
         rejections: list[Rejection] = []
         for rows, readings in arrivals.spans:
@@ -238,24 +249,6 @@ class Pipeline(Worker):
         label = rejection.machine if rejection.machine in self.machines else REJECTED
         self.rejections.record(rejection, label)
 
-    def _refuse_machine(self, machine: str, count: int) -> None:
-        """A new machine past `ingest.max_machines`: its readings are rejected, and the
-        first refusal since there was room is logged and counted."""
-        limit = self.settings.ingest.max_machines
-        self._count_rejection(
-            Rejection(RejectReason.UNKNOWN_TOPIC, f"machine limit {limit}", machine, count)
-        )
-        if not self._at_machine_limit:
-            self._at_machine_limit = True
-            self.metrics.machine_limit_reached.inc()
-            log.warning(
-                "machine_limit_reached",
-                limit=limit,
-                refused=machine,
-                hint="new machines are rejected as unknown_topic until one is forgotten or "
-                "ingest.max_machines is raised",
-            )
-
     def _add_machine(
         self, name: str, sensors: tuple[str, ...] | None, period: float | None
     ) -> MachineRuntime:
@@ -267,7 +260,9 @@ class Pipeline(Worker):
     def _take_installs(self) -> None:
         while not self._installs.empty():
             result = self._installs.get_nowait()
-            runtime = self.machines[result.machine]
+            runtime = self.machines.get(result.machine)
+            if runtime is None:  # released or forgotten while it was fitted
+                continue
             self._changed[runtime.name] = runtime
             note = model_note(result, time.time())
             runtime.last_fit, runtime.last_fit_at = note["outcome"], note["at"]
@@ -354,13 +349,27 @@ class Pipeline(Worker):
         acknowledged = runtime.firing and runtime.tracker.acknowledged_by is not None
         self.metrics.alert_acknowledged.labels(machine=name).set(acknowledged)
 
-    def drop_machine(self, name: str) -> None:
+    def _let_go(self, name: str) -> MachineRuntime:
+        """Forgets the machine's runtime, scorer and series; its models stay."""
         runtime = self.machines.pop(name)
-        self._at_machine_limit = False
+        self.learner.drop(name)
+        self.admission.room_made()
         self._changed.pop(name, None)
         self.scoring.scorer.forget(name)
         self.metrics.remove_machine(name)
         self.board.remove(name)
+        return runtime
+
+    def _take_releases(self) -> None:
+        releases = self._releases
+        while releases and releases[0][1] <= self.queue.taken:
+            for name in releases.popleft()[0]:
+                if name in self.machines:
+                    self._let_go(name)
+                    log.info("machine_released", machine=name, reason="partition moved")
+
+    def drop_machine(self, name: str) -> None:
+        runtime = self._let_go(name)
         if self.homeassistant is not None:
             self.homeassistant.forget(name)
         self.publisher.clear_alert(name)
@@ -377,6 +386,7 @@ class Pipeline(Worker):
                 runtime.history.note(command_note(command, outcome))
             reply(outcome)
         self.operator.take_offline()
+        self._take_releases()
 
     def _follow_conditions(self) -> None:
         now = time.time()

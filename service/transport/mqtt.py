@@ -124,7 +124,8 @@ class MqttClient:
     def pause_input(self) -> None:
         """Stop taking readings (first step of shutdown); the session keeps what follows."""
         self.subscribed.clear()
-        if self.connected.is_set():
+        # An UNSUBSCRIBE of no topic (the NATS input's case) is a malformed packet.
+        if self.connected.is_set() and self.subscriptions:
             self._client.unsubscribe(self.subscriptions)
 
     def stop(self, deadline: float) -> None:

@@ -38,6 +38,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 TORCH_LAYERS = frozenset({"scoring", "learning"})
 NOT_FOR_SERVICE = frozenset({"simulators", "tests", "benchmarks"})
 
+
 @dataclass(frozen=True)
 class Import:
     module: str  # as written, resolved to an absolute name
