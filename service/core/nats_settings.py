@@ -44,6 +44,13 @@ class NatsSettings(Section):
         description="Seconds the intake stream keeps a reading (it only feeds the "
         "partitioned stream, which holds each reading until a replica acknowledges it).",
     )
+    stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Copies JetStream keeps of the streams and consumers (3 on a NATS "
+        "cluster of three, so that losing a NATS server loses no reading).",
+    )
     partitions: int = Field(
         12,
         ge=1,

@@ -105,7 +105,8 @@ class SharedModelStore(ModelStore):
             try:
                 self._bucket = await js.object_store(BUCKET)
             except BucketNotFoundError:
-                self._bucket = await js.create_object_store(BUCKET)
+                replicas = self.nats.settings.stream_replicas
+                self._bucket = await js.create_object_store(BUCKET, replicas=replicas)
         return self._bucket
 
     async def _upload(self, machine: str, version: int, weights: bytes, meta: bytes) -> None:

@@ -63,8 +63,11 @@ def _template(topic: str) -> _Template:
 class Layout:
     """Stream, consumer and subject names of one plant's scale-out input."""
 
-    def __init__(self, stream: str, topics: tuple[str, ...], partitions: int) -> None:
+    def __init__(
+        self, stream: str, topics: tuple[str, ...], partitions: int, replicas: int = 1
+    ) -> None:
         self.stream = stream
+        self.replicas = replicas
         self.partitioned = f"{stream}_BY_MACHINE"
         self.partitions = partitions
         self._templates = [_template(t) for t in topics]
@@ -118,6 +121,7 @@ class Layout:
             "retention": "limits",
             "max_age": int(max_age * NANOS),
             "storage": "file",
+            "num_replicas": self.replicas,
         }
 
     def partitioned_config(self) -> dict[str, object]:
@@ -125,6 +129,7 @@ class Layout:
             "name": self.partitioned,
             "retention": "workqueue",
             "storage": "file",
+            "num_replicas": self.replicas,
             "sources": [{"name": self.stream, "subject_transforms": self.transforms()}],
         }
 
@@ -142,4 +147,5 @@ class Layout:
             "priority_groups": [GROUP],
             "priority_policy": "pinned_client",
             "priority_timeout": int(pin_timeout * NANOS),
+            "num_replicas": self.replicas,
         }

@@ -66,7 +66,8 @@ class NatsInput:
         release: Callable[[list[str]], None],
     ) -> None:
         self.settings = settings.nats
-        self.layout = Layout(self.settings.stream, settings.mqtt.topics, self.settings.partitions)
+        n = self.settings
+        self.layout = Layout(n.stream, settings.mqtt.topics, n.partitions, n.stream_replicas)
         self.metrics = metrics
         self.replica = replica_index(self.settings.replica)
         self.connected = threading.Event()

@@ -206,3 +206,44 @@ def test_replicas_share_the_plant_and_take_over_a_killed_one(
         assert all(line.endswith(" 0.0") for line in late), late
     assert plant.sent > len(MACHINES) * HISTORY
     assert Counter(len(w) for w in owners(survivors).values()) == Counter({1: len(MACHINES)})
+
+
+def test_an_mqtt_plant_comes_in_through_a_mosquitto_bridge(tmp_path: Path) -> None:
+    """The plant's Mosquitto bridges `plant/#` to NATS's MQTT listener (MQTT 3.1.1, QoS 1):
+    one replica consumes every reading from JetStream, and its alerts go to Mosquitto."""
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "mqtt").mkdir()
+    (tmp_path / "aemon").mkdir()
+    server = NatsServer(tmp_path / "nats", mqtt=True).start()
+    assert server.mqtt_port is not None
+    bridge = "\n".join(
+        [
+            "connection nats",
+            f"address 127.0.0.1:{server.mqtt_port}",
+            "bridge_protocol_version mqttv311",
+            # NATS takes no bridge flag in CONNECT, nor Mosquitto's notification topics.
+            "try_private false",
+            "notifications false",
+            "remote_clientid plant-bridge",
+            "topic plant/# out 1",
+        ]
+    )
+    broker = Mosquitto(tmp_path / "mqtt", extra_config=bridge)
+    config = {**SCALE_CONFIG, "input": {"kind": "nats"}, "nats": {"servers": [server.url]}}
+    daemon = Daemon(tmp_path / "aemon", broker.port, config)
+    with running(server, broker.start(), daemon):
+        daemon.start()
+        publisher = Publisher(broker.port)
+        start = int(time.time()) - HISTORY
+        with running(publisher):
+            for ts in range(start, start + HISTORY):
+                publisher.send("plant/press-1", reading("press-1", float(ts)))
+            publisher.flush()
+        wait_until(
+            lambda: (
+                daemon.metric("aemon_readings_accepted_total", machine="press-1") == 2 * HISTORY
+            ),
+            60,
+            "every bridged reading accepted",
+        )
+        assert daemon.machines()["press-1"]["state"] in ("learning", "scoring")
