@@ -247,3 +247,78 @@ def test_an_mqtt_plant_comes_in_through_a_mosquitto_bridge(tmp_path: Path) -> No
             "every bridged reading accepted",
         )
         assert daemon.machines()["press-1"]["state"] in ("learning", "scoring")
+
+
+def test_what_a_killed_replica_held_comes_first_at_its_successor(tmp_path: Path) -> None:
+    """Replica 1 takes its partition's messages and never processes them (a stalled
+    pipeline keeps them unacknowledged, in progress); killed, it leaves them to NATS, which
+    delivers them again only after their ack wait, behind the readings published since.
+    Replica 0 takes the partition over, holds what it is given until they came, and takes
+    every reading in, in order: none late, none lost."""
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "mqtt").mkdir()
+    server = NatsServer(tmp_path / "nats").start()
+    broker = Mosquitto(tmp_path / "mqtt").start()
+    replicas = []
+    for i in range(2):
+        (tmp_path / f"aemon-{i}").mkdir()
+        nats_config = {
+            "servers": [server.url],
+            "partitions": 2,
+            "replica": i,
+            "replicas": 2,
+            "pin_timeout": 4.0,
+            "ack_wait": 3.0,
+        }
+        config = {**SCALE_CONFIG, "input": {"kind": "nats"}, "nats": nats_config}
+        replicas.append(Daemon(tmp_path / f"aemon-{i}", broker.port, config))
+    machines = [f"m{i:03d}" for i in range(20)]
+    with running(server, broker, *replicas):
+        replicas[0].start()
+        replicas[1].start(env={"AEMON_TEST_FAULT": "stall"})
+        start = int(time.time()) - 100
+
+        def publish(seconds: range) -> None:
+            async def send() -> None:
+                nc = await nats.connect(server.url)
+                for ts in seconds:
+                    for machine in machines:
+                        await nc.publish(f"plant.{machine}", orjson.dumps(reading(machine, ts)))
+                await nc.flush()
+                await nc.close()
+
+            asyncio.run(send())
+
+        publish(range(start, start + 20))
+        wait_until(
+            lambda: replicas[1].metric("aemon_partitions_owned") == 1,
+            30,
+            "the stalled replica holding its partition",
+        )
+
+        def settled() -> bool:
+            """Replica 0 took all of its machines' readings in; the rest wait, unacked."""
+            mine = replicas[0].machines()
+            done = all(
+                replicas[0].metric("aemon_readings_accepted_total", machine=m) == 2 * 20
+                for m in mine
+            )
+            left = stream_state(server.url, "PLANT_BY_MACHINE")["messages"]
+            return done and left == 20 * (len(machines) - len(mine))
+
+        wait_until(settled, 30, "replica 0 done with its own machines")
+        assert len(replicas[0].machines()) < len(machines), "no machine fell to replica 1"
+        replicas[1].stop(signal.SIGKILL)
+        publish(range(start + 20, start + 40))  # newer than what the dead one held
+        wait_until(
+            lambda: all(
+                replicas[0].metric("aemon_readings_accepted_total", machine=m) == 2 * 40
+                for m in machines
+            ),
+            60,
+            "every reading taken in at replica 0",
+        )
+        text = replicas[0].metrics(["aemon_readings_rejected_total"])
+        late = [line for line in text.splitlines() if 'reason="late"' in line]
+        assert all(line.endswith(" 0.0") for line in late), late
+        assert replicas[0].metric("aemon_nats_redeliveries_total") > 0
