@@ -14,14 +14,17 @@ from (not timed). Then:
 - **takeover** (n >= 2): every machine publishes once a second; replica n-1 is killed with
   SIGKILL; takeover_s is the time from the kill until every machine it had is scoring on
   another replica. Ten seconds later the publishing stops and the work-queue stream drains.
-- **losses**: `lost` is what the stream still holds after the drain (never acknowledged)
-  plus readings the survivors rejected as late (behind their windows); `duplicates` the
-  readings the survivors rejected as duplicates; `double_scored` at most the readings of
-  the messages JetStream delivered again (what the killed replica had taken in but not yet
-  acknowledged is taken in once more by its machine's new owner).
+- **losses**: `lost` is what the stream still holds after the drain (readings no replica
+  acknowledged); `late` the readings the survivors rejected as late (behind their windows:
+  a reading delivered again after its machine moved on, lost if it was never taken in
+  before, a copy if it was); `duplicates` the readings the survivors rejected as
+  duplicates; `double_scored` at most the readings of the messages JetStream delivered
+  again (what the killed replica had taken in but not yet acknowledged is taken in once
+  more by its machine's new owner).
 
 Prints a table, then one JSON line for the largest run:
-{"replicas", "machines", "readings_per_s", "takeover_s", "lost", "double_scored", "duplicates"}.
+{"replicas", "machines", "readings_per_s", "takeover_s", "lost", "late", "double_scored",
+"duplicates"}.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ class Result:
     cpu: list[float]
     takeover_s: float | None
     lost: int
+    late: int
     double_scored: int
     duplicates: int
 
@@ -227,7 +231,8 @@ def run(replicas: int, machines: int, sensors: int, block: int) -> Result:
             per_replica,
             cpu,
             takeover,
-            int(stream_messages(server.url, "PLANT_BY_MACHINE") + late),
+            stream_messages(server.url, "PLANT_BY_MACHINE"),
+            int(late),
             int(again * sensors),
             int(duplicates),
         )
@@ -247,7 +252,8 @@ def main() -> None:
         print(f"done: {n} replica(s), load average {loadavg():.1f}", flush=True)
     print(
         f"\n{'replicas':>8} {'machines':>8} {'readings/s':>11} {'per replica':>24} "
-        f"{'CPU cores each':>18} {'takeover s':>10} {'lost':>5} {'double':>7} {'dups':>5}"
+        f"{'CPU cores each':>18} {'takeover s':>10} {'lost':>5} {'late':>5} {'double':>7} "
+        f"{'dups':>5}"
     )
     for r in results:
         per = "/".join(f"{x:,.0f}" for x in r.per_replica)
@@ -255,7 +261,7 @@ def main() -> None:
         take = f"{r.takeover_s:.1f}" if r.takeover_s is not None else "-"
         print(
             f"{r.replicas:>8} {r.machines:>8} {r.readings_per_s:>11,.0f} {per:>24} {cpu:>18} "
-            f"{take:>10} {r.lost:>5} {r.double_scored:>7} {r.duplicates:>5}"
+            f"{take:>10} {r.lost:>5} {r.late:>5} {r.double_scored:>7} {r.duplicates:>5}"
         )
     largest = max(results, key=lambda r: r.replicas)
     print(
@@ -266,6 +272,7 @@ def main() -> None:
                 "readings_per_s": round(largest.readings_per_s),
                 "takeover_s": round(largest.takeover_s, 1) if largest.takeover_s else None,
                 "lost": largest.lost,
+                "late": largest.late,
                 "double_scored": largest.double_scored,
                 "duplicates": largest.duplicates,
             }

@@ -32,6 +32,7 @@ from service.stream.learning import FitResult
 from service.stream.pipeline import Pipeline
 from service.stream.publish import Publisher
 from service.stream.rejections import RejectionLog
+from service.stream.shared_alerts import SharedAlertJournal
 from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from service.stream.sparkplug import SparkplugReader
 from service.transport.http import HttpServer, MachinePages
@@ -133,7 +134,9 @@ class App:
             self.finetuner,
             self.store,
             self.mqtt.together,
-            AlertJournal(settings.state.dir / ALERT_JOURNAL),
+            AlertJournal(settings.state.dir / ALERT_JOURNAL)
+            if self.nats is None
+            else SharedAlertJournal(self.nats),
         )
         self.doors = CommandDoors(
             self.pipeline, self.publisher, self.metrics, settings.http.command_token_file

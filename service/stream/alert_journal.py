@@ -25,21 +25,28 @@ log = structlog.get_logger(__name__)
 
 
 class AlertJournal:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | None) -> None:
+        self.path = path  # None: kept in memory only
         self._firing: dict[str, AlertEvent] = {}
 
     def load(self) -> list[AlertEvent]:
         """The alerts that were firing when the daemon stopped."""
+        if self.path is None:
+            return []
         try:
             records = orjson.loads(self.path.read_bytes())
-            self._firing = {r["machine"]: _event(r) for r in records}
+            self._firing = {r["machine"]: event_from(r) for r in records}
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("alert_journal_unreadable", path=str(self.path), error=str(exc))
             return []
         return list(self._firing.values())
+
+    def firing(self, machine: str) -> AlertEvent | None:
+        """A firing alert of a machine taken over from another replica; none here (the
+        journal of one process is loaded whole at start)."""
+        return None
 
     def record(self, event: AlertEvent) -> None:
         if event.state == AlertState.FIRING:
@@ -49,6 +56,8 @@ class AlertJournal:
         self._write()
 
     def _write(self) -> None:
+        if self.path is None:
+            return
         data = orjson.dumps([asdict(e) for e in self._firing.values()])
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +71,7 @@ class AlertJournal:
             log.error("alert_journal_not_written", path=str(self.path), error=str(exc))
 
 
-def _event(record: dict[str, Any]) -> AlertEvent:
+def event_from(record: dict[str, Any]) -> AlertEvent:
     resolution = record.get("resolution")
     shares = record["top_sensors"]
     return AlertEvent(
@@ -93,20 +102,30 @@ def take_up(
     """The alerts that fired when the daemon stopped: each scoring machine's episode goes
     on; one whose machine is gone or has no model is resolved (no data would end it)."""
     for event in journal.load():
-        runtime = machines.get(event.machine)
-        if runtime is not None and runtime.detector is not None:
-            runtime.tracker.restore(event)
-            metrics.firing_of[event.machine].set(1)
-            acknowledged = event.acknowledged_by is not None
-            metrics.alert_acknowledged.labels(machine=event.machine).set(acknowledged)
-            log.info("alert_taken_up", machine=event.machine, alert_id=event.alert_id)
-            continue
-        ended = replace(
-            event,
-            kind=AlertKind.RESOLVED,
-            state=AlertState.RESOLVED,
-            ended_at=event.updated_at,
-            resolution=Resolution.NO_DATA,
-        )
-        publisher.publish_alert(ended)
-        journal.record(ended)
+        take_up_one(event, machines.get(event.machine), journal, publisher, metrics)
+
+
+def take_up_one(
+    event: AlertEvent,
+    runtime: MachineRuntime | None,
+    journal: AlertJournal,
+    publisher: Publisher,
+    metrics: Metrics,
+) -> None:
+    """One firing alert goes on at `runtime`, or is resolved when it cannot."""
+    if runtime is not None and runtime.detector is not None:
+        runtime.tracker.restore(event)
+        metrics.firing_of[event.machine].set(1)
+        acknowledged = event.acknowledged_by is not None
+        metrics.alert_acknowledged.labels(machine=event.machine).set(acknowledged)
+        log.info("alert_taken_up", machine=event.machine, alert_id=event.alert_id)
+        return
+    ended = replace(
+        event,
+        kind=AlertKind.RESOLVED,
+        state=AlertState.RESOLVED,
+        ended_at=event.updated_at,
+        resolution=Resolution.NO_DATA,
+    )
+    publisher.publish_alert(ended)
+    journal.record(ended)

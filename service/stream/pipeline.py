@@ -35,7 +35,7 @@ from service.core.types import (
 )
 from service.scoring.passes import ScoringPass, Work
 from service.stream.admission import Admission
-from service.stream.alert_journal import AlertJournal, take_up
+from service.stream.alert_journal import AlertJournal, take_up, take_up_one
 from service.stream.arrivals import Arrivals, Batch, by_machine
 from service.stream.board import Board
 from service.stream.commands import Command, Outcome
@@ -233,6 +233,8 @@ class Pipeline(Worker):
                 return
             runtime = self._add_machine(machine, *self.admission.sensors_of(machine))
             self.operator.announce(runtime)
+            if self.journal is not None and (alert := self.journal.firing(machine)):
+                take_up_one(alert, runtime, self.journal, self.publisher, self.metrics)
         rejections: list[Rejection] = []
         for rows, readings in arrivals.spans:
             if rows:

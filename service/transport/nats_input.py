@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import nats
@@ -125,6 +126,15 @@ class NatsInput:
             work.close()
             raise ConnectionError("not connected to NATS")
         return asyncio.run_coroutine_threadsafe(work, loop).result(timeout)
+
+    def submit(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` on the connection's loop, not waited for; a failure is logged."""
+        loop = self._loop
+        if loop is None:
+            work.close()
+            log.warning("nats_work_dropped", reason="not connected")
+            return
+        asyncio.run_coroutine_threadsafe(work, loop).add_done_callback(_log_failure)
 
     @property
     def client(self) -> Client | None:
@@ -265,7 +275,7 @@ class NatsInput:
 
     def on_machine(self, prefetch: Callable[[str], None]) -> None:
         """`prefetch` is called on this input's thread for each machine it first sees."""
-        self.shared.on_machine = prefetch
+        self.shared.on_machine.append(prefetch)
 
     async def _unpin_owned(self, nc: Client) -> None:
         """On a clean stop: a standby takes the partitions now, not after a pin timeout."""
@@ -274,3 +284,8 @@ class NatsInput:
             for partition in self.owned():
                 await jetstream_admin.unpin(nc, self.layout, partition)
             log.info("partitions_unpinned", partitions=self.owned(), replica=self.replica)
+
+
+def _log_failure(done: Future[None]) -> None:
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.warning("nats_work_failed", error=repr(exc))

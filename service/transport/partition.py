@@ -69,7 +69,8 @@ class Consuming:
     inflight: dict[str, float] = field(default_factory=dict)
     owned: set[int] = field(default_factory=set)
     tracked: int = 0
-    on_machine: Callable[[str], None] = field(default=lambda machine: None)
+    # Called for each machine first seen in a partition (fetches of its model and alert).
+    on_machine: list[Callable[[str], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -147,10 +148,10 @@ class Partition:
             await asyncio.wait_for(pull.done.wait(), PULL_EXPIRES + 5)
 
     async def _wait_for_room(self) -> bool:
-        """Waits while the pipeline's queue is full, at most half a pin timeout (a pin is
-        kept by pulling); whether it has room. JetStream keeps what is not pulled, so a
-        busy replica falls behind instead of shedding readings."""
-        deadline = time.monotonic() + self.shared.settings.pin_timeout / 2
+        """Waits while the pipeline's queue is full, at most a quarter of a pin timeout (a
+        pin is kept by pulling, and a loaded box delays this loop); whether it has room.
+        JetStream keeps what is not pulled: a busy replica falls behind, sheds nothing."""
+        deadline = time.monotonic() + self.shared.settings.pin_timeout / 4
         while self.shared.room() > ROOM:
             if time.monotonic() >= deadline:
                 return False
@@ -199,7 +200,8 @@ class Partition:
         if self.shared.tracked < MAX_TRACKED_MACHINES:
             self.machines.add(machine)
             self.shared.tracked += 1
-        self.shared.on_machine(machine)
+        for listener in self.shared.on_machine:
+            listener(machine)
 
     def _gain(self, pin: str) -> None:
         self.pin = pin

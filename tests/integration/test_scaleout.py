@@ -61,7 +61,7 @@ class Plant:
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
         self.sent = 0
-        self.faulty: str | None = None
+        self.faulty: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -71,7 +71,7 @@ class Plant:
 
     def _send_all(self, ts: float) -> None:
         for machine in MACHINES:
-            doc = reading(machine, ts, fault=machine == self.faulty)
+            doc = reading(machine, ts, fault=machine in self.faulty)
             self.publisher.send(f"plant/{machine}", doc)
             self.sent += 1
 
@@ -89,6 +89,10 @@ class Plant:
         self._stop.set()
         self._thread.join(10)
         self.publisher.flush()
+
+
+def events(alerts: Subscriber, machine: str, kind: str) -> list[dict[str, Any]]:
+    return [a for a in alerts.json_on(f"aemon/alerts/{machine}") if a["event"] == kind]
 
 
 def stream_state(url: str, stream: str) -> dict[str, Any]:
@@ -172,21 +176,25 @@ def test_replicas_share_the_plant_and_take_over_a_killed_one(
             moved = {m: r["model_version"] for m, r in victim.machines().items()}
             assert moved
             assert all(v is not None for v in moved.values())
+            # A fault that fires at the victim and goes on after it died.
+            burning = sorted(moved)[1]
+            plant.faulty.add(burning)
+            first = wait_until(lambda: events(alerts, burning, "raised"), 60, "the alert")[0]
             victim.stop(signal.SIGKILL)
             survivors = replicas[:2]
             wait_until(lambda: scoring(survivors, list(moved)), 60, "the moved machines scoring")
             taken = owners(survivors)
             assert all(len(taken[m]) == 1 for m in moved), "a moved machine on two replicas"
 
+            # Its alert came along: the same episode goes on, and ends, at the new owner.
+            plant.faulty.discard(burning)
+            ended = wait_until(lambda: events(alerts, burning, "resolved"), 60, "resolved")
+            assert ended[0]["alert_id"] == first["alert_id"]
+            assert len(events(alerts, burning, "raised")) == 1, "the fault raised twice"
+
             faulty = sorted(moved)[0]
-            plant.faulty = faulty
-            raised = wait_until(
-                lambda: [
-                    a for a in alerts.json_on(f"aemon/alerts/{faulty}") if a["event"] == "raised"
-                ],
-                60,
-                "the moved machine's alert",
-            )
+            plant.faulty.add(faulty)
+            raised = wait_until(lambda: events(alerts, faulty, "raised"), 60, "the alert")
             # Its model came along: scored by the version it had, not learnt again.
             assert raised[0]["model_version"] == moved[faulty]
         finally:
