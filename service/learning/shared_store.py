@@ -12,14 +12,12 @@ and the loaded weights are checked against the SHA-256 of `meta.json` as any ver
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import structlog
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from service.core.metrics import Metrics
@@ -34,7 +32,7 @@ from service.learning.store import (
 )
 from service.learning.store_meta import TrainingFacts
 from service.scoring.detector import Detector
-from service.transport.nats_input import NatsInput
+from service.transport.nats_input import NatsInput, Prefetches
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +40,6 @@ BUCKET = "aemon-models"
 # Seconds a copy to or from the object store may take before the replica goes on with its
 # cache alone (the pipeline thread waits for a fetch when a machine arrives).
 TIMEOUT = 10.0
-# Prefetches not yet taken by the pipeline, at most (made-up machine names cannot grow it).
-MAX_FETCHING = 65_536
 
 
 class SharedModelStore(ModelStore):
@@ -52,9 +48,8 @@ class SharedModelStore(ModelStore):
         self.nats = nats
         self.metrics = metrics
         self._bucket: ObjectStore | None = None
-        # Fetches started when the input first saw a machine, by machine.
-        self._fetching: dict[str, Future[None]] = {}
-        nats.on_machine(self.prefetch)
+        self._fetches = Prefetches(nats, self._fetch)
+        nats.on_machine(self._fetches.start)
         for operation in ("save", "fetch"):
             metrics.shared_model_failures.labels(operation=operation)
 
@@ -73,21 +68,9 @@ class SharedModelStore(ModelStore):
             self._failed("save", machine, exc)
         return version
 
-    def prefetch(self, machine: str) -> None:
-        """Starts fetching the machine's model when its first message comes (on the NATS
-        input's loop): a takeover's machines are fetched together, not one by one on the
-        pipeline's thread."""
-        if machine not in self._fetching and len(self._fetching) < MAX_FETCHING:
-            loop = asyncio.get_running_loop()
-            self._fetching[machine] = asyncio.run_coroutine_threadsafe(self._fetch(machine), loop)
-
     def load_current(self, machine: str) -> Detector | None:
         try:
-            fetching = self._fetching.pop(machine, None)
-            if fetching is not None:
-                fetching.result(TIMEOUT)
-            else:
-                self.nats.call(self._fetch(machine), TIMEOUT)
+            self._fetches.take(machine, TIMEOUT)
         except Exception as exc:  # the cache, if any, is used
             self._failed("fetch", machine, exc)
         return super().load_current(machine)
@@ -98,15 +81,7 @@ class SharedModelStore(ModelStore):
 
     async def _store(self) -> ObjectStore:
         if self._bucket is None:
-            client = self.nats.client
-            if client is None:
-                raise ConnectionError("not connected to NATS")
-            js = client.jetstream()
-            try:
-                self._bucket = await js.object_store(BUCKET)
-            except BucketNotFoundError:
-                replicas = self.nats.settings.stream_replicas
-                self._bucket = await js.create_object_store(BUCKET, replicas=replicas)
+            self._bucket = await self.nats.object_store(BUCKET)
         return self._bucket
 
     async def _upload(self, machine: str, version: int, weights: bytes, meta: bytes) -> None:

@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from concurrent.futures import Future
 from dataclasses import asdict
 
 import orjson
 import structlog
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from service.core.types import AlertEvent, AlertState
 from service.stream.alert_journal import AlertJournal, event_from
-from service.transport.nats_input import NatsInput
+from service.transport.nats_input import NatsInput, Prefetches
 
 log = structlog.get_logger(__name__)
 
 BUCKET = "aemon-alerts"
 # Seconds the pipeline waits for a machine's alert when it takes the machine over.
 TIMEOUT = 5.0
-# Look-ups not yet taken by the pipeline, at most (made-up machine names cannot grow it).
-MAX_FETCHING = 65_536
 
 
 def key_of(machine: str) -> str:
@@ -46,8 +43,8 @@ class SharedAlertJournal(AlertJournal):
         self.nats = nats
         self._bucket: KeyValue | None = None
         self._order: asyncio.Lock | None = None
-        self._fetching: dict[str, Future[AlertEvent | None]] = {}
-        nats.on_machine(self.prefetch)
+        self._looked_up = Prefetches(nats, self._get)
+        nats.on_machine(self._looked_up.start)
 
     def record(self, event: AlertEvent) -> None:
         """Puts a firing alert, deletes a resolved one; not waited for (the pipeline's
@@ -57,33 +54,16 @@ class SharedAlertJournal(AlertJournal):
         else:
             self.nats.submit(self._delete(event.machine))
 
-    def prefetch(self, machine: str) -> None:
-        """Starts the look-up when the input first sees the machine (on its loop)."""
-        if machine not in self._fetching and len(self._fetching) < MAX_FETCHING:
-            loop = asyncio.get_running_loop()
-            self._fetching[machine] = asyncio.run_coroutine_threadsafe(self._get(machine), loop)
-
     def firing(self, machine: str) -> AlertEvent | None:
         try:
-            fetching = self._fetching.pop(machine, None)
-            if fetching is not None:
-                return fetching.result(TIMEOUT)
-            return self.nats.call(self._get(machine), TIMEOUT)
+            return self._looked_up.take(machine, TIMEOUT)
         except Exception as exc:  # the machine goes on without the alert it had
             log.warning("shared_alert_unknown", machine=machine, error=repr(exc))
             return None
 
     async def _kv(self) -> KeyValue:
         if self._bucket is None:
-            client = self.nats.client
-            if client is None:
-                raise ConnectionError("not connected to NATS")
-            js = client.jetstream()
-            try:
-                self._bucket = await js.key_value(BUCKET)
-            except BucketNotFoundError:
-                replicas = self.nats.settings.stream_replicas
-                self._bucket = await js.create_key_value(bucket=BUCKET, replicas=replicas)
+            self._bucket = await self.nats.key_value(BUCKET)
         return self._bucket
 
     def _lock(self) -> asyncio.Lock:

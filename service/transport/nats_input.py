@@ -22,11 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import nats
 import structlog
 from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from service.core.config import Settings
 from service.core.metrics import Metrics
@@ -41,6 +45,8 @@ T = TypeVar("T")
 # How often queued acknowledgements are sent: well within ack_wait, and a send per cycle
 # of the pipeline rather than per message.
 ACK_INTERVAL = 0.05
+# Look-ups of machines' models and alerts waiting for the pipeline, at most.
+MAX_PREFETCHES = 65_536
 # Seconds between attempts to put the streams and consumers in place.
 DECLARE_RETRY = 2.0
 _ORDINAL = re.compile(r"-(\d+)$")
@@ -136,9 +142,27 @@ class NatsInput:
             return
         asyncio.run_coroutine_threadsafe(work, loop).add_done_callback(_log_failure)
 
-    @property
-    def client(self) -> Client | None:
-        return self._nc
+    async def object_store(self, bucket: str) -> ObjectStore:
+        """JetStream's object store `bucket`, made if missing (`nats.stream_replicas`)."""
+        js = self._jetstream()
+        try:
+            return await js.object_store(bucket)
+        except BucketNotFoundError:
+            return await js.create_object_store(bucket, replicas=self.settings.stream_replicas)
+
+    async def key_value(self, bucket: str) -> KeyValue:
+        """JetStream's key-value bucket `bucket`, made if missing."""
+        js = self._jetstream()
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            replicas = self.settings.stream_replicas
+            return await js.create_key_value(bucket=bucket, replicas=replicas)
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._nc is None:
+            raise ConnectionError("not connected to NATS")
+        return self._nc.jetstream()
 
     def owned(self) -> list[int]:
         return sorted(self.shared.owned)
@@ -289,3 +313,28 @@ class NatsInput:
 def _log_failure(done: Future[None]) -> None:
     if not done.cancelled() and (exc := done.exception()) is not None:
         log.warning("nats_work_failed", error=repr(exc))
+
+
+class Prefetches(Generic[T]):
+    """Look-ups started on the input's loop when a machine's first message comes, taken
+    (waited for) by the pipeline when it adds the machine: a takeover's machines are looked
+    up together, not one by one on the pipeline's thread. At most `MAX_PREFETCHES` wait,
+    so that made-up machine names cannot grow it."""
+
+    def __init__(self, nats: NatsInput, look_up: Callable[[str], Coroutine[Any, Any, T]]):
+        self.nats = nats
+        self.look_up = look_up
+        self._started: dict[str, Future[T]] = {}
+
+    def start(self, machine: str) -> None:
+        """On the input's loop."""
+        if machine not in self._started and len(self._started) < MAX_PREFETCHES:
+            loop = asyncio.get_running_loop()
+            self._started[machine] = asyncio.run_coroutine_threadsafe(self.look_up(machine), loop)
+
+    def take(self, machine: str, timeout: float) -> T:
+        """The look-up's result, started now if it was not; from any other thread."""
+        started = self._started.pop(machine, None)
+        if started is not None:
+            return started.result(timeout)
+        return self.nats.call(self.look_up(machine), timeout)
