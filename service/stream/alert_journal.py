@@ -55,6 +55,11 @@ class AlertJournal:
             return
         self._write()
 
+    def forget(self, machine: str) -> None:
+        """A forgotten machine's alert is no longer taken up."""
+        if self._firing.pop(machine, None) is not None:
+            self._write()
+
     def _write(self) -> None:
         if self.path is None:
             return

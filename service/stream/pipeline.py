@@ -375,6 +375,8 @@ class Pipeline(Worker):
         if self.homeassistant is not None:
             self.homeassistant.forget(name)
         self.publisher.clear_alert(name)
+        if self.journal is not None:
+            self.journal.forget(name)
         aside = self.store.forget(name) if self.store is not None else None
         log.warning(
             "machine_forgotten", machine=name, models_moved_to=str(aside), sensors=runtime.sensors

@@ -54,6 +54,9 @@ class SharedAlertJournal(AlertJournal):
         else:
             self.nats.submit(self._delete(event.machine))
 
+    def forget(self, machine: str) -> None:
+        self.nats.submit(self._delete(machine))
+
     def firing(self, machine: str) -> AlertEvent | None:
         try:
             return self._looked_up.take(machine, TIMEOUT)

@@ -41,11 +41,11 @@ SCALE_CONFIG: dict[str, dict[str, Any]] = {
     "window": {"length": 5, "stride": 1, "max_stale": 5.0, "lateness": 2.0},
     "learning": {"windows": 30},
     "discovery": {"period": 2.0},
-    "model": {"kind": "dense", "epochs": 15},
+    "model": {"kind": "dense", "epochs": 8},
     "alert": {"k": 3, "n": 5, "m": 10},
     "ingest": {"max_payload_bytes": 4096},
 }
-HISTORY = 60  # seconds of readings each machine has before the live stream
+HISTORY = 45  # seconds of readings each machine has before the live stream
 
 
 def reading(machine: str, ts: float, fault: bool = False) -> dict[str, Any]:

@@ -91,6 +91,15 @@ def test_the_journal_gives_back_the_firing_alert_and_the_tracker_takes_it_up(
     assert AlertJournal(tmp_path / "alerts.json").load() == []
 
 
+def test_a_forgotten_machine_leaves_no_alert_to_take_up(tmp_path: Path) -> None:
+    journal = AlertJournal(tmp_path / "alerts.json")
+    event = firing_tracker().acknowledge("ana", 1000.0)
+    assert event is not None
+    journal.record(event)
+    journal.forget(event.machine)
+    assert AlertJournal(tmp_path / "alerts.json").load() == []
+
+
 def test_a_false_alarm_releases_its_episode_windows_as_normal_data() -> None:
     buffer = TrainingBuffer(FinetuneSettings(admit_every=1, margin_windows=2, recent_windows=50))
     window = [np.full((3, 2), float(i), np.float32) for i in range(20)]
