@@ -6,7 +6,7 @@ same alert tracker (k of n to raise, m clean to resolve) and the same point-wise
 through `aemon evaluate`'s own code (`service.offline.evaluate`); only the scorer differs.
 aemon's rows are the detectors `aemon evaluate` builds (`default_factory`) with the model
 family and threshold method replaced; peers follow the same `Scorer` protocol, with their
-own threshold rule (the configured quantile and margin, calibrated on held-out windows).
+own threshold rule (the configured quantile, spread and margin, on held-out windows).
 
 - SKAB valve1 (`--data-skab`, default `$SKAB_DIR` or `../shared/datasets/skab` beside the
   repository): per file, a fresh detector fits on the windows of the first 400 rows and
@@ -111,7 +111,7 @@ TEP_REFERENCE: dict[str, dict[str, float]] = {
 # mean squared error of a dense model, for comparison.
 PLAIN_SCORING: dict[str, dict[str, object]] = {
     "model": {"kind": "dense", "offset_weight": 0.0, "drift_widening": 0.0, "offset_discount": 0.0},
-    "threshold": {"margin": 1.5},
+    "threshold": {"margin": 1.5, "spread": 0.0},
 }
 
 Update = dict[str, dict[str, object]]
@@ -144,7 +144,8 @@ class RowPeer:
     `lags` > 0, the newest row and the `lags` rows before it, stacked side by side).
 
     Rows are z-scored on the training part; the threshold is calibrated like aemon's, on the
-    held-out part of the learning windows (`split_holdout`), by the same method and margin.
+    held-out part of the learning windows (`split_holdout`), by the same method, spread and
+    margin.
     Per-sensor errors (for the alert's top sensors only) are the newest row's squared
     z-scores."""
 
@@ -232,12 +233,13 @@ class DynamicPca(PcaT2Q):
 class ExcessPeer(RowPeer):
     """A peer with a bounded raw score that does not start at 0 (normal rows score about 0.5
     in an Isolation Forest, and no row scores above 1): its score is the excess over the
-    median raw score of the training rows. Its threshold is the quantile alone: a margin
-    multiplies an unbounded error, but times a bounded score it can exceed what the most
+    median raw score of the training rows. Its threshold is the quantile alone: a margin or
+    a spread widens an unbounded error, but on a bounded score it can exceed what the most
     anomalous row scores, and the peer would never alarm."""
 
     def calibrate(self, rows: FloatArray, threshold: ThresholdSettings) -> float:
-        return calibrate(self.score_rows(rows), threshold.model_copy(update={"margin": 1.0}))
+        plain = threshold.model_copy(update={"margin": 1.0, "spread": 0.0})
+        return calibrate(self.score_rows(rows), plain)
 
     def fit_rows(self, rows: FloatArray) -> None:
         self.fit_raw(rows)

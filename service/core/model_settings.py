@@ -63,10 +63,19 @@ class ThresholdSettings(Section):
     method: Literal["quantile", "spot"] = Field(
         "quantile",
         description="Calibration on normal scores: quantile, or spot (a GPD tail fit, "
-        "Siffer et al. 2017); both are multiplied by margin.",
+        "Siffer et al. 2017); both are widened by spread and multiplied by margin.",
     )
     quantile: float = Field(0.995, gt=0.5, lt=1, description="Quantile of held-out normal scores.")
-    margin: float = Field(2.0, ge=1, description="Threshold = quantile x margin.")
+    margin: float = Field(
+        1.0, ge=1, description="Threshold = (quantile + spread x (quantile - median)) x margin."
+    )
+    spread: float = Field(
+        2.5,
+        ge=0,
+        description="How many times the held-out scores' own width (their quantile minus "
+        "their median) the threshold lies beyond the quantile (0 and margin 2: the former "
+        "rule, quantile x 2).",
+    )
     holdout: float = Field(
         0.25,
         gt=0,

@@ -39,7 +39,7 @@ from service.scoring.detector import (
     train_model,
 )
 from service.scoring.latent import fit_map
-from service.scoring.threshold import calibrate, promoted_threshold
+from service.scoring.threshold import fitted_threshold, promoted_threshold
 from service.stream.learning import FitRequest, FitResult, TuneRequest
 
 log = structlog.get_logger(__name__)
@@ -231,10 +231,11 @@ def _promoted_threshold(
     settings: Settings, job: TuneJob, candidate: Detector, holdout_scores: FloatArray
 ) -> float:
     """Calibrated as a first fit is (held-out scores, floored by the training windows'
-    own), then bounded by `promoted_threshold`; reaching the ceiling is logged."""
+    own quantile: `fitted_threshold`), then bounded by `promoted_threshold`; reaching the
+    ceiling is logged."""
     t, f = settings.threshold, settings.finetune
     train_scores = candidate.score_many(job.train)[0]
-    calibrated = max(calibrate(holdout_scores, t), calibrate(train_scores, t))
+    calibrated = fitted_threshold(holdout_scores, train_scores, t)
     current = job.current.threshold
     base = job.current.base_threshold or current
     threshold = promoted_threshold(current, base, calibrated, f)

@@ -21,7 +21,7 @@ from service.core.types import FloatArray
 from service.scoring.batched import residual_errors
 from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
-from service.scoring.threshold import calibrate
+from service.scoring.threshold import fitted_threshold
 
 # A sensor that was constant while learning would otherwise divide by ~0 and turn any
 # later wiggle of its noise into a huge error.
@@ -124,22 +124,17 @@ class Detector:
         the older ones only (`split_holdout`); the model then trains on for half its
         epochs on all the windows, so the newest operating points are learnt too. Having
         seen more, it scores unseen windows no worse, typically: the threshold errs high
-        rather than low. Nor is it below that first model's calibration on all the
-        learning windows. `on_epoch(done, total)` follows both trainings; setting `cancel`
-        stops them at the next batch with `FitCancelledError`."""
+        rather than low. Nor is it below the plain quantile of that first model's scores
+        of all the learning windows (`threshold.fitted_threshold`). `on_epoch(done,
+        total)` follows both trainings; setting `cancel` stops them at the next batch with
+        `FitCancelledError`."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(windows)
         first, then = self.settings.epochs, max(1, self.settings.epochs // 2)
         progress = _Progress(on_epoch, first + then)
         train_model(self.model, self.scaled(train), self.settings, first, cancel, progress.at(0))
         holdout_scores, _ = self.score_many(holdout)
-        # A learning period shorter than the machine's cycle leaves the newest block short
-        # of some operating points: the threshold is never below the calibration on all
-        # the learning windows.
-        self.threshold = max(
-            calibrate(holdout_scores, threshold),
-            calibrate(self.score_many(windows)[0], threshold),
-        )
+        self.threshold = fitted_threshold(holdout_scores, self.score_many(windows)[0], threshold)
         self.base_threshold = self.threshold
         x = self.scaled(windows)
         loss = train_model(self.model, x, self.settings, then, cancel, progress.at(first))

@@ -1,9 +1,10 @@
 """Threshold calibration on scores of normal windows, and drift on the scores.
 
-Two methods, both multiplied by `margin`: a plain quantile of the normal scores, and SPOT
-(Siffer et al., "Anomaly Detection in Streams with Extreme Value Theory", KDD 2017), which
-fits a Generalized Pareto Distribution to the peaks over a high quantile and extrapolates
-to a risk far smaller than a sample of a few hundred scores can show.
+Two methods: a plain quantile of the normal scores, and SPOT (Siffer et al., "Anomaly
+Detection in Streams with Extreme Value Theory", KDD 2017), which fits a Generalized Pareto
+Distribution to the peaks over a high quantile and extrapolates to a risk far smaller than a
+sample of a few hundred scores can show. Either estimate `z` is then widened by `spread`
+times the scores' own width, `z - median`, and multiplied by `margin`.
 
 >>> import numpy as np
 >>> scores = np.linspace(0.0, 1.0, 101)
@@ -11,6 +12,16 @@ to a risk far smaller than a sample of a few hundred scores can show.
 0.99
 >>> round(quantile_threshold(scores, quantile=0.99, margin=1.5), 3)
 1.485
+
+The width is the scores' own: a machine whose normal scores vary little around their median
+(a mean over many sensors' errors, say) gets a threshold closer to its quantile, in ratio,
+than one whose scores vary much.
+
+>>> round(widened(0.99, scores, spread=2.5) / 0.99, 2)
+2.24
+>>> narrow = np.linspace(0.9, 1.0, 101)
+>>> round(widened(0.999, narrow, spread=2.5) / 0.999, 2)
+1.12
 
 For exponential scores the tail is exactly a GPD with shape 0, and the quantile of risk
 `q` is `-ln(q)`: 6.91 for `q = 1e-3`.
@@ -25,7 +36,7 @@ For exponential scores the tail is exactly a GPD with shape 0, and the quantile 
 Too few scores for a tail fit: `calibrate` falls back to the quantile and logs why.
 
 >>> from service.core.config import FinetuneSettings, ThresholdSettings
->>> spot = ThresholdSettings(method="spot", quantile=0.99, margin=1.0)
+>>> spot = ThresholdSettings(method="spot", quantile=0.99, margin=1.0, spread=0.0)
 >>> from structlog.testing import capture_logs
 >>> with capture_logs() as logs:
 ...     threshold = calibrate(np.linspace(0.0, 1.0, 15), spot)
@@ -67,13 +78,29 @@ class SpotFitError(ValueError):
 def quantile_threshold(scores: npt.ArrayLike, quantile: float, margin: float) -> float:
     """`margin` times the `quantile` of normal scores: the margin covers what a finite sample
     of normal operation has not shown yet."""
+    return float(np.quantile(_checked(scores), quantile) * margin)
+
+
+def widened(z: float, scores: npt.ArrayLike, spread: float) -> float:
+    """`z`, a high quantile of normal `scores`, moved `spread` times their width (`z` minus
+    their median) further out.
+
+    Why not a ratio: what normal operation has not shown yet is measured best in the spread
+    the scores did show. A fixed ratio (x2) is a different number of such widths on each
+    machine: many for a score that averages the errors of 50 sensors (its 99.5 % quantile is
+    1.4 times its median), few for one of 8 sensors (2 - 3 times); the first then misses
+    what the second would catch."""
+    return z + spread * max(z - float(np.median(_checked(scores))), 0.0)
+
+
+def _checked(scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
         raise ValueError("cannot calibrate a threshold on no scores")
     if not np.isfinite(values).all():
         # A NaN threshold would compare false with every score: a model that never alerts.
         raise ValueError("cannot calibrate a threshold on non-finite scores")
-    return float(np.quantile(values, quantile) * margin)
+    return values
 
 
 @dataclass(frozen=True)
@@ -198,8 +225,10 @@ def _log_likelihood(y: npt.NDArray[np.float64], gamma: float, sigma: float) -> f
 
 
 def calibrate(scores: npt.ArrayLike, settings: ThresholdSettings) -> float:
-    """The threshold that `settings.method` gives for these normal scores, times `margin`.
-    SPOT falls back to the quantile method, with a logged reason, when its fit fails."""
+    """The threshold that `settings.method` gives for these held-out normal scores, widened
+    by `spread` (`widened`) and times `margin`. SPOT falls back to the quantile method, with
+    a logged reason, when its fit fails."""
+    z = quantile_threshold(scores, settings.quantile, 1.0)
     if settings.method == "spot":
         try:
             z = spot_threshold(
@@ -212,9 +241,27 @@ def calibrate(scores: npt.ArrayLike, settings: ThresholdSettings) -> float:
                 scores=int(np.size(scores)),
                 quantile=settings.quantile,
             )
-        else:
-            return z * settings.margin
-    return quantile_threshold(scores, settings.quantile, settings.margin)
+    return widened(z, scores, settings.spread) * settings.margin
+
+
+def fitted_threshold(
+    holdout: npt.ArrayLike, learnt: npt.ArrayLike, settings: ThresholdSettings
+) -> float:
+    """A fit's threshold: calibrated on the `holdout` scores (windows the model did not train
+    on), and never below the plain quantile of the scores of all the windows it `learnt`
+    (times `margin`), since a learning period shorter than the machine's cycle leaves the
+    newest block short of some operating points. That floor is not widened: windows the
+    model trained on score low, so their width says how well it fits them, not how normal
+    operation varies.
+
+    >>> t = ThresholdSettings(quantile=0.99, margin=1.0, spread=2.5)
+    >>> round(fitted_threshold(np.linspace(0.0, 1.0, 101), np.zeros(50), t), 3)
+    2.215
+    >>> round(fitted_threshold(np.zeros(50), np.linspace(0.0, 1.0, 101), t), 3)
+    0.99
+    """
+    floor = quantile_threshold(learnt, settings.quantile, settings.margin)
+    return max(calibrate(holdout, settings), floor)
 
 
 def promoted_threshold(

@@ -16,6 +16,7 @@ from service.scoring.threshold import (
     SpotFitError,
     calibrate,
     fit_spot,
+    fitted_threshold,
     grimshaw,
     quantile_threshold,
     spot_threshold,
@@ -118,13 +119,50 @@ def test_calibrate_falls_back_to_the_quantile_with_a_logged_reason() -> None:
 
 def test_calibrate_applies_the_margin_to_both_methods() -> None:
     scores = gpd_sample(2000, 0.0, 1.0, seed=4)
-    spot = ThresholdSettings(method="spot", spot_risk=1e-4, margin=1.0)
-    quantile = ThresholdSettings(method="quantile", quantile=0.99, margin=1.0)
+    spot = ThresholdSettings(method="spot", spot_risk=1e-4, margin=1.0, spread=0.0)
+    quantile = ThresholdSettings(method="quantile", quantile=0.99, margin=1.0, spread=0.0)
     for settings in (spot, quantile):
         plain = calibrate(scores, settings)
         wider = calibrate(scores, settings.model_copy(update={"margin": 1.25}))
         assert wider == pytest.approx(1.25 * plain)
     assert calibrate(scores, spot) == pytest.approx(spot_threshold(scores, 1e-4))
+
+
+def test_calibrate_widens_both_methods_by_the_scores_own_width() -> None:
+    scores = gpd_sample(2000, 0.0, 1.0, seed=4)
+    median = float(np.median(scores))
+    for method in ("spot", "quantile"):
+        plain = ThresholdSettings(method=method, spot_risk=1e-4, margin=1.0, spread=0.0)
+        z = calibrate(scores, plain)
+        widened = calibrate(scores, plain.model_copy(update={"spread": 2.5, "margin": 1.5}))
+        assert widened == pytest.approx((z + 2.5 * (z - median)) * 1.5)
+
+
+def test_the_default_margin_is_a_number_of_widths_not_a_ratio() -> None:
+    """Two machines whose held-out scores have the same 99.5 % quantile: one whose scores
+    vary little around their median (an average over many sensors' errors), one whose
+    scores vary much. A ratio (x2) gave both the same threshold; the defaults give the
+    steady one a threshold nearer its quantile, since a score that varied so little in
+    normal operation is unusual sooner."""
+    rng = np.random.default_rng(0)
+    steady = 1.0 + 0.05 * rng.standard_normal(400)
+    varied = np.exp(0.4 * rng.standard_normal(400))
+    varied *= np.quantile(steady, 0.995) / np.quantile(varied, 0.995)
+    settings = ThresholdSettings()
+    assert (settings.margin, settings.spread) == (1.0, 2.5)
+    q = float(np.quantile(steady, 0.995))
+    assert calibrate(steady, settings) / q == pytest.approx(1.3, abs=0.05)
+    assert calibrate(varied, settings) / q == pytest.approx(2.5, abs=0.1)
+
+
+def test_a_fits_floor_is_the_plain_quantile_of_the_learnt_windows() -> None:
+    """Windows the model trained on score low: their median would widen the floor by how
+    well the model fits them, not by how normal operation varies."""
+    settings = ThresholdSettings(quantile=0.99, margin=1.5, spread=2.5)
+    holdout = np.full(100, 1.0)
+    learnt = np.r_[np.full(900, 0.1), np.full(100, 2.0)]
+    assert fitted_threshold(holdout, learnt, settings) == pytest.approx(2.0 * 1.5)
+    assert fitted_threshold(holdout * 3, learnt, settings) == pytest.approx(4.5)
 
 
 def test_spot_extrapolates_past_the_quantile_method() -> None:
