@@ -18,7 +18,7 @@ import torch
 
 from service.core.config import ModelSettings, ThresholdSettings
 from service.core.types import FloatArray
-from service.scoring.batched import residual_errors
+from service.scoring.batched import Span, residual_errors
 from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
 from service.scoring.threshold import calibrate
@@ -50,14 +50,39 @@ class FitReport:
     holdout_scores: FloatArray = field(repr=False)
 
 
+@dataclass(frozen=True)
+class StackRow:
+    """Where the weights of a detector that a stack scores live (`service.scoring.stacked`):
+    its row of the stack, and the stack's model without numbers (on the meta device) with
+    each parameter's place in the row."""
+
+    row: torch.Tensor  # [n_weights]
+    skeleton: Autoencoder
+    spans: Mapping[str, Span]
+
+    def module(self) -> Autoencoder:
+        """A model whose parameters are views of the row: what is written into them in
+        place is written into the row."""
+        module = copy.deepcopy(self.skeleton)
+        views = {name: self.row[s.start : s.stop].view(s.shape) for name, s in self.spans.items()}
+        module.load_state_dict(views, assign=True)
+        return module
+
+
 @dataclass
 class Detector:
-    """Scores windows `[batch, time, sensors]` of one machine."""
+    """Scores windows `[batch, time, sensors]` of one machine.
+
+    Its weights are its `module`'s, or, once a stack scores it, its row of the stack
+    (`stacked`): a module of its own costs a plant ~35 KB of Python objects a machine
+    (1,000 conv models: 34 MiB) on top of the weights, so a stack member keeps none, and
+    `model` builds one over the row when something asks for it (the status page, a clone
+    for a fine-tune, a save)."""
 
     sensors: tuple[str, ...]
     window: int
     settings: ModelSettings
-    model: Autoencoder
+    module: Autoencoder | None
     mean: FloatArray
     std: FloatArray
     threshold: float = float("inf")
@@ -71,10 +96,48 @@ class Detector:
     # The 2-D map of the model's latent codes, fitted on its training windows (the status
     # page's); None for a model saved before maps existed, until its next fine-tune.
     latent_map: LatentMap | None = field(default=None, repr=False)
+    stacked: StackRow | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.held_weight.shape != (len(self.sensors),):
             self.held_weight = np.ones(len(self.sensors), np.float32)
+
+    @property
+    def model(self) -> Autoencoder:
+        """The autoencoder; for a stack member, a new module over its row at each read."""
+        if self.module is not None:
+            return self.module
+        assert self.stacked is not None, "a detector has a module or a row"
+        return self.stacked.module()
+
+    def weights_into(
+        self, row: torch.Tensor, skeleton: Autoencoder, spans: Mapping[str, Span]
+    ) -> None:
+        """Copies the weights into `row` and keeps them there alone (its module is dropped).
+        A model with buffers keeps its module: the row holds parameters only."""
+        source = self.model
+        with torch.no_grad():
+            for span, param in zip(spans.values(), source.parameters(), strict=True):
+                row[span.start : span.stop].view(span.shape).copy_(param)
+        if next(source.buffers(), None) is not None:
+            for span, param in zip(spans.values(), source.parameters(), strict=True):
+                param.data = row[span.start : span.stop].view(span.shape)
+            return
+        self.module = None
+        self.stacked = StackRow(row, skeleton, spans)
+
+    def own_weights(self) -> None:
+        """Takes its weights out of a stack: a copy of its row (or of its module's views)
+        becomes its own, and the row may be reused."""
+        if self.stacked is not None:
+            self.stacked = StackRow(
+                self.stacked.row.clone(), self.stacked.skeleton, self.stacked.spans
+            )
+            return
+        assert self.module is not None
+        with torch.no_grad():
+            for param in self.module.parameters():
+                param.data = param.data.clone()
 
     @classmethod
     def new(cls, sensors: tuple[str, ...], window: int, settings: ModelSettings) -> Detector:
@@ -149,9 +212,10 @@ class Detector:
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Scores `[batch]` and per-sensor errors `[batch, sensors]`, in one model call."""
         x = self.scaled(windows)
-        self.model.eval()
+        model = self.model
+        model.eval()
         with torch.inference_mode():
-            residual = self.model(x).recon - x
+            residual = model(x).recon - x
             errors = sensor_errors(residual, self.settings.offset_weight, self.held_weight)
         return window_scores(errors), errors
 
