@@ -21,6 +21,7 @@ from service.core.types import FloatArray
 from service.scoring.batched import Span, residual_errors
 from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
+from service.scoring.stack_row import StackRow, copy_into, point_at
 from service.scoring.threshold import calibrate
 
 # A sensor that was constant while learning would otherwise divide by ~0 and turn any
@@ -50,34 +51,13 @@ class FitReport:
     holdout_scores: FloatArray = field(repr=False)
 
 
-@dataclass(frozen=True)
-class StackRow:
-    """Where the weights of a detector that a stack scores live (`service.scoring.stacked`):
-    its row of the stack, and the stack's model without numbers (on the meta device) with
-    each parameter's place in the row."""
-
-    row: torch.Tensor  # [n_weights]
-    skeleton: Autoencoder
-    spans: Mapping[str, Span]
-
-    def module(self) -> Autoencoder:
-        """A model whose parameters are views of the row: what is written into them in
-        place is written into the row."""
-        module = copy.deepcopy(self.skeleton)
-        views = {name: self.row[s.start : s.stop].view(s.shape) for name, s in self.spans.items()}
-        module.load_state_dict(views, assign=True)
-        return module
-
-
 @dataclass
 class Detector:
     """Scores windows `[batch, time, sensors]` of one machine.
 
-    Its weights are its `module`'s, or, once a stack scores it, its row of the stack
-    (`stacked`): a module of its own costs a plant ~35 KB of Python objects a machine
-    (1,000 conv models: 34 MiB) on top of the weights, so a stack member keeps none, and
-    `model` builds one over the row when something asks for it (the status page, a clone
-    for a fine-tune, a save)."""
+    Its weights are its `module`'s, or, once a stack scores it, its row of the stack alone
+    (`stacked`, see service.scoring.stack_row): `model` then builds a module over the row
+    when something asks for one (the status page, a clone for a fine-tune, a save)."""
 
     sensors: tuple[str, ...]
     window: int
@@ -116,12 +96,9 @@ class Detector:
         """Copies the weights into `row` and keeps them there alone (its module is dropped).
         A model with buffers keeps its module: the row holds parameters only."""
         source = self.model
-        with torch.no_grad():
-            for span, param in zip(spans.values(), source.parameters(), strict=True):
-                row[span.start : span.stop].view(span.shape).copy_(param)
+        copy_into(row, spans, source)
         if next(source.buffers(), None) is not None:
-            for span, param in zip(spans.values(), source.parameters(), strict=True):
-                param.data = row[span.start : span.stop].view(span.shape)
+            point_at(row, spans, source)
             return
         self.module = None
         self.stacked = StackRow(row, skeleton, spans)
@@ -130,9 +107,7 @@ class Detector:
         """Takes its weights out of a stack: a copy of its row (or of its module's views)
         becomes its own, and the row may be reused."""
         if self.stacked is not None:
-            self.stacked = StackRow(
-                self.stacked.row.clone(), self.stacked.skeleton, self.stacked.spans
-            )
+            self.stacked = self.stacked.detached()
             return
         assert self.module is not None
         with torch.no_grad():
