@@ -18,10 +18,10 @@ import torch
 
 from service.core.config import ModelSettings, ThresholdSettings
 from service.core.types import FloatArray
-from service.scoring.batched import Span, residual_errors
+from service.scoring.batched import residual_errors
 from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
-from service.scoring.stack_row import StackRow, copy_into, point_at
+from service.scoring.stack_row import Spans, StackRow, copy_into, point_at
 from service.scoring.threshold import calibrate
 
 # A sensor that was constant while learning would otherwise divide by ~0 and turn any
@@ -90,11 +90,14 @@ class Detector:
         assert self.stacked is not None, "a detector has a module or a row"
         return self.stacked.module()
 
-    def weights_into(
-        self, row: torch.Tensor, skeleton: Autoencoder, spans: Mapping[str, Span]
-    ) -> None:
+    def weights_into(self, row: torch.Tensor, skeleton: Autoencoder, spans: Spans) -> None:
         """Copies the weights into `row` and keeps them there alone (its module is dropped).
         A model with buffers keeps its module: the row holds parameters only."""
+        if self.stacked is not None and self.stacked.spans == spans:
+            # A stack that grows moves every member: row to row, no module built.
+            row.copy_(self.stacked.row)
+            self.stacked = StackRow(row, skeleton, spans)
+            return
         source = self.model
         copy_into(row, spans, source)
         if next(source.buffers(), None) is not None:

@@ -18,6 +18,9 @@ import torch
 from service.scoring.batched import Span
 from service.scoring.models import Autoencoder
 
+# Each parameter's place in a row, by name, in `parameters()` order.
+Spans = Mapping[str, Span]
+
 
 @dataclass(frozen=True)
 class StackRow:
@@ -26,7 +29,7 @@ class StackRow:
 
     row: torch.Tensor  # [n_weights]
     skeleton: Autoencoder
-    spans: Mapping[str, Span]
+    spans: Spans
 
     def module(self) -> Autoencoder:
         """A model whose parameters are views of the row: what is written into them in
@@ -41,14 +44,14 @@ class StackRow:
         return StackRow(self.row.clone(), self.skeleton, self.spans)
 
 
-def copy_into(row: torch.Tensor, spans: Mapping[str, Span], model: Autoencoder) -> None:
+def copy_into(row: torch.Tensor, spans: Spans, model: Autoencoder) -> None:
     """Copies `model`'s parameters into their places in `row`."""
     with torch.no_grad():
         for span, param in zip(spans.values(), model.parameters(), strict=True):
             row[span.start : span.stop].view(span.shape).copy_(param)
 
 
-def point_at(row: torch.Tensor, spans: Mapping[str, Span], model: Autoencoder) -> None:
+def point_at(row: torch.Tensor, spans: Spans, model: Autoencoder) -> None:
     """Makes `model`'s parameters views of their places in `row`."""
     for span, param in zip(spans.values(), model.parameters(), strict=True):
         param.data = row[span.start : span.stop].view(span.shape)

@@ -19,6 +19,7 @@ from service.core.types import FloatArray
 from service.scoring import stacked
 from service.scoring.detector import Detector
 from service.scoring.models import Autoencoder, build_model
+from service.scoring.stack_row import StackRow
 from service.scoring.stacked import StackedScorer
 
 WINDOW = 10
@@ -209,3 +210,22 @@ def test_a_member_saves_and_clones_as_it_scores(plant: dict[str, Detector]) -> N
     probe = {"vae-2": (member, work["vae-2"][1])}
     assert_same(alone({"vae-2": (restored, probe["vae-2"][1])}), alone(probe))
     assert_same(alone({"vae-2": (clone, probe["vae-2"][1])}), alone(probe))
+
+
+def test_a_growing_stack_moves_its_members_row_to_row(
+    plant: dict[str, Detector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Growing rebinds every member; building a module for each (a deep copy of the
+    stack's model) would stall the pipeline at a plant's size."""
+    scorer = StackedScorer()
+    scorer.score(cycle(plant, seed=0))
+
+    def no_module(self: StackRow) -> Autoencoder:
+        raise AssertionError("a module was built")
+
+    monkeypatch.setattr(StackRow, "module", no_module)
+    more = {f"conv-x{k}": detector("conv", 3, seed=50 + k) for k in range(12)}
+    scorer.score(cycle(more, seed=1))  # the conv group of 6 grows past its capacity of 8
+    monkeypatch.undo()
+    work = cycle(plant | more, seed=2)
+    assert_same(scorer.score(work), alone(work))
