@@ -10,9 +10,10 @@ import torch
 # oneDNN, which runs torch's convolutions on CPU, keeps the kernel it compiled for every
 # input shape it has seen, up to 1,024 of them by default. A stacked conv call's shape is
 # its number of models and windows, which change from cycle to cycle, so a daemon fills
-# that cache: ~130 KB a shape, five convolutions a call. With 64 kept, scoring one to 63
-# models a call took 11 MiB instead of 55 MiB (and growing), in no more time: a kernel is
-# compiled again in well under a millisecond. An operator's own setting of the variable wins.
+# that cache: ~130 KB a shape, five convolutions a call. With 64 kept, calls of one to 63
+# models left 18 MiB instead of 49 MiB and growing (benchmarks/model_memory.py), in no
+# more time that in-process A/Bs could tell from a shared box's noise (docs/performance-
+# history.md). An operator's own setting of the variable wins.
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_SHAPES = 64
 
