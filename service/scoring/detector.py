@@ -21,6 +21,7 @@ from service.core.types import FloatArray
 from service.scoring.batched import residual_errors
 from service.scoring.latent import LatentMap, fit_map
 from service.scoring.models import AEOutput, Autoencoder, build_model
+from service.scoring.stack_row import Spans, StackRow, copy_into, point_at
 from service.scoring.threshold import fitted_threshold
 
 # A sensor that was constant while learning would otherwise divide by ~0 and turn any
@@ -52,12 +53,16 @@ class FitReport:
 
 @dataclass
 class Detector:
-    """Scores windows `[batch, time, sensors]` of one machine."""
+    """Scores windows `[batch, time, sensors]` of one machine.
+
+    Its weights are its `module`'s, or, once a stack scores it, its row of the stack alone
+    (`stacked`, see service.scoring.stack_row): `model` then builds a module over the row
+    when something asks for one (the status page, a clone for a fine-tune, a save)."""
 
     sensors: tuple[str, ...]
     window: int
     settings: ModelSettings
-    model: Autoencoder
+    module: Autoencoder | None
     mean: FloatArray
     std: FloatArray
     threshold: float = float("inf")
@@ -71,10 +76,46 @@ class Detector:
     # The 2-D map of the model's latent codes, fitted on its training windows (the status
     # page's); None for a model saved before maps existed, until its next fine-tune.
     latent_map: LatentMap | None = field(default=None, repr=False)
+    stacked: StackRow | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.held_weight.shape != (len(self.sensors),):
             self.held_weight = np.ones(len(self.sensors), np.float32)
+
+    @property
+    def model(self) -> Autoencoder:
+        """The autoencoder; for a stack member, a new module over its row at each read."""
+        if self.module is not None:
+            return self.module
+        assert self.stacked is not None, "a detector has a module or a row"
+        return self.stacked.module()
+
+    def weights_into(self, row: torch.Tensor, skeleton: Autoencoder, spans: Spans) -> None:
+        """Copies the weights into `row` and keeps them there alone (its module is dropped).
+        A model with buffers keeps its module: the row holds parameters only."""
+        if self.stacked is not None and self.stacked.spans == spans:
+            # A stack that grows moves every member: row to row, no module built.
+            row.copy_(self.stacked.row)
+            self.stacked = StackRow(row, skeleton, spans)
+            return
+        source = self.model
+        copy_into(row, spans, source)
+        if next(source.buffers(), None) is not None:
+            point_at(row, spans, source)
+            return
+        self.module = None
+        self.stacked = StackRow(row, skeleton, spans)
+
+    def own_weights(self) -> None:
+        """Takes its weights out of a stack: a copy of its row (or of its module's views)
+        becomes its own, and the row may be reused."""
+        if self.stacked is not None:
+            self.stacked = self.stacked.detached()
+            return
+        assert self.module is not None
+        with torch.no_grad():
+            for param in self.module.parameters():
+                param.data = param.data.clone()
 
     @classmethod
     def new(cls, sensors: tuple[str, ...], window: int, settings: ModelSettings) -> Detector:
@@ -144,9 +185,10 @@ class Detector:
     def score_many(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Scores `[batch]` and per-sensor errors `[batch, sensors]`, in one model call."""
         x = self.scaled(windows)
-        self.model.eval()
+        model = self.model
+        model.eval()
         with torch.inference_mode():
-            residual = self.model(x).recon - x
+            residual = model(x).recon - x
             errors = sensor_errors(residual, self.settings.offset_weight, self.held_weight)
         return window_scores(errors), errors
 

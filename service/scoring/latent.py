@@ -31,9 +31,11 @@ MAP_WINDOWS = 200
 class Scaled(Protocol):
     """What of a detector (`service.scoring.detector.Detector`) these need."""
 
-    model: Autoencoder
     mean: FloatArray
     std: FloatArray
+
+    @property
+    def model(self) -> Autoencoder: ...
 
     def scaled(self, windows: FloatArray) -> torch.Tensor: ...
 

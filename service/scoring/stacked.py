@@ -11,8 +11,10 @@ against vmap when its group forms.
 
 A group owns its members' numbers: one float32 tensor `[capacity, n_weights]` holds every
 member's weights, one row each, and two arrays hold the scalers. Each member detector's
-parameters, `mean` and `std` are views into its row, so the stack costs no memory of its
-own and cannot go stale: whatever changes a member's weights in place changes the stack.
+weights are its row (it keeps no torch module of its own: `Detector.model` builds one
+over the row when asked), its `mean` and `std` views into the scalers' rows, so the stack
+costs no memory of its own and cannot go stale: whatever changes a member's weights in
+place changes the stack.
 A member whose detector is replaced (a first fit, a promoted fine-tune) has its row
 overwritten; the outgoing detector first gets its own copy of the numbers, so whoever
 still holds it keeps a working model. Rows are reallocated only when a group outgrows
@@ -154,12 +156,7 @@ class StackedGroup:
 
     def _bind(self, slot: int, detector: Detector) -> None:
         """Copies `detector`'s numbers into `slot`, then makes them views of it."""
-        with torch.no_grad():
-            spans = self.spans.values()
-            for span, param in zip(spans, detector.model.parameters(), strict=True):
-                view = self.weights[slot, span.start : span.stop].view(span.shape)
-                view.copy_(param)
-                param.data = view
+        detector.weights_into(self.weights[slot], self.base, self.spans)
         self.mean[slot] = detector.mean
         self.std[slot] = detector.std
         self.held[slot] = detector.held_weight
@@ -340,9 +337,7 @@ def _spans(model: Autoencoder) -> dict[str, Span]:
 
 def _release(detector: Detector) -> None:
     """Gives an outgoing member its own copy of its numbers, leaving its row free."""
-    with torch.no_grad():
-        for param in detector.model.parameters():
-            param.data = param.data.clone()
+    detector.own_weights()
     detector.mean = detector.mean.copy()
     detector.std = detector.std.copy()
     detector.held_weight = detector.held_weight.copy()

@@ -169,7 +169,7 @@ class MachineRuntime:
     def new_normal_job(self) -> TuneRequest | None:
         """The re-baselining request on the settled windows beside the clean ones, once no
         other fine-tune is out; None meanwhile (asked again at the next scored window)."""
-        thin = not (self.buffer.recent or self.buffer.reservoir)
+        thin = not self.buffer.kept
         if not self.new_normal_due or self.tuning or self.detector is None or thin:
             return None
         self.new_normal_due = False

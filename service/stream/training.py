@@ -1,7 +1,8 @@
 """Which scored windows a machine may learn from: `TrainingBuffer`, on the pipeline thread.
 
-It only chooses and keeps references to windows; the learner stacks them into training
-sets on its own thread (service.stream.learning).
+It chooses windows and keeps the recent and the reservoir ones by copy, each set in one
+array of its own (`WindowSlots`); a request takes them out in one copy per set, which the
+learner stacks into training sets on its own thread (service.stream.learning).
 """
 
 from __future__ import annotations
@@ -14,6 +15,38 @@ from service.core.config import FinetuneSettings
 from service.core.types import FloatArray
 
 
+class WindowSlots:
+    """Up to `capacity` windows of one shape, copied into one array made at the first window.
+
+    A window as an array of its own costs its numbers plus ~240 bytes of Python object,
+    shape and allocator overhead (20 x 8 float32: 879 bytes for 640 of numbers, measured
+    with tracemalloc), and the buffers of a plant hold hundreds of them a machine, each
+    freed at its own time between others that live on. One array a set holds the numbers
+    alone, in one allocation."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._values: FloatArray | None = None
+
+    def put(self, slot: int, values: FloatArray) -> None:
+        if self._values is None or self._values.shape[1:] != values.shape:
+            self._values = np.empty((self.capacity, *values.shape), np.float32)
+        self._values[slot] = values
+
+    def view(self, slot: int) -> FloatArray:
+        """The window in `slot`, as a view: valid until the slot is written again."""
+        assert self._values is not None
+        view: FloatArray = self._values[slot]
+        return view
+
+    def copy(self, slots: list[int]) -> FloatArray:
+        """The windows of `slots`, in that order, as one new array `[n, time, sensors]`."""
+        if self._values is None:
+            return np.empty((0, 0, 0), np.float32)
+        taken: FloatArray = self._values[slots]
+        return taken
+
+
 class TrainingBuffer:
     """One machine's clean windows for fine-tuning, kept on the pipeline thread.
 
@@ -22,7 +55,8 @@ class TrainingBuffer:
     the next `margin` windows are dropped as well. Admitted windows go to a bounded recent
     buffer; the learning windows and those the recent buffer evicts are reservoir-sampled,
     so older normal operation is not forgotten. Anomalous windows of episodes are kept for
-    the gate.
+    the gate. The recent and reservoir windows are copies (`WindowSlots`), the others
+    references to the windows' own arrays.
     """
 
     def __init__(self, settings: FinetuneSettings, seed: int = 0) -> None:
@@ -34,8 +68,10 @@ class TrainingBuffer:
         self._counter = 0
         self._seen_evicted = 0
         self._rng = np.random.default_rng(seed)
-        self.recent: deque[FloatArray] = deque(maxlen=settings.recent_windows)
-        self.reservoir: list[FloatArray] = []
+        self._recent = WindowSlots(settings.recent_windows)
+        self._recent_admitted = 0  # ever: the slot of the next one is this modulo capacity
+        self._reservoir = WindowSlots(settings.reservoir_windows)
+        self._reservoir_kept = 0
         self.episodes: deque[FloatArray] = deque(maxlen=settings.episode_windows)
         self.new_since_fit = 0
         self.excluded = 0
@@ -97,6 +133,21 @@ class TrainingBuffer:
             self._keep_in_reservoir(values)
 
     @property
+    def recent(self) -> list[FloatArray]:
+        """The recent windows, oldest first (views: valid until the next admission)."""
+        return [self._recent.view(slot) for slot in self._recent_slots()]
+
+    @property
+    def reservoir(self) -> list[FloatArray]:
+        """The reservoir's windows (views: valid until the next admission)."""
+        return [self._reservoir.view(slot) for slot in range(self._reservoir_kept)]
+
+    @property
+    def kept(self) -> int:
+        """Recent and reservoir windows held."""
+        return len(self._recent_slots()) + self._reservoir_kept
+
+    @property
     def cooling(self) -> bool:
         """Within the margin after an alert episode."""
         return self._cooldown > 0
@@ -106,7 +157,10 @@ class TrainingBuffer:
         a training window are near copies of it and would calibrate too low a threshold,
         so the admissions between the two that could share a step with both are dropped
         (windows of `length` steps, one admitted every `admit_every` at stride 1 or more)."""
-        recent, older = list(self.recent), self.reservoir
+        # Copies (views of one new array per set): the buffer's arrays are written again
+        # while the learner works on its own thread.
+        recent = list(self._recent.copy(self._recent_slots()))
+        older = list(self._reservoir.copy(list(range(self._reservoir_kept))))
         if len(recent) < 2:
             # Right after learning (a re-baselining may come before any clean window): the
             # learning windows stand in for recent ones.
@@ -116,17 +170,28 @@ class TrainingBuffer:
         train = recent[: max(1, cut - gap)]
         return [*train, *older], recent[cut:]
 
+    def _recent_slots(self) -> list[int]:
+        """The recent buffer's slots, oldest first: it is a ring."""
+        capacity, admitted = self._recent.capacity, self._recent_admitted
+        if admitted <= capacity:
+            return list(range(admitted))
+        return [(admitted + k) % capacity for k in range(capacity)]
+
     def _admit(self, values: FloatArray) -> None:
-        if len(self.recent) == self.recent.maxlen and self.s.reservoir_windows:
-            self._keep_in_reservoir(self.recent[0])
-        self.recent.append(values)
+        capacity = self._recent.capacity
+        slot = self._recent_admitted % capacity
+        if self._recent_admitted >= capacity and self.s.reservoir_windows:
+            self._keep_in_reservoir(self._recent.view(slot))  # the oldest, evicted
+        self._recent.put(slot, values)
+        self._recent_admitted += 1
         self.new_since_fit += 1
 
     def _keep_in_reservoir(self, values: FloatArray) -> None:
         self._seen_evicted += 1
-        if len(self.reservoir) < self.s.reservoir_windows:
-            self.reservoir.append(values)
+        if self._reservoir_kept < self.s.reservoir_windows:
+            self._reservoir.put(self._reservoir_kept, values)
+            self._reservoir_kept += 1
             return
         slot = int(self._rng.integers(self._seen_evicted))
         if slot < self.s.reservoir_windows:
-            self.reservoir[slot] = values
+            self._reservoir.put(slot, values)

@@ -288,7 +288,7 @@ def test_tmp_is_a_writable_emptydir() -> None:
 
 def test_resources_are_the_measured_figures() -> None:
     assert container()["resources"] == {
-        "requests": {"cpu": "500m", "memory": "700Mi"},
+        "requests": {"cpu": "500m", "memory": "620Mi"},
         "limits": {"memory": "1Gi"},
     }
 

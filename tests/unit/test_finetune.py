@@ -245,10 +245,11 @@ def test_a_promotion_never_lowers_the_threshold_and_raises_it_in_bounded_steps()
 
 
 # -- learning beside the hot path ---------------------------------------------------------
-def test_the_pipeline_hands_over_references_and_the_learner_copies() -> None:
-    """Nothing costly runs on the pipeline thread: a fine-tune request holds the scoring
-    detector itself and the buffer's own window arrays (no clone, no stacked copy); the
-    fine-tuner trains its own clone, so the scoring detector's weights never change."""
+def test_the_pipeline_hands_over_its_windows_and_the_learner_clones() -> None:
+    """Little runs on the pipeline thread: a fine-tune request holds the scoring detector
+    itself (no clone) and the buffer's windows copied out in one block, which later
+    admissions do not change; the fine-tuner trains its own clone, so the scoring
+    detector's weights never change."""
     s = settings(True, interval=300.0)
     pipeline, finetuner, _ = wired_pipeline(s)
     rows = iter(machine_rows(0.0, 1400))
@@ -268,9 +269,14 @@ def test_the_pipeline_hands_over_references_and_the_learner_copies() -> None:
                 pipeline.cycle(timeout=0)
     runtime = pipeline.machines[MACHINE]
     assert request.current is runtime.detector
-    recent = {id(w) for w in runtime.buffer.recent} | {id(w) for w in runtime.buffer.reservoir}
+    kept = [*runtime.buffer.recent, *runtime.buffer.reservoir]
     assert request.train
-    assert {id(w) for w in request.train} <= recent
+    assert all(any(np.array_equal(w, k) for k in kept) for w in request.train)
+    handed = [w.copy() for w in request.train]
+    f = s.finetune
+    for k in range(2 * (len(kept) + f.margin_windows) * f.admit_every):  # the ring written over
+        runtime.buffer.observe(np.full_like(handed[0], -k), 0.0, 1.0, False)
+    assert all(np.array_equal(w, h) for w, h in zip(request.train, handed, strict=True))
     before = [p.detach().clone() for p in request.current.model.parameters()]
     finetuner.handle(request)
     after = list(request.current.model.parameters())

@@ -19,6 +19,7 @@ from service.core.types import FloatArray
 from service.scoring import stacked
 from service.scoring.detector import Detector
 from service.scoring.models import Autoencoder, build_model
+from service.scoring.stack_row import StackRow
 from service.scoring.stacked import StackedScorer
 
 WINDOW = 10
@@ -179,3 +180,52 @@ def test_a_layer_the_batched_forward_does_not_know_falls_back_to_vmap(
     scorer = StackedScorer()
     assert_same(scorer.score(work), alone(work))
     assert [group.uses_vmap for group in scorer.groups.values()] == [True]
+
+
+def test_a_member_keeps_no_module_and_its_model_is_its_row(plant: dict[str, Detector]) -> None:
+    """One copy of the weights: a stack member's own module is dropped, and the model it
+    gives is built over its row, so what is written into it is what the stack scores."""
+    scorer = StackedScorer()
+    work = cycle(plant, seed=4)
+    want = alone(work)
+    scorer.score(work)
+    assert all(d.module is None and d.stacked is not None for d in plant.values())
+    member = plant["conv-3"]
+    for param in member.model.parameters():
+        param.data.mul_(2.0)
+    doubled = scorer.score(work)
+    assert not np.allclose(doubled["conv-3"][0], want["conv-3"][0])
+    assert_same({"conv-3": doubled["conv-3"]}, alone({"conv-3": work["conv-3"]}))
+
+
+def test_a_member_saves_and_clones_as_it_scores(plant: dict[str, Detector]) -> None:
+    scorer = StackedScorer()
+    work = cycle(plant, seed=6)
+    scorer.score(work)
+    member = plant["vae-2"]
+    restored = Detector.from_state(member.meta(), member.model.state_dict())
+    clone = member.clone()
+    assert restored.module is not None
+    assert clone.module is not None
+    probe = {"vae-2": (member, work["vae-2"][1])}
+    assert_same(alone({"vae-2": (restored, probe["vae-2"][1])}), alone(probe))
+    assert_same(alone({"vae-2": (clone, probe["vae-2"][1])}), alone(probe))
+
+
+def test_a_growing_stack_moves_its_members_row_to_row(
+    plant: dict[str, Detector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Growing rebinds every member; building a module for each (a deep copy of the
+    stack's model) would stall the pipeline at a plant's size."""
+    scorer = StackedScorer()
+    scorer.score(cycle(plant, seed=0))
+
+    def no_module(self: StackRow) -> Autoencoder:
+        raise AssertionError("a module was built")
+
+    monkeypatch.setattr(StackRow, "module", no_module)
+    more = {f"conv-x{k}": detector("conv", 3, seed=50 + k) for k in range(12)}
+    scorer.score(cycle(more, seed=1))  # the conv group of 6 grows past its capacity of 8
+    monkeypatch.undo()
+    work = cycle(plant | more, seed=2)
+    assert_same(scorer.score(work), alone(work))
