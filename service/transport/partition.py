@@ -112,9 +112,15 @@ class Partition:
                 if self.shared.paused.is_set():
                     await asyncio.sleep(0.1)
                     continue
-                await self._pull_once(nc, subscription.subject)
-                if self.takeover is not None:
-                    await self._follow_takeover(nc)
+                try:
+                    await self._pull_once(nc, subscription.subject)
+                    if self.takeover is not None:
+                        await self._follow_takeover(nc)
+                except Exception:  # a connection gone mid-pull: pull again, never stop
+                    self.shared.metrics.callback_errors.inc()
+                    log.exception("nats_pull_failed", partition=self.index, retry="in 1 s")
+                    await asyncio.sleep(1.0)
+                    continue
                 status = self._pull.status
                 if status == _STATUS_PIN_MISMATCH:
                     self._lose()
