@@ -17,8 +17,8 @@ a work queue: a reading is kept until the replica that scored it acknowledges it
 {'src': 'plant.*.*', 'dest': 'aemon.in.{{partition(4,1)}}.plant.{{wildcard(1)}}.{{wildcard(2)}}'}
 >>> layout.topic_of("aemon.in.3.plant.line//1.temp")
 'plant/line.1/temp'
->>> layout.partition_of("aemon.in.3.plant.m1"), layout.machine_of("aemon.in.3.plant.m1.t")
-(3, 'm1')
+>>> layout.machine_of("aemon.in.3.plant.m1.t"), layout.machine_of("aemon.in.3.other.m1")
+('m1', None)
 """
 
 from __future__ import annotations
@@ -95,9 +95,6 @@ class Layout:
 
     def filter_subject(self, partition: int) -> str:
         return f"{PARTITIONED_ROOT}.{partition}.>"
-
-    def partition_of(self, subject: str) -> int:
-        return int(subject.split(".", _ROOT_TOKENS + 1)[_ROOT_TOKENS])
 
     def topic_of(self, subject: str) -> str:
         """The MQTT-style topic of a partitioned subject (what the ingest matches)."""

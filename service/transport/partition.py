@@ -246,9 +246,7 @@ class Partition:
         if self.pin is None:
             return
         self.pin = None
-        if self.takeover is not None:  # unacknowledged, they go to the new holder
-            self.takeover.release()
-            self.takeover = None
+        self.takeover = None  # what it held is unacknowledged: it goes to the new holder
         machines, self.machines = sorted(self.machines), set()
         self.shared.tracked -= len(machines)
         self._owned(False)
