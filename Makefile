@@ -46,8 +46,12 @@ integration: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# Two workers (CI has 2 cores): most tests wait on the processes they started, so the suite
+# takes 509 s on one worker's 802 s; `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: lint docs
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --numprocesses $(PYTEST_WORKERS) --dist worksteal
 
 demo: install
 	$(PY) -m simulators.demo

@@ -3,6 +3,7 @@ subscriber that collects what it receives. Everything talks to 127.0.0.1 only.""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,8 +21,27 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
+    """A loopback port free now. Under pytest-xdist each worker (and what it starts) takes
+    only ports of its own residue modulo the worker count, so two workers never pick the
+    same port between one's check and its server's bind. (Linux hands bind() odd ports
+    only, so the residue is set on the port it handed, not waited for.)"""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    while True:
+        port = _bound_port(0)
+        if workers > 1:
+            port = _bound_port(port - port % workers + share)
+        if port:
+            return port
+
+
+def _bound_port(port: int) -> int:
+    """The port a loopback socket bound to `port` got (0: any), or 0 if it is taken."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
         return int(s.getsockname()[1])
 
 

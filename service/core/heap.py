@@ -24,15 +24,15 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(name: str) -> Callable[..., int] | None:
     try:
-        function: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to do
         return None
     return function
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = _glibc("malloc_trim")
 # A burst, since the last trim: this many readings taken, or the pipeline's queue this full
 # (a share of its bound in messages or readings) at one poll.
 BURST_READINGS = 2_000_000
@@ -47,16 +47,16 @@ def trim() -> bool:
     return bool(_MALLOC_TRIM(0))
 
 
-def freeze() -> int:
-    """Moves every object the cyclic collector tracks into its permanent generation; returns
-    how many are frozen now. A full collection walks every tracked object: at 1,000
-    machines (models, runtimes, buffers) about half a million, 200 ms during which no
-    thread runs, and it comes whenever a quarter as many again have survived since the
-    last, e.g. while fine-tunes are promoted. Frozen objects are still freed by reference
-    counting; only cyclic garbage frozen with them stays, so this is done rarely (after
-    models are installed), not per cycle."""
+def freeze() -> None:
+    """Moves every object the cyclic collector tracks into its permanent generation (a
+    constant-time splice; counting them would walk every one). A full collection walks
+    every tracked object: at 1,000 machines (models, runtimes, buffers) about half a
+    million, 200 ms during which no thread runs, and it comes whenever a quarter as many
+    again have survived since the last, e.g. while fine-tunes are promoted. Frozen objects
+    are still freed by reference counting; only cyclic garbage frozen with them stays, so
+    this is done rarely (after models are installed), not per cycle."""
     gc.freeze()
-    return gc.get_freeze_count()
+    log.info("gc_frozen")
 
 
 def rss_mib() -> float | None:

@@ -210,7 +210,7 @@ class Pipeline(Worker):
         if self._installed_since_freeze and now - self._frozen_at >= FREEZE_INTERVAL:
             self._installed_since_freeze = False
             self._frozen_at = now
-            log.info("gc_frozen", objects=heap.freeze())
+            heap.freeze()
 
     def _advance(self, runtime: MachineRuntime) -> list[Window]:
         windows = runtime.advance()

@@ -72,6 +72,7 @@ def duration(fault: dict[str, Any]) -> float:
     return float(fault["end"] - fault["start"])
 
 
+@pytest.mark.long
 def test_demo_alerts_each_fault_on_its_machine_and_leaves_no_process(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     try:

@@ -155,6 +155,7 @@ def plant_stack(tmp_path: Path) -> Iterator[tuple[NatsServer, Mosquitto, list[Da
         yield server, broker, replicas
 
 
+@pytest.mark.long
 def test_replicas_share_the_plant_and_take_over_a_killed_one(
     plant_stack: tuple[NatsServer, Mosquitto, list[Daemon]],
 ) -> None:
