@@ -1,7 +1,7 @@
 """Memory of a plant's models in the scoring stack, and of oneDNN's kernel cache, in-process.
 
     python -m benchmarks.model_memory [--machines 1000] [--sensors 8] [--length 20]
-                                      [--model conv] [--onednn-cache 64]
+                                      [--model conv] [--onednn-cache 256]
 
 Builds `--machines` untrained detectors of the default family, scores one window of each
 through a `StackedScorer` (which takes their weights into its rows), then scores calls of

@@ -7,15 +7,16 @@ import os
 
 import torch
 
-# oneDNN, which runs torch's convolutions on CPU, keeps the kernel it compiled for every
-# input shape it has seen, up to 1,024 of them by default. A stacked conv call's shape is
-# its number of models and windows, which change from cycle to cycle, so a daemon fills
-# that cache: ~130 KB a shape, five convolutions a call. With 64 kept, calls of one to 63
-# models left 18 MiB instead of 49 MiB and growing (benchmarks/model_memory.py), in no
-# more time that in-process A/Bs could tell from a shared box's noise (docs/performance-
-# history.md). An operator's own setting of the variable wins.
+# oneDNN, which runs torch's convolutions on CPU, keeps the kernels (primitives) it compiled
+# for every layer and input shape it has seen, up to 1,024 by default, ~130 KB each. A
+# stacked conv call's shape is its number of models and windows, padded to a few sizes
+# (service.scoring.stacked.call_size), five layers each, and fine-tunes add their own: 256
+# kept hold a live plant's with room for the fine-tuner's. At 1,000 machines (quiet box,
+# benchmarks/latency.py): 64 kept thrashed (scoring p99 33 / 133 ms without / with
+# fine-tunes, 604 MiB); 1,024 with exact shapes 15 / 38 ms at 629 MiB; 256 with the padded
+# shapes 15 / 29 ms at 597 MiB. An operator's own setting of the variable wins.
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-ONEDNN_CACHE_SHAPES = 64
+ONEDNN_CACHE_SHAPES = 256
 
 
 def configure_torch(threads: int) -> None:

@@ -229,3 +229,29 @@ def test_a_growing_stack_moves_its_members_row_to_row(
     monkeypatch.undo()
     work = cycle(plant | more, seed=2)
     assert_same(scorer.score(work), alone(work))
+
+
+def test_calls_of_any_number_of_machines_take_few_input_shapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """oneDNN compiles kernels per input shape and keeps 64 (service.scoring.runtime): a
+    live cycle's calls, 1 to 64 machines of 1 or 2 windows, must not need more than a few
+    tens of shapes, or the cache thrashes (compiled again each cycle). The padded calls
+    still score each machine as it scores alone."""
+    shapes: set[tuple[int, ...]] = set()
+    plan_errors = stacked.plan_errors
+
+    def recording(*args: Any) -> Any:
+        shapes.add(tuple(args[6].shape))
+        return plan_errors(*args)
+
+    monkeypatch.setattr(stacked, "plan_errors", recording)
+    plant = {f"conv-{i}": detector("conv", 3, i) for i in range(64)}
+    scorer = StackedScorer()
+    for n in range(1, 65):
+        for per_machine in (1, 2):
+            work = {name: (d, windows(n, per_machine, 3)) for name, d in list(plant.items())[:n]}
+            got = scorer.score(work)
+            if n in (5, 33, 63):
+                assert_same(got, alone(work))
+    assert len(shapes) <= 24, sorted(shapes)
