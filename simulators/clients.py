@@ -22,15 +22,18 @@ T = TypeVar("T")
 
 def free_port() -> int:
     """A loopback port free now. Under pytest-xdist each worker (and what it starts) takes
-    only ports of its own residue modulo the worker count, so two workers never pick the
-    same port between one's check and its server's bind. (Linux hands bind() odd ports
-    only, so the residue is set on the port it handed, not waited for.)"""
+    only ports whose half has its own residue modulo the worker count, so two workers never
+    pick the same port between one's check and its server's bind. The parity stays the one
+    bind() handed (Linux: odd), since connect() takes its source ports from the other half
+    (even): a client polling a server not listening yet could otherwise be handed the very
+    port it dials, connect to itself and read its own request back."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     share = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
     while True:
         port = _bound_port(0)
         if workers > 1:
-            port = _bound_port(port - port % workers + share)
+            half = port // 2
+            port = _bound_port(2 * (half - half % workers + share) + port % 2)
         if port:
             return port
 
