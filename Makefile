@@ -47,7 +47,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Two workers (CI has 2 cores): most tests wait on the processes they started, so the suite
-# takes 509 s on one worker's 802 s; `make test PYTEST_WORKERS=0` runs it in one process.
+# takes 380 - 420 s against 802 s in one process (`make test PYTEST_WORKERS=0`).
 PYTEST_WORKERS ?= 2
 
 test: lint docs

@@ -24,15 +24,15 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-def _glibc(name: str) -> Callable[..., int] | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
+        function: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to do
         return None
     return function
 
 
-_MALLOC_TRIM = _glibc("malloc_trim")
+_MALLOC_TRIM = _malloc_trim()
 # A burst, since the last trim: this many readings taken, or the pipeline's queue this full
 # (a share of its bound in messages or readings) at one poll.
 BURST_READINGS = 2_000_000

@@ -69,12 +69,10 @@ Scored = tuple[FloatArray, FloatArray]  # scores [windows], per-sensor errors [w
 
 def call_size(n: int) -> int:
     """`n` rounded up to one of two sizes an octave above 4 (6, 8, 12, 16, 24, 32, 48 ...).
-    oneDNN compiles a convolution's kernels for each input shape and keeps them in a cache
-    bounded at 64 shapes (service.scoring.runtime); a call's models and windows vary from
-    cycle to cycle, and at their exact counts the cache thrashed: at 1,000 machines scoring
-    p99 33 ms and alert p99 735 ms, against 15 ms and 476 ms with 1,024 kept (and 25 MiB
-    more). Padded to these sizes a live cycle's calls take a few tens of shapes, for at
-    most half as many rows again."""
+    oneDNN compiles a convolution's kernels for each input shape and keeps a bounded number
+    (service.scoring.runtime, with the figures); a call's models and windows vary from
+    cycle to cycle, and at their exact counts the cache thrashed. Padded to these sizes a
+    live cycle's calls take a few tens of shapes, for at most half as many rows again."""
     if n <= 4:
         return n
     step = 1 << (n.bit_length() - 2)
@@ -217,7 +215,7 @@ class StackedGroup:
 
     def _call(self, work: list[_Work], items: list[tuple[int, int]], per_item: int) -> FloatArray:
         """One batched model call: per-sensor errors `[items, per_item, sensors]` (and of the
-        padding's repeats of the first item beyond them, up to the call's size)."""
+        padding's repeats of the last item beyond them, up to the call's size)."""
         slots = np.fromiter((work[k].slot for k, _ in items), np.int64, len(items))
         slots = np.pad(slots, (0, call_size(len(items)) - len(items)), mode="edge")
         x = np.zeros((len(slots), per_item, *self.shape), np.float32)

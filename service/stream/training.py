@@ -145,7 +145,7 @@ class TrainingBuffer:
     @property
     def kept(self) -> int:
         """Recent and reservoir windows held."""
-        return len(self._recent_slots()) + self._reservoir_kept
+        return min(self._recent_admitted, self._recent.capacity) + self._reservoir_kept
 
     @property
     def cooling(self) -> bool:
