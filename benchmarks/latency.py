@@ -120,11 +120,12 @@ class Alerts:
 # -- figures -------------------------------------------------------------------------------
 def alert_latencies(
     raised: list[tuple[float, dict[str, Any]]], published: dict[tuple[int, float], float]
-) -> tuple[list[float], int]:
-    """Latency of each alert from the publish of the row that completed its window."""
-    latencies: list[float] = []
+) -> tuple[list[tuple[float, float]], int]:
+    """Arrival time and latency of each alert, in order of arrival; the latency runs from
+    the publish of the row that completed its window."""
+    latencies: list[tuple[float, float]] = []
     unmatched = 0
-    for arrived, event in raised:
+    for arrived, event in sorted(raised, key=lambda pair: pair[0]):
         machine = int(event["machine"].removeprefix("m"))
         window_end = datetime.fromisoformat(event["updated_at"]).timestamp()
         trigger = math.ceil(window_end + LATENESS)
@@ -132,7 +133,7 @@ def alert_latencies(
         if sent is None:
             unmatched += 1
         else:
-            latencies.append(arrived - sent)
+            latencies.append((arrived, arrived - sent))
     return latencies, unmatched
 
 
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if viewer is not None:
                 viewer.start()
             try:
-                texts, rss_peak = scrape_phases(daemon, gen, proc, args)
+                texts, rss_peak, scrapes = scrape_phases(daemon, gen, proc, args)
                 published = gen.published()
             finally:
                 gen.stop()
@@ -196,9 +197,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             memory = proc.memory_mib()
             raised = alerts.events()
             page_load = browser_load(daemon.url(""), "m0", m)
-    latencies, unmatched = alert_latencies(
+    timeline, unmatched = alert_latencies(
         [(t, e) for t, e in raised if int(e["machine"].removeprefix("m")) in faults], published
     )
+    latencies = [latency for _, latency in timeline]
     a0, a1, b0, b1 = texts
     marks = phase_marks(args)
     phase_a, phase_b = marks[1] - marks[0], args.seconds - marks[2]
@@ -219,6 +221,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "alert_latency_max": max(latencies, default=float("nan")),
         # With tens of alerts p99 is the maximum: the list shows whether it is one outlier.
         "alert_latencies_ms": sorted(round(x * 1e3, 1) for x in latencies),
+        # When the slow ones came: seconds into the live run (phases: `phase_marks`), ms.
+        "alert_timeline": [[round(t - wall0, 1), round(x * 1e3, 1)] for t, x in timeline],
+        "phase_marks": phase_marks(args),
         "scoring_latency_p99": quantile_between(
             start_text, end_text, "aemon_scoring_latency_seconds"
         ),
@@ -242,6 +247,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "cpu_cores": (cpu1 - cpu0) / (wall1 - wall0),
         "rss_mib": memory["rss_mib"],
         "rss_peak_mib": max(rss_peak, memory["rss_mib"]),
+        # A full /metrics renders in turns while the pipeline waits: slower, never in its way.
+        "scrape_seconds_max": max(scrapes, default=float("nan")),
         "rss_hwm_mib": memory["hwm_mib"],
         **box,
         "page_open": viewer.figures() if viewer is not None else None,
@@ -272,19 +279,22 @@ def phase_marks(args: argparse.Namespace) -> list[int]:
 
 def scrape_phases(
     daemon: Daemon, gen: Paced, proc: ProcStats, args: argparse.Namespace
-) -> tuple[list[str], float]:
+) -> tuple[list[str], float, list[float]]:
     """/metrics at both ends of both phases, and every `--scrape-interval` seconds between
-    them as Prometheus would (rendering a plant's page costs the daemon tens of ms of CPU,
-    while scoring waits); the RSS peak meanwhile."""
+    them as Prometheus would (rendering a plant's page costs the daemon a few hundred ms of
+    Python); the RSS peak meanwhile, and how long each scrape took."""
     marks = phase_marks(args)
     texts: list[str] = []
+    scrapes: list[float] = []
     rss_peak = 0.0
     next_scrape = gen.start + args.scrape_interval
     for mark in [*marks, args.seconds]:
         while time.time() < gen.start + mark:
             rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
             if time.time() >= next_scrape:
+                asked = time.monotonic()
                 daemon.metrics()
+                scrapes.append(time.monotonic() - asked)
                 next_scrape += args.scrape_interval
             sleep_until(min(gen.start + mark, next_scrape, time.time() + 1.0))
         if mark != args.seconds:
@@ -292,7 +302,7 @@ def scrape_phases(
     while not gen.done(1.0):
         rss_peak = max(rss_peak, proc.memory_mib()["rss_mib"])
     texts.append(daemon.metrics())
-    return texts, rss_peak
+    return texts, rss_peak, scrapes
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -319,6 +329,7 @@ def print_table(r: dict[str, Any]) -> None:
         ),
         ("daemon CPU", f"{r['cpu_cores']:.2f} cores ({r['cpu_cores'] / 2:.0%} of 2)"),
         ("daemon RSS end / peak", f"{r['rss_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB"),
+        ("slowest /metrics scrape", f"{r['scrape_seconds_max'] * 1e3:.0f} ms"),
         ("box CPU busy (all processes)", f"{r['box_cpu_busy']:.0%}"),
         ("of which niced (fine-tuner, background)", f"{r['box_cpu_niced']:.0%}"),
         ("load average 1 min (start, end)", f"{r['loadavg_1m']}"),

@@ -38,6 +38,7 @@ _MALLOC_TRIM = _malloc_trim()
 BURST_READINGS = 2_000_000
 BURST_FILL = 0.25
 TRIM_SPACING = 30.0  # seconds between trims after bursts, at least
+FREEZE_INTERVAL = 30.0  # seconds between freezes (`Freezer`), at least
 
 
 def trim() -> bool:
@@ -57,6 +58,28 @@ def freeze() -> None:
     this is done rarely (after models are installed), not per cycle."""
     gc.freeze()
     log.info("gc_frozen")
+
+
+class Freezer:
+    """Freezes after models are installed, at most every `FREEZE_INTERVAL` seconds: their
+    objects (and the runtimes') are long-lived, and frozen, the collector's full
+    collections stop walking them. A plant's first fits arrive over a minute or so, and
+    each freeze keeps whatever cyclic garbage exists. The first poll freezes what start-up
+    made: imports, saved models, runtimes."""
+
+    def __init__(self) -> None:
+        self._installed = True
+        self._frozen_at = -FREEZE_INTERVAL
+
+    def installed(self) -> None:
+        self._installed = True
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if self._installed and now - self._frozen_at >= FREEZE_INTERVAL:
+            self._installed = False
+            self._frozen_at = now
+            freeze()
 
 
 def rss_mib() -> float | None:

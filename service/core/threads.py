@@ -2,13 +2,16 @@
 
 An exception in a worker is logged with its traceback and counted, and the worker is then
 marked failed, which turns `/healthz` red so systemd's watchdog or Kubernetes restarts the
-process, instead of leaving a daemon that looks alive and no longer scores.
+process, instead of leaving a daemon that looks alive and no longer scores. `Lull` tells
+other threads when a busy one waits.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -53,3 +56,37 @@ class Worker(threading.Thread):
     @property
     def healthy(self) -> bool:
         return self.is_alive() and not self.failed.is_set()
+
+
+class Lull:
+    """When a busy thread waits (for input, or out the rest of its minimum cycle), for a
+    thread whose Python work can wait to do it then. Two threads running Python take turns
+    on the GIL, and each of the busy thread's calls that gives it up (every torch
+    operation, every lock) waits up to the switch interval to win it back: beside a
+    /metrics render the pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py)."""
+
+    def __init__(self) -> None:
+        self._waiting = threading.Event()
+        self._waiting.set()  # a thread not started yet, or ended, takes no turns
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Around the busy thread's whole run: turns wait for its waits until it ends."""
+        self._waiting.clear()
+        try:
+            yield
+        finally:
+            self._waiting.set()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around the busy thread's waits."""
+        self._waiting.set()
+        try:
+            yield
+        finally:
+            self._waiting.clear()
+
+    def wait(self, timeout: float) -> bool:
+        """Until the busy thread waits, or `timeout` seconds; False on the timeout."""
+        return self._waiting.wait(timeout)

@@ -24,7 +24,7 @@ import structlog
 from service.core import heap
 from service.core.config import Settings
 from service.core.metrics import REJECTED, Metrics
-from service.core.threads import Worker
+from service.core.threads import Lull, Worker
 from service.core.types import (
     AlertEvent,
     AlertKind,
@@ -55,9 +55,6 @@ log = structlog.get_logger(__name__)
 # Wall-clock seconds between checks of the conditions that change with time alone
 # (scheduled maintenance, staleness).
 CONDITIONS_INTERVAL = 1.0
-# Seconds between freezes of the long-lived objects (service.core.heap.freeze): a plant's first
-# fits arrive over a minute or so, and each freeze keeps whatever cyclic garbage exists.
-FREEZE_INTERVAL = 30.0
 
 
 class Pipeline(Worker):
@@ -87,12 +84,12 @@ class Pipeline(Worker):
         self.scoring = ScoringPass(metrics.scoring_latency)
         self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
+        # Its waits, when a /metrics render takes its turns (service.transport.exposition).
+        self.lull = Lull()
         self._drain_until = 0.0
         # Machines whose description or gauges may have changed since the last cycle.
         self._changed: dict[str, MachineRuntime] = {}
-        # The first cycle freezes what start-up made: imports, saved models, runtimes.
-        self._installed_since_freeze = True
-        self._frozen_at = -FREEZE_INTERVAL
+        self.freezer = heap.Freezer()
         self.board = Board(metrics)
         ha = settings.homeassistant
         self.homeassistant = HomeAssistant(ha, publisher) if ha.enabled else None
@@ -146,16 +143,18 @@ class Pipeline(Worker):
     # -- the pipeline thread ------------------------------------------------------------
     def work(self) -> None:
         min_cycle = self.settings.pipeline.min_cycle
-        while not self._stopping.is_set() or self._draining():
-            started = time.monotonic()
-            self.cycle(timeout=0.1)
-            # A cycle woken by every message would take one or two, score a window or two
-            # per model call, and fight paho's thread for the GIL after each of its socket
-            # calls. Sleeping the rest lets the queue fill while paho runs alone; a stop
-            # ends the sleep (the drain then cycles without it).
-            rest = min_cycle - (time.monotonic() - started)
-            if rest > 0:
-                self._stopping.wait(rest)
+        with self.lull.running():
+            while not self._stopping.is_set() or self._draining():
+                started = time.monotonic()
+                self.cycle(timeout=0.1)
+                # A cycle woken by every message would take one or two, score a window or
+                # two per model call, and fight paho's thread for the GIL after each of its
+                # socket calls. Sleeping the rest lets the queue fill while paho runs alone;
+                # a stop ends the sleep (the drain then cycles without it).
+                rest = min_cycle - (time.monotonic() - started)
+                if rest > 0:
+                    with self.lull.waiting():
+                        self._stopping.wait(rest)
         self.scoring.shutdown()
         left = self.queue.qsize()
         if left:
@@ -171,7 +170,8 @@ class Pipeline(Worker):
         self._take_installs()
         self._take_commands()
         waited = time.monotonic()
-        batches = self.queue.take(timeout)
+        with self.lull.waiting():
+            batches = self.queue.take(timeout)
         # The cycle's work, without its wait for the first message.
         started += time.monotonic() - waited
         touched: dict[str, MachineRuntime] = {}
@@ -200,17 +200,8 @@ class Pipeline(Worker):
         self.metrics.queue_readings.set(self.queue.readings)
         self._follow_conditions()
         self._publish_snapshot()
-        self._maybe_freeze()
+        self.freezer.poll()
         self.metrics.pipeline_cycle.observe(time.monotonic() - started)
-
-    def _maybe_freeze(self) -> None:
-        """After models are installed, their objects (and the runtimes') are long-lived:
-        frozen, the collector's full collections stop walking them (service.core.heap.freeze)."""
-        now = time.monotonic()
-        if self._installed_since_freeze and now - self._frozen_at >= FREEZE_INTERVAL:
-            self._installed_since_freeze = False
-            self._frozen_at = now
-            heap.freeze()
 
     def _advance(self, runtime: MachineRuntime) -> list[Window]:
         windows = runtime.advance()
@@ -273,7 +264,7 @@ class Pipeline(Worker):
             if result.initial:
                 self._count_unscored(runtime)
                 backlog = runtime.install(detector)
-                self._installed_since_freeze = True
+                self.freezer.installed()
             else:
                 self.verdicts.tuned(runtime, detector)
                 backlog = []

@@ -1,0 +1,114 @@
+"""/metrics rendered in turns: prometheus_client's text, byte for byte, with a turn before
+each family is collected and every few hundred samples; the pipeline's `Lull` says when a
+turn may go on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from service.core.config import Settings
+from service.core.threads import Lull
+from service.transport.exposition import TURN_SAMPLES, render
+from tests.support import wait_until
+from tests.unit.wiring import wired_pipeline
+
+MACHINES = 600
+
+
+def plant_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    readings = Counter("readings", "Readings.", ["machine"], registry=registry)
+    score = Gauge("score", "Score.", ["machine"], registry=registry)
+    for i in range(MACHINES):
+        readings.labels(machine=f"m{i}").inc(i)
+        score.labels(machine=f"m{i}").set(i / 7)
+    Histogram("cycle_seconds", "Cycles.", registry=registry).observe(0.2)
+    Info("build", "Build.", registry=registry).info({"version": "1"})
+    return registry
+
+
+def test_render_is_prometheus_clients_text_with_turns_within_large_families() -> None:
+    registry = plant_registry()
+    turns = 0
+
+    def turn() -> None:
+        nonlocal turns
+        turns += 1
+
+    assert render(registry, turn) == generate_latest(registry)
+    families = list(registry.collect())
+    within = sum(len(family.samples) // TURN_SAMPLES for family in families)
+    assert within >= 2, "the labelled families take turns within"
+    assert turns == len(families) + 1 + within
+
+
+class Recording(Collector):
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self.events = events
+
+    def collect(self) -> Iterable[Metric]:
+        self.events.append(f"collect {self.name}")
+        return [GaugeMetricFamily(self.name, "A gauge.", value=1.0)]
+
+
+def test_each_family_is_collected_only_after_a_turn() -> None:
+    events: list[str] = []
+    registry = CollectorRegistry()
+    for name in ("a", "b", "c"):
+        registry.register(Recording(name, events))
+    events.clear()  # registering collects once, for the names
+    render(registry, lambda: events.append("turn"))
+    assert events == ["turn", "collect a", "turn", "collect b", "turn", "collect c", "turn"]
+
+
+def test_lull_lets_a_turn_go_on_only_while_the_busy_thread_waits() -> None:
+    lull = Lull()
+    assert lull.wait(0), "a thread not started yet takes no turns"
+    with lull.running():
+        assert not lull.wait(0.01), "busy: the turn times out"
+        with lull.waiting():
+            assert lull.wait(0)
+        assert not lull.wait(0)
+        release = threading.Event()
+
+        def waiter() -> None:
+            with lull.waiting():
+                release.wait(10)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        try:
+            assert lull.wait(10)
+        finally:
+            release.set()
+            thread.join(10)
+    assert lull.wait(0), "an ended thread takes no turns"
+
+
+def test_pipeline_is_busy_while_it_cycles_and_waiting_on_an_empty_queue() -> None:
+    pipeline, _, _ = wired_pipeline(Settings())
+    during_work: list[bool] = []
+    take_installs = pipeline._take_installs
+
+    def recording() -> None:
+        during_work.append(pipeline.lull.wait(0))
+        take_installs()
+
+    pipeline._take_installs = recording  # type: ignore[method-assign]
+    pipeline.start()
+    try:
+        wait_until(lambda: len(during_work) >= 3, 10, "three cycles")
+        assert not any(during_work), "a cycle's work is busy"
+        assert pipeline.lull.wait(10), "an idle pipeline waits for input"
+    finally:
+        pipeline.stop(0.0)
+        assert pipeline.join_until(time.monotonic() + 10)
+    assert pipeline.lull.wait(0), "an ended pipeline takes no turns"
