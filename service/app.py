@@ -35,7 +35,6 @@ from service.stream.rejections import RejectionLog
 from service.stream.shared_alerts import SharedAlertJournal
 from service.stream.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from service.stream.sparkplug import SparkplugReader
-from service.transport.exposition import TURN_WAIT
 from service.transport.http import HttpServer, MachinePages
 from service.transport.mqtt import Ack, MqttClient
 from service.transport.nats_input import NatsInput
@@ -152,7 +151,7 @@ class App:
             self.pipeline.snapshot,
             self.doors.from_http,
             MachinePages(detail.machine, detail.history),
-            lambda: self.pipeline.lull.wait(TURN_WAIT),
+            self.pipeline.lull.wait,
         )
         arm_pipeline(self.pipeline, faults)
 

@@ -12,6 +12,7 @@ most one turn a cycle. The text is prometheus_client's own, family by family.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import generate_latest
@@ -21,9 +22,12 @@ from prometheus_client.samples import Sample
 
 # Samples formatted in one turn: about half a millisecond of Python.
 TURN_SAMPLES = 250
-# The longest a turn waits for the pipeline to wait: under a sustained load it never does,
-# and a scrape of 40 families must still end well inside Prometheus' timeout (10 s).
-TURN_WAIT = 0.02
+# The longest a turn waits for the pipeline to wait, and a scrape's turns in all: a busy
+# pipeline (fine-tunes running beside it) may not wait for seconds, and a scrape of 1,000
+# machines is about 170 turns; it must end well inside Prometheus' timeout (10 s). Past the
+# budget the rest renders at once.
+TURN_WAIT = 0.01
+WAIT_BUDGET = 2.0
 
 
 class _Family(Collector):
@@ -36,10 +40,20 @@ class _Family(Collector):
         return [self.family]
 
 
-def render(registry: Collector, turn: Callable[[], object]) -> bytes:
-    """`generate_latest(registry)`, calling `turn()` before each family is collected and
-    every `TURN_SAMPLES` samples of it are formatted: `turn` returns when the render may
-    go on (e.g. `Lull.wait`)."""
+def render(
+    registry: Collector, wait: Callable[[float], object], budget: float = WAIT_BUDGET
+) -> bytes:
+    """`generate_latest(registry)`, taking a turn before each family is collected and
+    every `TURN_SAMPLES` samples of it are formatted: `wait(timeout)` returns when the
+    render may go on (`Lull.wait`), or after `timeout` seconds; the timeouts stop once
+    `budget` seconds have passed."""
+    deadline = time.monotonic() + budget
+
+    def turn() -> None:
+        left = deadline - time.monotonic()
+        if left > 0:
+            wait(min(TURN_WAIT, left))
+
     parts: list[bytes] = []
     for family in _between(registry.collect(), turn):
         paced = copy.copy(family)

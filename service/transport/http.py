@@ -76,11 +76,12 @@ class HttpServer(Worker):
         machines: Machines,
         commands: Commands | None = None,
         pages: MachinePages | None = None,
-        turn: Callable[[], object] = lambda: None,
+        wait: Callable[[float], object] = lambda _: None,
     ) -> None:
-        """`turn()` returns when a /metrics render may go on (`service.transport.exposition`)."""
+        """`wait(timeout)` returns when a /metrics render may take its next turn
+        (`service.transport.exposition`)."""
         super().__init__("http", metrics)
-        handler = _handler_class(metrics.registry, health, ready, machines, commands, pages, turn)
+        handler = _handler_class(metrics.registry, health, ready, machines, commands, pages, wait)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
 
@@ -109,7 +110,7 @@ def _handler_class(
     machines: Machines,
     commands: Commands | None,
     pages: MachinePages | None,
-    turn: Callable[[], object],
+    wait: Callable[[float], object],
 ) -> type[BaseHTTPRequestHandler]:
     static = static_files()
 
@@ -134,7 +135,7 @@ def _handler_class(
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, render(selected(registry, query), turn))
+                self._send(200, CONTENT_TYPE_LATEST, render(selected(registry, query), wait))
             elif path == "/healthz":
                 self._probe(health(), "healthy")
             elif path == "/readyz":

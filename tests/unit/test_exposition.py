@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from service.core.config import Settings
 from service.core.threads import Lull
-from service.transport.exposition import TURN_SAMPLES, render
+from service.transport.exposition import TURN_SAMPLES, TURN_WAIT, render
 from tests.support import wait_until
 from tests.unit.wiring import wired_pipeline
 
@@ -34,19 +34,23 @@ def plant_registry() -> CollectorRegistry:
     return registry
 
 
+def turns_of(registry: CollectorRegistry) -> int:
+    """One before each family, one after the last, one every `TURN_SAMPLES` within."""
+    families = list(registry.collect())
+    return len(families) + 1 + sum(len(family.samples) // TURN_SAMPLES for family in families)
+
+
 def test_render_is_prometheus_clients_text_with_turns_within_large_families() -> None:
     registry = plant_registry()
     turns = 0
 
-    def turn() -> None:
+    def turn(timeout: float) -> None:
         nonlocal turns
         turns += 1
 
     assert render(registry, turn) == generate_latest(registry)
-    families = list(registry.collect())
-    within = sum(len(family.samples) // TURN_SAMPLES for family in families)
-    assert within >= 2, "the labelled families take turns within"
-    assert turns == len(families) + 1 + within
+    assert turns == turns_of(registry)
+    assert turns >= len(list(registry.collect())) + 3, "the labelled families take turns within"
 
 
 class Recording(Collector):
@@ -65,8 +69,23 @@ def test_each_family_is_collected_only_after_a_turn() -> None:
     for name in ("a", "b", "c"):
         registry.register(Recording(name, events))
     events.clear()  # registering collects once, for the names
-    render(registry, lambda: events.append("turn"))
+    render(registry, lambda _: events.append("turn"))
     assert events == ["turn", "collect a", "turn", "collect b", "turn", "collect c", "turn"]
+
+
+def test_a_scrape_waits_for_turns_only_within_its_budget() -> None:
+    registry = plant_registry()
+    timeouts: list[float] = []
+
+    def never_idle(timeout: float) -> None:
+        timeouts.append(timeout)
+        time.sleep(timeout)
+
+    rendered = render(registry, never_idle, budget=0.05)
+    assert rendered == generate_latest(registry)
+    assert 0 < len(timeouts) < turns_of(registry), "turns stop at the budget"
+    assert max(timeouts) <= TURN_WAIT
+    assert sum(timeouts) <= 0.05 + 1e-9
 
 
 def test_lull_lets_a_turn_go_on_only_while_the_busy_thread_waits() -> None:
