@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import structlog
 
@@ -69,22 +69,26 @@ class Lull:
         self._waiting = threading.Event()
         self._waiting.set()  # a thread not started yet, or ended, takes no turns
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self) -> AbstractContextManager[None]:
         """Around the busy thread's whole run: turns wait for its waits until it ends."""
-        self._waiting.clear()
-        try:
-            yield
-        finally:
-            self._waiting.set()
+        return self._while(waiting=False)
+
+    def waiting(self) -> AbstractContextManager[None]:
+        """Around the busy thread's waits."""
+        return self._while(waiting=True)
 
     @contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Around the busy thread's waits."""
-        self._waiting.set()
+    def _while(self, waiting: bool) -> Iterator[None]:
+        self._mark(waiting)
         try:
             yield
         finally:
+            self._mark(not waiting)
+
+    def _mark(self, waiting: bool) -> None:
+        if waiting:
+            self._waiting.set()
+        else:
             self._waiting.clear()
 
     def wait(self, timeout: float) -> bool:
