@@ -84,7 +84,7 @@ class MachineRuntime:
         self.relearning = False
         self._backlog: deque[Window] = deque(maxlen=settings.learning.windows)
         self.backlog_dropped = 0  # windows the backlog had no room for, since the last install
-        self.buffer = TrainingBuffer(settings.finetune, settings.model.seed)
+        self.buffer = TrainingBuffer(settings.finetune, settings.model.seed, settings.window.stride)
         self.last_fit_ts: float | None = None
         self.tuning = False
         self.drift: ScoreDrift | None = None

@@ -78,3 +78,50 @@ def test_its_windows_are_one_array_a_set_and_copies() -> None:
     assert all(w.base is not None for w in buffer.recent)
     admitted[-1][:] = -1.0  # the window's own array, written after admission
     assert labels(buffer.recent)[-1] == 59
+
+
+def sliding(rows: FloatArray, starts: list[int], length: int = 20) -> list[FloatArray]:
+    """Windows of `rows` at `starts`, each an array of its own, as the windower cuts them."""
+    return [rows[i : i + length].copy() for i in starts]
+
+
+def admit_all(buffer: TrainingBuffer, reference: ListBuffer, windows: list[FloatArray]) -> None:
+    for values in windows:
+        buffer.observe(values, score=0.1, threshold=1.0, alert_active=False)
+        reference.admit(values)
+
+
+def test_overlapping_windows_are_kept_as_the_rows_they_cover() -> None:
+    settings = FinetuneSettings(
+        admit_every=1, margin_windows=0, recent_windows=60, reservoir_windows=10
+    )
+    buffer, reference = TrainingBuffer(settings, seed=3), ListBuffer(settings, seed=3)
+    rows = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    admit_all(buffer, reference, sliding(rows, list(range(300))))
+    assert np.array_equal(np.stack(buffer.recent), np.stack(list(reference.recent)))
+    assert np.array_equal(np.stack(buffer.reservoir), np.stack(reference.reservoir))
+    # 60 windows of 20 steps, one step apart: 79 rows, not 1,200.
+    assert buffer._recent.rows == 60 + 19
+
+
+def test_windows_with_breaks_between_them_are_kept_whole() -> None:
+    settings = FinetuneSettings(
+        admit_every=3, margin_windows=0, recent_windows=25, reservoir_windows=10
+    )
+    buffer = TrainingBuffer(settings, seed=7, stride=2)
+    reference = ListBuffer(settings, seed=7)
+    rows = np.random.default_rng(1).normal(size=(5_000, 4)).astype(np.float32)
+    # Windows every 2 steps, with a jump now and then (a gap, or a restart after an alert).
+    starts = [2 * k + 9 * (k // 40) + 5 * (k // 97) for k in range(1_500)]
+    windows = sliding(rows, starts)
+    for values in windows:
+        buffer.observe(values, score=0.1, threshold=1.0, alert_active=False)
+    admitted = windows[2::3]  # every admit_every-th, as the buffer counts
+    for values in admitted:
+        reference.admit(values)
+    assert np.array_equal(np.stack(buffer.recent), np.stack(list(reference.recent)))
+    assert np.array_equal(np.stack(buffer.reservoir), np.stack(reference.reservoir))
+    _, holdout = buffer.split(0.25)
+    assert np.array_equal(np.stack(holdout), np.stack(list(reference.recent)[-6:]))
+    step = 3 * 2
+    assert 25 * step + 20 - step < buffer._recent.rows <= 25 * 20, "grown, within the bound"
