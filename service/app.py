@@ -151,7 +151,7 @@ class App:
             self.pipeline.snapshot,
             self.doors.from_http,
             MachinePages(detail.machine, detail.history),
-            self.pipeline.lull.wait,
+            self.pipeline.lull,
         )
         arm_pipeline(self.pipeline, faults)
 

@@ -59,15 +59,25 @@ class Worker(threading.Thread):
 
 
 class Lull:
-    """When a busy thread waits (for input, or out the rest of its minimum cycle), for a
-    thread whose Python work can wait to do it then. Two threads running Python take turns
-    on the GIL, and each of the busy thread's calls that gives it up (every torch
-    operation, every lock) waits up to the switch interval to win it back: beside a
-    /metrics render the pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py)."""
+    """When a busy thread lets another run its Python: while it waits (for input, or out
+    the rest of its minimum cycle), and for one turn at the end of each of its cycles,
+    during which it waits itself. Two threads running Python at once take turns on the
+    GIL, and each of the busy thread's calls that gives it up (every torch operation, every
+    lock) waits up to the switch interval to win it back: beside a /metrics render the
+    pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py). A busy thread that
+    never waits (a loaded pipeline, fine-tunes beside it) still hands over a turn a cycle.
 
-    def __init__(self) -> None:
-        self._waiting = threading.Event()
-        self._waiting.set()  # a thread not started yet, or ended, takes no turns
+    The other thread calls `wait(timeout)` before each piece of its work and `done()`
+    after the last."""
+
+    def __init__(self, turn_limit: float = 0.02) -> None:
+        # The longest the busy thread waits for a turn to end, handed over or not.
+        self.turn_limit = turn_limit
+        self._state = threading.Condition()
+        self._waiting = True  # a thread not started yet, or ended, takes no turns
+        self._asked = False  # the other thread wants a turn
+        self._granted = False  # a turn handed over, not begun yet
+        self._in_turn = False  # the other thread's turn runs
 
     def running(self) -> AbstractContextManager[None]:
         """Around the busy thread's whole run: turns wait for its waits until it ends."""
@@ -76,6 +86,38 @@ class Lull:
     def waiting(self) -> AbstractContextManager[None]:
         """Around the busy thread's waits."""
         return self._while(waiting=True)
+
+    def hand_over(self) -> None:
+        """On the busy thread, between its cycles: lets a turn that is asked for run, and
+        waits until it is over, `turn_limit` seconds at most."""
+        with self._state:
+            if not self._asked:
+                return
+            self._asked, self._granted = False, True
+            self._state.notify_all()
+            self._state.wait_for(lambda: not (self._granted or self._in_turn), self.turn_limit)
+            self._granted = False
+
+    def wait(self, timeout: float) -> bool:
+        """On the other thread: ends its turn, then waits for the next one (the busy thread
+        waits, or hands one over), `timeout` seconds at most; False on the timeout."""
+        with self._state:
+            self._end_turn()
+            self._asked = True
+            began = self._state.wait_for(lambda: self._waiting or self._granted, timeout)
+            self._asked = self._granted = False
+            self._in_turn = began
+            return began
+
+    def done(self) -> None:
+        """On the other thread: its work is over."""
+        with self._state:
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        if self._in_turn:
+            self._in_turn = False
+            self._state.notify_all()
 
     @contextmanager
     def _while(self, waiting: bool) -> Iterator[None]:
@@ -86,11 +128,9 @@ class Lull:
             self._mark(not waiting)
 
     def _mark(self, waiting: bool) -> None:
-        if waiting:
-            self._waiting.set()
-        else:
-            self._waiting.clear()
-
-    def wait(self, timeout: float) -> bool:
-        """Until the busy thread waits, or `timeout` seconds; False on the timeout."""
-        return self._waiting.wait(timeout)
+        with self._state:
+            self._waiting = waiting
+            if waiting:
+                self._state.notify_all()
+            else:  # a turn begun while it waited ends first
+                self._state.wait_for(lambda: not self._in_turn, self.turn_limit)

@@ -147,6 +147,7 @@ class Pipeline(Worker):
             while not self._stopping.is_set() or self._draining():
                 started = time.monotonic()
                 self.cycle(timeout=0.1)
+                self.lull.hand_over()
                 # A cycle woken by every message would take one or two, score a window or
                 # two per model call, and fight paho's thread for the GIL after each of its
                 # socket calls. Sleeping the rest lets the queue fill while paho runs alone;

@@ -1,12 +1,12 @@
 """`/metrics` rendered in turns: a family, or a few hundred samples, at a time, each turn
-when the pipeline waits.
+while the pipeline waits or when it hands one over between its cycles.
 
 prometheus_client renders in Python, holding the GIL: at 1,000 machines (about 31,000
 samples) 150 - 500 ms of collecting and formatting, during which every GIL hand-off of the
 pipeline's model calls waited up to the switch interval. Each scrape stalled scoring for
 0.3 - 1 s, and alerts with it (benchmarks/latency.py: alert p99 985 ms with a scrape every
-15 s, 285 ms without). Rendered in turns, a scrape takes longer and the pipeline waits at
-most one turn a cycle. The text is prometheus_client's own, family by family.
+15 s, 285 ms without). Rendered in turns, a scrape takes longer and the pipeline waits
+for at most one turn a cycle. The text is prometheus_client's own, family by family.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
@@ -41,25 +42,44 @@ class _Family(Collector):
         return [self.family]
 
 
-def render(
-    registry: Collector, wait: Callable[[float], object], budget: float = WAIT_BUDGET
-) -> bytes:
+class Turns(Protocol):
+    """`service.core.threads.Lull`, as a render sees it."""
+
+    def wait(self, timeout: float) -> object: ...
+
+    def done(self) -> None: ...
+
+
+class Unpaced:
+    """No one to take turns with: every turn goes on at once."""
+
+    def wait(self, timeout: float) -> object:
+        return True
+
+    def done(self) -> None:
+        pass
+
+
+def render(registry: Collector, turns: Turns, budget: float = WAIT_BUDGET) -> bytes:
     """`generate_latest(registry)`, taking a turn before each family is collected and
-    every `TURN_SAMPLES` samples of it are formatted: `wait(timeout)` returns when the
-    render may go on (`Lull.wait`), or after `timeout` seconds; the timeouts stop once
-    `budget` seconds have passed."""
+    every `TURN_SAMPLES` samples of it are formatted: `turns.wait(timeout)` returns when
+    the render may go on, or after `timeout` seconds; the timeouts stop once `budget`
+    seconds have passed."""
     deadline = time.monotonic() + budget
 
     def turn() -> None:
         left = deadline - time.monotonic()
         if left > 0:
-            wait(min(TURN_WAIT, left))
+            turns.wait(min(TURN_WAIT, left))
 
     parts: list[bytes] = []
-    for family in _between(registry.collect(), turn):
-        paced = copy.copy(family)
-        paced.samples = _every(family.samples, turn)  # type: ignore[assignment]
-        parts.append(generate_latest(_Family(paced)))
+    try:
+        for family in _between(registry.collect(), turn):
+            paced = copy.copy(family)
+            paced.samples = _every(family.samples, turn)  # type: ignore[assignment]
+            parts.append(generate_latest(_Family(paced)))
+    finally:
+        turns.done()
     return b"".join(parts)
 
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import RestrictedRegistry
 
 from service.core.metrics import Metrics
 from service.core.threads import Worker
-from service.transport.exposition import render
+from service.transport.exposition import Turns, Unpaced, render
 
 Probe = Callable[[], dict[str, Any]]
 # `/api/machines`: one record a machine (service.core.types.MachineRecord).
@@ -76,12 +76,13 @@ class HttpServer(Worker):
         machines: Machines,
         commands: Commands | None = None,
         pages: MachinePages | None = None,
-        wait: Callable[[float], object] = lambda _: None,
+        turns: Turns | None = None,
     ) -> None:
-        """`wait(timeout)` returns when a /metrics render may take its next turn
-        (`service.transport.exposition`)."""
+        """`turns`: with whom a /metrics render takes turns (`service.transport.exposition`)."""
         super().__init__("http", metrics)
-        handler = _handler_class(metrics.registry, health, ready, machines, commands, pages, wait)
+        handler = _handler_class(
+            metrics.registry, health, ready, machines, commands, pages, turns or Unpaced()
+        )
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
 
@@ -110,7 +111,7 @@ def _handler_class(
     machines: Machines,
     commands: Commands | None,
     pages: MachinePages | None,
-    wait: Callable[[float], object],
+    turns: Turns,
 ) -> type[BaseHTTPRequestHandler]:
     static = static_files()
 
@@ -135,7 +136,7 @@ def _handler_class(
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, render(selected(registry, query), wait))
+                self._send(200, CONTENT_TYPE_LATEST, render(selected(registry, query), turns))
             elif path == "/healthz":
                 self._probe(health(), "healthy")
             elif path == "/readyz":

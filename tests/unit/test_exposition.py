@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from service.core.config import Settings
 from service.core.threads import Lull
-from service.transport.exposition import TURN_SAMPLES, TURN_WAIT, render
+from service.transport.exposition import TURN_SAMPLES, TURN_WAIT, Unpaced, render
 from tests.support import wait_until
 from tests.unit.wiring import wired_pipeline
 
@@ -44,11 +44,13 @@ def test_render_is_prometheus_clients_text_with_turns_within_large_families() ->
     registry = plant_registry()
     turns = 0
 
-    def turn(timeout: float) -> None:
-        nonlocal turns
-        turns += 1
+    class Counting(Unpaced):
+        def wait(self, timeout: float) -> bool:
+            nonlocal turns
+            turns += 1
+            return True
 
-    assert render(registry, turn) == generate_latest(registry)
+    assert render(registry, Counting()) == generate_latest(registry)
     assert turns == turns_of(registry)
     assert turns >= len(list(registry.collect())) + 3, "the labelled families take turns within"
 
@@ -69,7 +71,12 @@ def test_each_family_is_collected_only_after_a_turn() -> None:
     for name in ("a", "b", "c"):
         registry.register(Recording(name, events))
     events.clear()  # registering collects once, for the names
-    render(registry, lambda _: events.append("turn"))
+
+    class Recorded(Unpaced):
+        def wait(self, timeout: float) -> None:
+            events.append("turn")
+
+    render(registry, Recorded())
     assert events == ["turn", "collect a", "turn", "collect b", "turn", "collect c", "turn"]
 
 
@@ -77,11 +84,15 @@ def test_a_scrape_waits_for_turns_only_within_its_budget() -> None:
     registry = plant_registry()
     timeouts: list[float] = []
 
-    def never_idle(timeout: float) -> None:
-        timeouts.append(timeout)
-        time.sleep(timeout)
+    class NeverIdle:
+        def wait(self, timeout: float) -> None:
+            timeouts.append(timeout)
+            time.sleep(timeout)
 
-    rendered = render(registry, never_idle, budget=0.05)
+        def done(self) -> None:
+            pass
+
+    rendered = render(registry, NeverIdle(), budget=0.05)
     assert rendered == generate_latest(registry)
     assert 0 < len(timeouts) < turns_of(registry), "turns stop at the budget"
     assert max(timeouts) <= TURN_WAIT
@@ -95,6 +106,7 @@ def test_lull_lets_a_turn_go_on_only_while_the_busy_thread_waits() -> None:
         assert not lull.wait(0.01), "busy: the turn times out"
         with lull.waiting():
             assert lull.wait(0)
+            lull.done()
         assert not lull.wait(0)
         release = threading.Event()
 
@@ -106,10 +118,37 @@ def test_lull_lets_a_turn_go_on_only_while_the_busy_thread_waits() -> None:
         thread.start()
         try:
             assert lull.wait(10)
+            lull.done()
         finally:
             release.set()
             thread.join(10)
     assert lull.wait(0), "an ended thread takes no turns"
+
+
+def test_a_busy_thread_that_never_waits_hands_a_turn_over_and_waits_for_its_end() -> None:
+    lull = Lull(turn_limit=10.0)
+    cycles = 0
+    stop = threading.Event()
+
+    def busy() -> None:
+        nonlocal cycles
+        with lull.running():
+            while not stop.is_set():
+                cycles += 1  # a cycle's work, never a wait
+                lull.hand_over()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        assert lull.wait(10), "handed over between two cycles"
+        during = cycles
+        time.sleep(0.05)  # the turn's work
+        assert cycles == during, "the busy thread waits while the turn runs"
+        lull.done()
+        wait_until(lambda: cycles > during, 10, "cycles after the turn")
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_pipeline_is_busy_while_it_cycles_and_waiting_on_an_empty_queue() -> None:
