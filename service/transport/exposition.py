@@ -5,8 +5,10 @@ prometheus_client renders in Python, holding the GIL: at 1,000 machines (about 3
 samples) 150 - 500 ms of collecting and formatting, during which every GIL hand-off of the
 pipeline's model calls waited up to the switch interval. Each scrape stalled scoring for
 0.3 - 1 s, and alerts with it (benchmarks/latency.py: alert p99 985 ms with a scrape every
-15 s, 285 ms without). Rendered in turns, a scrape takes longer and the pipeline waits
-for at most one turn a cycle. The text is prometheus_client's own, family by family.
+15 s, 285 ms without). Rendered in turns, a scrape takes longer, and the pipeline waits
+for at most a turn after each of its waits and one between cycles (`Lull`). Concurrent
+scrapes share the turns: one's may end another's early, never block it. The text is
+prometheus_client's own, family by family.
 """
 
 from __future__ import annotations
