@@ -94,10 +94,7 @@ class WindowRing:
 
     def window(self, index: int) -> FloatArray:
         """The window at `index` (0: the oldest), as a new array."""
-        assert self._rows is not None
-        at = np.arange(self._starts[index], self._starts[index] + self._length)
-        window: FloatArray = self._rows[at % len(self._rows)]
-        return window
+        return self._between(self._starts[index], self._starts[index] + self._length)
 
     def stacked(self) -> FloatArray:
         """Every window, oldest first, as one new array `[n, time, sensors]`."""
@@ -116,19 +113,25 @@ class WindowRing:
         self._head = 0
 
     def _new_rows(self, values: FloatArray) -> FloatArray:
+        # The newest window ends at the head: its last `shared` rows are the ring's last.
         shared = self._length - self.step
         if self._starts and shared > 0:
-            last = self.window(len(self._starts) - 1)
-            if np.array_equal(last[self.step :], values[:shared], equal_nan=True):
+            held = self._between(self._head - shared, self._head)
+            if np.array_equal(held, values[:shared], equal_nan=True):
                 return values[shared:]
         return values
+
+    def _between(self, first: int, stop: int) -> FloatArray:
+        """Rows `first` to `stop` (counted since the start), as a new array."""
+        assert self._rows is not None
+        rows: FloatArray = self._rows[np.arange(first, stop) % len(self._rows)]
+        return rows
 
     def _grow(self, first: int, needed: int) -> None:
         assert self._rows is not None
         size = min(max(needed, 2 * len(self._rows)), self.capacity * self._length)
-        at = np.arange(first, self._head)
         rows = np.empty((size, *self._rows.shape[1:]), np.float32)
-        rows[at % size] = self._rows[at % len(self._rows)]
+        rows[np.arange(first, self._head) % size] = self._between(first, self._head)
         self._rows = rows
 
     def _write(self, new: FloatArray) -> None:
