@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from service.core import heap
 from service.core.config import Settings
 from service.core.metrics import REJECTED, Metrics
+from service.core.threads import Lull
 from service.core.types import MachineState, Rejection, RejectReason
 from service.doors import CommandDoors
 from service.faults import arm_callback, arm_pipeline, armed_faults
@@ -125,7 +126,8 @@ class App:
         )
         # Learning beside the hot path: the pipeline knows the fine-tuner as a `Learner`
         # and hands its results back through `install`, taken in at its next cycle.
-        self.finetuner = FineTuner(settings, self.metrics, self._install, self.store)
+        lull = Lull()  # the pipeline's waits, when training and /metrics take turns
+        self.finetuner = FineTuner(settings, self.metrics, self._install, self.store, lull)
         self.pipeline = Pipeline(
             settings,
             self.metrics,
@@ -137,6 +139,7 @@ class App:
             AlertJournal(settings.state.dir / ALERT_JOURNAL)
             if self.nats is None
             else SharedAlertJournal(self.nats),
+            lull,
         )
         self.doors = CommandDoors(
             self.pipeline, self.publisher, self.metrics, settings.http.command_token_file
@@ -151,7 +154,7 @@ class App:
             self.pipeline.snapshot,
             self.doors.from_http,
             MachinePages(detail.machine, detail.history),
-            self.pipeline.lull,
+            lull,
         )
         arm_pipeline(self.pipeline, faults)
 

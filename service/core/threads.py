@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 import structlog
 
@@ -58,26 +59,52 @@ class Worker(threading.Thread):
         return self.is_alive() and not self.failed.is_set()
 
 
+class Turns(Protocol):
+    """`Lull`, as a thread that takes turns beside the busy one sees it."""
+
+    def wait(self, timeout: float) -> object: ...
+
+    def done(self) -> None: ...
+
+
+class Unpaced:
+    """No one to take turns with: every turn goes on at once."""
+
+    def wait(self, timeout: float) -> object:
+        return True
+
+    def done(self) -> None:
+        pass
+
+
 class Lull:
-    """When a busy thread lets another run its Python: while it waits (for input, or out
+    """When a busy thread lets others run their Python: while it waits (for input, or out
     the rest of its minimum cycle), and for one turn at the end of each of its cycles,
     during which it waits itself. Two threads running Python at once take turns on the
     GIL, and each of the busy thread's calls that gives it up (every torch operation, every
     lock) waits up to the switch interval to win it back: beside a /metrics render the
-    pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py). A busy thread that
-    never waits (a loaded pipeline, fine-tunes beside it) still hands over a turn a cycle.
+    pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py), and beside the
+    fine-tuner's training steps 3 - 5 times. A busy thread that never waits (a loaded
+    pipeline) still hands over a turn a cycle.
 
-    The other thread calls `wait(timeout)` before each piece of its work and `done()`
-    after the last."""
+    Each other thread calls `wait(timeout)` before each piece of its work and `done()`
+    after the last; several may take turns at once (concurrent scrapes, the fine-tuner)."""
 
-    def __init__(self, turn_limit: float = 0.02) -> None:
-        # The longest the busy thread waits for a turn to end, handed over or not.
+    def __init__(self, turn_limit: float = 0.02, share: float = 0.2) -> None:
+        # The longest the busy thread waits for the turns to end, handed over or not.
         self.turn_limit = turn_limit
+        # The most of the busy thread's time it hands over. Handing a turn over every cycle
+        # to a fine-tuner that always asks took a third of the pipeline's time at 1,000
+        # machines, and its cycles took in so many readings that alerts waited 200 ms.
+        self.share = share
+        self._credit = 0.0  # seconds of turns the busy thread may hand over now
+        self._credited_at = time.monotonic()
         self._state = threading.Condition()
         self._waiting = True  # a thread not started yet, or ended, takes no turns
-        self._asked = False  # the other thread wants a turn
-        self._granted = False  # a turn handed over, not begun yet
-        self._in_turn = False  # the other thread's turn runs
+        self._asking = 0  # other threads waiting for a turn
+        self._grants = 0  # turns handed over so far: a thread asking sees it change
+        self._unbegun = 0  # threads a hand-over granted a turn that has not begun yet
+        self._in_turn: set[int] = set()  # the threads whose turn runs
 
     def running(self) -> AbstractContextManager[None]:
         """Around the busy thread's whole run: turns wait for its waits until it ends."""
@@ -88,35 +115,51 @@ class Lull:
         return self._while(waiting=True)
 
     def hand_over(self) -> None:
-        """On the busy thread, between its cycles: lets a turn that is asked for run, and
-        waits until it is over, `turn_limit` seconds at most."""
+        """On the busy thread, between its cycles: lets the turns asked for run, and waits
+        until they are over, `turn_limit` seconds at most; not while the turns it handed
+        over came to more than `share` of its time."""
         with self._state:
-            if not self._asked:
+            now = time.monotonic()
+            limit = self.turn_limit
+            self._credit = min(limit, self._credit + self.share * (now - self._credited_at))
+            self._credited_at = now
+            if not self._asking or self._credit <= 0:
                 return
-            self._asked, self._granted = False, True
+            self._grants += 1
+            self._unbegun = self._asking
             self._state.notify_all()
-            self._state.wait_for(lambda: not (self._granted or self._in_turn), self.turn_limit)
-            self._granted = False
+            # A thread that ends its turn and asks for the next one waits for the next
+            # hand-over: this one waits only for the turns it granted.
+            self._state.wait_for(lambda: not (self._unbegun or self._in_turn), limit)
+            self._unbegun = 0
+            ended = time.monotonic()
+            self._credit -= (1 - self.share) * (ended - now)
+            self._credited_at = ended
 
     def wait(self, timeout: float) -> bool:
-        """On the other thread: ends its turn, then waits for the next one (the busy thread
+        """On another thread: ends its turn, then waits for its next one (the busy thread
         waits, or hands one over), `timeout` seconds at most; False on the timeout."""
         with self._state:
             self._end_turn()
-            self._asked = True
-            began = self._state.wait_for(lambda: self._waiting or self._granted, timeout)
-            self._asked = self._granted = False
-            self._in_turn = began
+            self._asking += 1
+            asked_at = self._grants
+            began = self._state.wait_for(lambda: self._waiting or self._grants != asked_at, timeout)
+            self._asking -= 1
+            if self._grants != asked_at and self._unbegun:
+                self._unbegun -= 1
+            if began:
+                self._in_turn.add(threading.get_ident())
             return began
 
     def done(self) -> None:
-        """On the other thread: its work is over."""
+        """On another thread: its work is over."""
         with self._state:
             self._end_turn()
 
     def _end_turn(self) -> None:
-        if self._in_turn:
-            self._in_turn = False
+        me = threading.get_ident()
+        if me in self._in_turn:
+            self._in_turn.discard(me)
             self._state.notify_all()
 
     @contextmanager
@@ -132,5 +175,5 @@ class Lull:
             self._waiting = waiting
             if waiting:
                 self._state.notify_all()
-            else:  # a turn begun while it waited ends first
+            else:  # turns begun while it waited end first
                 self._state.wait_for(lambda: not self._in_turn, self.turn_limit)

@@ -27,11 +27,12 @@ import torch
 
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.core.threads import Worker
+from service.core.threads import Turns, Unpaced, Worker
 from service.core.types import FitOutcome, FloatArray, TuneReason
 from service.learning.store import ModelStore
 from service.learning.store_meta import TrainingFacts
 from service.scoring.detector import (
+    BetweenBatches,
     Detector,
     EpochCallback,
     FitCancelledError,
@@ -46,6 +47,10 @@ log = structlog.get_logger(__name__)
 
 
 Install = Callable[[FitResult], None]
+
+# The longest a training batch waits for its turn beside the pipeline: one that never
+# waits still hands a turn over every cycle, so this bounds only a stalled pipeline.
+TURN_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,15 +79,22 @@ class TuneJob:
 
 class FineTuner(Worker):
     """Runs fit and fine-tune requests one at a time and hands each result to `install`
-    (a `service.stream.learning.Learner`)."""
+    (a `service.stream.learning.Learner`). Each training batch takes a turn beside the
+    pipeline (`turns`: its `Lull`), so that scoring never waits on training's Python."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, install: Install, store: ModelStore | None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        install: Install,
+        store: ModelStore | None,
+        turns: Turns | None = None,
     ) -> None:
         super().__init__("finetuner", metrics)
         self.settings = settings
         self.store = store
         self.install = install
+        self.turns = turns or Unpaced()
         self.jobs: queue.Queue[FitRequest | TuneRequest | None] = queue.Queue()
         self.busy = threading.Event()
         self.cancel = threading.Event()
@@ -140,6 +152,8 @@ class FineTuner(Worker):
         except Exception:
             log.exception("model_fit_failed", machine=job.machine)
             result = Trained(None, FitOutcome.ERROR)
+        finally:
+            self.turns.done()
         self.metrics.finetune_duration.observe(time.perf_counter() - started)
         if result.detector is not None and self.store is not None:
             result = self._persist(job.machine, result)
@@ -157,9 +171,14 @@ class FineTuner(Worker):
             return Trained(None, FitOutcome.ERROR)
         return result
 
+    def _between_batches(self) -> None:
+        if self.cancel.is_set():
+            raise FitCancelledError
+        self.turns.wait(TURN_WAIT)
+
     def _fit(self, job: FitRequest) -> Trained:
         windows = np.stack(job.windows)
-        detector, report = fit_new(self.settings, job.sensors, windows, self.cancel)
+        detector, report = fit_new(self.settings, job.sensors, windows, self._between_batches)
         log.info(
             "model_fitted",
             machine=job.machine,
@@ -174,7 +193,7 @@ class FineTuner(Worker):
         return Trained(detector, FitOutcome.INITIAL, facts)
 
     def _tune(self, job: TuneJob) -> Trained:
-        return tune(self.settings, job, self.cancel)
+        return tune(self.settings, job, self._between_batches)
 
 
 @dataclass
@@ -187,13 +206,13 @@ class Trained:
     facts: TrainingFacts | None = None
 
 
-def tune(settings: Settings, job: TuneJob, cancel: threading.Event | None = None) -> Trained:
+def tune(settings: Settings, job: TuneJob, between: BetweenBatches | None = None) -> Trained:
     """Trains a clone of the current model (same scaler, so errors stay comparable)
     and promotes it only through the gate."""
     s = settings
     candidate = job.current.clone()
     x = candidate.scaled(job.train)
-    loss = train_model(candidate.model, x, s.model, s.finetune.epochs, cancel)
+    loss = train_model(candidate.model, x, s.model, s.finetune.epochs, between)
     current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
     candidate_scores = candidate.score_many(job.holdout)[0]
     candidate_error = float(np.mean(candidate_scores))
@@ -254,11 +273,11 @@ def fit_new(
     settings: Settings,
     sensors: tuple[str, ...],
     windows: FloatArray,
-    cancel: threading.Event | None = None,
+    between: BetweenBatches | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> tuple[Detector, FitReport]:
     """A detector fitted from scratch on normal `windows` (in time order), as version 1."""
     detector = Detector.new(sensors, settings.window.length, settings.model)
-    report = detector.fit(windows, settings.threshold, cancel, on_epoch)
+    report = detector.fit(windows, settings.threshold, between, on_epoch)
     detector.version = 1
     return detector, report

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from threading import Event
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 # `(epochs done, epochs in all)`, after each epoch of training.
 EpochCallback = Callable[[int, int], None]
+# Called before each training batch: it may wait (the fine-tuner takes turns beside the
+# pipeline) and raises `FitCancelledError` to stop the fit.
+BetweenBatches = Callable[[], None]
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Detector:
         self,
         windows: FloatArray,
         threshold: ThresholdSettings,
-        cancel: Event | None = None,
+        between: BetweenBatches | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> FitReport:
         """Fits scaler, model and threshold on normal `windows` (in time order).
@@ -167,18 +169,17 @@ class Detector:
         seen more, it scores unseen windows no worse, typically: the threshold errs high
         rather than low. Nor is it below the plain quantile of that first model's scores
         of all the learning windows (`threshold.fitted_threshold`). `on_epoch(done,
-        total)` follows both trainings; setting `cancel` stops them at the next batch with
-        `FitCancelledError`."""
+        total)` follows both trainings, `between()` runs before each of their batches."""
         train, holdout = split_holdout(windows, threshold.holdout)
         self._fit_scaler(windows)
         first, then = self.settings.epochs, max(1, self.settings.epochs // 2)
         progress = _Progress(on_epoch, first + then)
-        train_model(self.model, self.scaled(train), self.settings, first, cancel, progress.at(0))
+        train_model(self.model, self.scaled(train), self.settings, first, between, progress.at(0))
         holdout_scores, _ = self.score_many(holdout)
         self.threshold = fitted_threshold(holdout_scores, self.score_many(windows)[0], threshold)
         self.base_threshold = self.threshold
         x = self.scaled(windows)
-        loss = train_model(self.model, x, self.settings, then, cancel, progress.at(first))
+        loss = train_model(self.model, x, self.settings, then, between, progress.at(first))
         self.latent_map = fit_map(self, windows)
         return FitReport(len(windows), len(holdout), loss, self.threshold, holdout_scores)
 
@@ -352,7 +353,7 @@ def train_model(
     x: torch.Tensor,
     settings: ModelSettings,
     epochs: int,
-    cancel: Event | None = None,
+    between: BetweenBatches | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> float:
     """Adam on reconstruction loss; the denoising and sparse options apply to every family.
@@ -365,8 +366,8 @@ def train_model(
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for start in range(0, len(x), settings.batch_size):
-            if cancel is not None and cancel.is_set():
-                raise FitCancelledError
+            if between is not None:
+                between()
             batch = x[order[start : start + settings.batch_size]]
             loss = reconstruction_loss(model, batch, settings, generator)
             optimizer.zero_grad()

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from service.core.config import MachineSettings, MaintenanceWindow, Settings
 from service.core.types import FloatArray, MachineState
 
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
 # How a machine ran while it learned: each sensor's level and spread (its model's scaler).
 Running = tuple[FloatArray, FloatArray]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -127,16 +129,31 @@ class Conditions:
             return np.logical_not(within.all(axis=1))
         if not self.auto_off or running is None:
             return none
-        head, tail = values[:, :REST_STEPS], values[:, -REST_STEPS:]
-        return self._rests(head, running) | self._rests(tail, running)
+        index = _ends_index(values.shape[1])
+        ends = values[:, index].reshape(len(values), 2, len(index) // 2, -1)
+        rests = self._rests(ends, running)
+        off: BoolArray = rests[:, 0] | rests[:, 1]  # either end
+        return off
 
-    def _rests(self, values: FloatArray, running: Running) -> BoolArray:
-        """Per window `[n, steps, sensors]`: every sensor still, one away from its level."""
+    def _rests(self, ends: FloatArray, running: Running) -> BoolArray:
+        """Per window and end `[n, 2, steps, sensors]`: every sensor still, one away from
+        its level. Only still ends are looked at further: a running machine's rarely are,
+        and this runs for every machine's windows of every cycle."""
         level, spread = running
-        still = (values.max(axis=1) - values.min(axis=1) < self.flat_fraction * spread).all(1)
-        away = (np.abs(values.mean(axis=1) - level) > AWAY * spread).any(axis=1)
-        rests: BoolArray = still & away
+        moved = ends.max(axis=2) - ends.min(axis=2)
+        rests: BoolArray = (moved < self.flat_fraction * spread).all(axis=2)
+        if rests.any():
+            away = (np.abs(ends.mean(axis=2) - level) > AWAY * spread).any(axis=2)
+            rests &= away
         return rests
+
+
+@functools.cache
+def _ends_index(length: int) -> IntArray:
+    """The steps of a window's first and last `REST_STEPS`, in one index."""
+    steps = min(REST_STEPS, length)
+    index: IntArray = np.r_[0:steps, length - steps : length]
+    return index
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -68,6 +68,7 @@ class Pipeline(Worker):
         store: SavedModels | None = None,
         together: Callable[[], AbstractContextManager[None]] = nullcontext,
         journal: AlertJournal | None = None,
+        lull: Lull | None = None,
     ) -> None:
         super().__init__("pipeline", metrics)
         # A cycle's acks are queued inside it: paho's thread is woken once for all of them
@@ -84,8 +85,9 @@ class Pipeline(Worker):
         self.scoring = ScoringPass(metrics.scoring_latency)
         self._installs: queue.Queue[FitResult] = queue.Queue()
         self._stopping = threading.Event()
-        # Its waits, when a /metrics render takes its turns (service.transport.exposition).
-        self.lull = Lull()
+        # Its waits, when the fine-tuner's training batches and /metrics renders
+        # (service.transport.exposition) take their turns.
+        self.lull = lull or Lull()
         self._drain_until = 0.0
         # Machines whose description or gauges may have changed since the last cycle.
         self._changed: dict[str, MachineRuntime] = {}

@@ -7,7 +7,7 @@ pipeline's model calls waited up to the switch interval. Each scrape stalled sco
 0.3 - 1 s, and alerts with it (benchmarks/latency.py: alert p99 985 ms with a scrape every
 15 s, 285 ms without). Rendered in turns, a scrape takes longer, and the pipeline waits
 for at most a turn after each of its waits and one between cycles (`Lull`). Concurrent
-scrapes share the turns: one's may end another's early, never block it. The text is
+scrapes take their turns together, beside the fine-tuner's. The text is
 prometheus_client's own, family by family.
 """
 
@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+
+from service.core.threads import Turns
 
 # Samples formatted in one turn: about a millisecond of Python.
 TURN_SAMPLES = 500
@@ -42,24 +43,6 @@ class _Family(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return [self.family]
-
-
-class Turns(Protocol):
-    """`service.core.threads.Lull`, as a render sees it."""
-
-    def wait(self, timeout: float) -> object: ...
-
-    def done(self) -> None: ...
-
-
-class Unpaced:
-    """No one to take turns with: every turn goes on at once."""
-
-    def wait(self, timeout: float) -> object:
-        return True
-
-    def done(self) -> None:
-        pass
 
 
 def render(registry: Collector, turns: Turns, budget: float = WAIT_BUDGET) -> bytes:

@@ -20,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.registry import RestrictedRegistry
 
 from service.core.metrics import Metrics
-from service.core.threads import Worker
-from service.transport.exposition import Turns, Unpaced, render
+from service.core.threads import Turns, Unpaced, Worker
+from service.transport.exposition import render
 
 Probe = Callable[[], dict[str, Any]]
 # `/api/machines`: one record a machine (service.core.types.MachineRecord).

@@ -1,10 +1,9 @@
 """/metrics rendered in turns: prometheus_client's text, byte for byte, with a turn before
-each family is collected and every few hundred samples; the pipeline's `Lull` says when a
-turn may go on."""
+each family is collected and every few hundred samples (the pipeline's `Lull`, whose turns
+tests/unit/test_lull.py shows, says when a turn may go on)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 
@@ -13,11 +12,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.core.config import Settings
-from service.core.threads import Lull
-from service.transport.exposition import TURN_SAMPLES, TURN_WAIT, Unpaced, render
-from tests.support import wait_until
-from tests.unit.wiring import wired_pipeline
+from service.core.threads import Unpaced
+from service.transport.exposition import TURN_SAMPLES, TURN_WAIT, render
 
 MACHINES = 600
 
@@ -97,76 +93,3 @@ def test_a_scrape_waits_for_turns_only_within_its_budget() -> None:
     assert 0 < len(timeouts) < turns_of(registry), "turns stop at the budget"
     assert max(timeouts) <= TURN_WAIT
     assert sum(timeouts) <= 0.05 + 1e-9
-
-
-def test_lull_lets_a_turn_go_on_only_while_the_busy_thread_waits() -> None:
-    lull = Lull()
-    assert lull.wait(0), "a thread not started yet takes no turns"
-    with lull.running():
-        assert not lull.wait(0.01), "busy: the turn times out"
-        with lull.waiting():
-            assert lull.wait(0)
-            lull.done()
-        assert not lull.wait(0)
-        release = threading.Event()
-
-        def waiter() -> None:
-            with lull.waiting():
-                release.wait(10)
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        try:
-            assert lull.wait(10)
-            lull.done()
-        finally:
-            release.set()
-            thread.join(10)
-    assert lull.wait(0), "an ended thread takes no turns"
-
-
-def test_a_busy_thread_that_never_waits_hands_a_turn_over_and_waits_for_its_end() -> None:
-    lull = Lull(turn_limit=10.0)
-    cycles = 0
-    stop = threading.Event()
-
-    def busy() -> None:
-        nonlocal cycles
-        with lull.running():
-            while not stop.is_set():
-                cycles += 1  # a cycle's work, never a wait
-                lull.hand_over()
-
-    thread = threading.Thread(target=busy)
-    thread.start()
-    try:
-        assert lull.wait(10), "handed over between two cycles"
-        during = cycles
-        time.sleep(0.05)  # the turn's work
-        assert cycles == during, "the busy thread waits while the turn runs"
-        lull.done()
-        wait_until(lambda: cycles > during, 10, "cycles after the turn")
-    finally:
-        stop.set()
-        thread.join(10)
-
-
-def test_pipeline_is_busy_while_it_cycles_and_waiting_on_an_empty_queue() -> None:
-    pipeline, _, _ = wired_pipeline(Settings())
-    during_work: list[bool] = []
-    take_installs = pipeline._take_installs
-
-    def recording() -> None:
-        during_work.append(pipeline.lull.wait(0))
-        take_installs()
-
-    pipeline._take_installs = recording  # type: ignore[method-assign]
-    pipeline.start()
-    try:
-        wait_until(lambda: len(during_work) >= 3, 10, "three cycles")
-        assert not any(during_work), "a cycle's work is busy"
-        assert pipeline.lull.wait(10), "an idle pipeline waits for input"
-    finally:
-        pipeline.stop(0.0)
-        assert pipeline.join_until(time.monotonic() + 10)
-    assert pipeline.lull.wait(0), "an ended pipeline takes no turns"
