@@ -71,9 +71,9 @@ class Detail:
 
 def unique(windows: list[Kept]) -> list[Kept]:
     """Each kept window once (one may be both recent and around the alert), oldest first."""
-    seen: dict[int, Kept] = {}
+    seen: dict[float, Kept] = {}
     for kept in windows:
-        seen.setdefault(id(kept.values), kept)
+        seen.setdefault(kept.end_ts, kept)
     return sorted(seen.values(), key=lambda k: k.end_ts)
 
 

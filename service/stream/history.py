@@ -3,14 +3,15 @@ thread from what scoring already computed and read by the HTTP threads.
 
 - **scores**: a ring of `HISTORY_POINTS` buckets of `HISTORY_SPAN / HISTORY_POINTS`
   seconds of event time (20 s: the last 4 hours), each the window of highest score in it
-  (its score, threshold and each sensor's share of its error, in float16: 3 digits, and
-  no overflow as raw errors of a wild fault would): downsampled, a spike is never averaged
-  away. Fixed numpy arrays, written in
-  place: 720 x (16 + 2 x sensors) bytes a machine.
-- **windows**: references to the latest windows (one every `KEEP_EVERY` of a window's
-  length, `RECENT_WINDOWS` of them), and those around the last alert (the ones before it,
-  then its own up to `ALERT_WINDOWS`). A window's array is never written after it is cut,
-  so holding it costs no copy; the page reconstructs them on its own thread.
+  (its score, threshold and each sensor's share of its error, in 255ths: a chart's
+  resolution, and no overflow as raw errors of a wild fault would): downsampled, a spike
+  is never averaged away. Fixed numpy arrays, written in place: 720 x (16 + sensors)
+  bytes a machine.
+- **windows**: the latest windows (one every `KEEP_EVERY` of a window's length,
+  `RECENT_WINDOWS` of them), copied as the rows they cover (`WindowRing`: kept windows
+  overlap by half), and references to those around the last alert (the ones before it,
+  then its own up to `ALERT_WINDOWS`; a window's array is never written after it is cut).
+  The page reconstructs them on its own thread.
 - **events**: the last `EVENTS` alert events, operator commands and fit outcomes: `kind`
   (alert, command, model) and `at`, with the fields of `alert_note`, `command_note` and
   `model_note`. `at` is event time for an alert, wall-clock time for the others.
@@ -31,6 +32,7 @@ from service.core.types import AlertEvent, FloatArray, Window
 from service.scoring.detector import Detector
 from service.stream.commands import Command, Outcome
 from service.stream.learning import FitResult
+from service.stream.training import WindowRing
 
 HISTORY_SPAN = 4 * 3600.0
 HISTORY_POINTS = 720
@@ -38,6 +40,7 @@ RECENT_WINDOWS = 16
 KEEP_EVERY = 0.5  # of a window's length: kept windows overlap by half
 ALERT_WINDOWS = 32
 ALERT_CONTEXT = 8  # of the latest windows, kept when an alert is raised
+SHARE_SCALE = 255  # a share of 1, in the ring's uint8
 EVENTS = 100
 
 
@@ -78,10 +81,11 @@ class MachineHistory:
         # the ring fills): the memory is taken when the machine starts, not over 4 hours.
         self._score = np.full(HISTORY_POINTS, 0.0, np.float32)
         self._threshold = np.full(HISTORY_POINTS, 0.0, np.float32)
-        self._shares = np.full((HISTORY_POINTS, 0), 0.0, np.float16)
+        self._shares = np.full((HISTORY_POINTS, 0), 0, np.uint8)
         self._head = -1  # slot of the newest bucket
         self._bucket_of_head = -1
-        self._recent: deque[Kept] = deque(maxlen=RECENT_WINDOWS)
+        self._recent = WindowRing(RECENT_WINDOWS, 1)
+        self._recent_of: deque[tuple[float, float, bool]] = deque(maxlen=RECENT_WINDOWS)
         self._alert: list[Kept] = []
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self._detector: Detector | None = None
@@ -109,9 +113,9 @@ class MachineHistory:
     def _restart(self, sensors: tuple[str, ...]) -> None:
         self._sensors = sensors
         self._ts[:] = np.nan
-        self._shares = np.full((HISTORY_POINTS, len(sensors)), 0.0, np.float16)
+        self._shares = np.full((HISTORY_POINTS, len(sensors)), 0, np.uint8)
         self._head = self._bucket_of_head = -1
-        self._recent.clear()
+        self._recent_of.clear()
         self._alert = []
 
     def _into_bucket(self, ts: float, score: float, threshold: float, errors: FloatArray) -> None:
@@ -127,24 +131,35 @@ class MachineHistory:
         self._ts[h], self._score[h], self._threshold[h] = ts, score, threshold
         # Shares only for the window a bucket keeps: most windows replace no bucket's peak.
         total = float(errors.sum())
-        self._shares[h] = errors / total if total > 0 else 0.0
+        self._shares[h] = np.rint(errors * (SHARE_SCALE / total)) if total > 0 else 0
 
     def _keep(self, windows: list[Window], scores: FloatArray, firing: list[bool]) -> None:
-        spacing = KEEP_EVERY * len(windows[0].values) * self.period
-        last = self._recent[-1].end_ts if self._recent else -np.inf
+        length = len(windows[0].values)
+        spacing = KEEP_EVERY * length * self.period
+        if not self._recent_of:  # windows spaced exactly share this many rows
+            self._recent = WindowRing(RECENT_WINDOWS, max(1, round(KEEP_EVERY * length)))
+        last = self._recent_of[-1][0] if self._recent_of else -np.inf
         for window, score, alert in zip(windows, scores, firing, strict=True):
             if window.end_ts - last < spacing:
                 continue
             last = window.end_ts
-            kept = Kept(window.end_ts, float(score), window.values, alert)
-            self._recent.append(kept)
+            self._recent.append(window.values)
+            self._recent_of.append((window.end_ts, float(score), alert))
             if alert and len(self._alert) < ALERT_WINDOWS:
-                self._alert.append(kept)
+                self._alert.append(Kept(window.end_ts, float(score), window.values, alert))
+
+    def _recent_kept(self, newest: int = RECENT_WINDOWS) -> list[Kept]:
+        """The `newest` recent windows, oldest first, each a new array."""
+        n = len(self._recent_of)
+        return [
+            Kept(*self._recent_of[i][:2], self._recent.window(i), self._recent_of[i][2])
+            for i in range(max(0, n - newest), n)
+        ]
 
     def alert_raised(self) -> None:
         """A new alert: the windows that led up to it become its context."""
         with self._lock:
-            self._alert = list(self._recent)[-ALERT_CONTEXT:]
+            self._alert = self._recent_kept(ALERT_CONTEXT)
 
     def note(self, event: dict[str, Any]) -> None:
         """An alert event, a command or a model install (`kind`, `at`: wall-clock, ...)."""
@@ -162,17 +177,22 @@ class MachineHistory:
                 self._ts[filled].copy(),
                 self._score[filled].copy(),
                 self._threshold[filled].copy(),
-                self._shares[filled].astype(np.float32),
-                list(self._recent),
+                self._shares[filled].astype(np.float32) / SHARE_SCALE,
+                self._recent_kept(),
                 list(self._alert),
                 list(self._events),
                 self._detector,
             )
 
     def nbytes(self) -> int:
-        """The ring's arrays (windows kept are references to the pipeline's)."""
+        """The ring's arrays (windows kept around an alert are references to the
+        pipeline's; the recent ones' rows are `recent_nbytes`)."""
         arrays = (self._ts, self._score, self._threshold, self._shares)
         return sum(a.nbytes for a in arrays)
+
+    def recent_nbytes(self) -> int:
+        """The rows of the recent windows."""
+        return self._recent.nbytes
 
 
 # -- the events a page lists, from what the pipeline already has --------------------------

@@ -77,6 +77,10 @@ class WindowRing:
         """Rows the ring holds room for."""
         return 0 if self._rows is None else len(self._rows)
 
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._rows is None else self._rows.nbytes
+
     def append(self, values: FloatArray) -> None:
         """Keeps `values` as the newest window (a copy); the oldest goes when full."""
         if self._rows is None or (len(values), *self._rows.shape[1:]) != values.shape:

@@ -62,7 +62,7 @@ def test_the_ring_keeps_each_buckets_highest_score_and_is_bounded() -> None:
     snap = history.snapshot()
     assert snap.ts.tolist() == [1.0]  # one bucket, its peak
     assert snap.score.tolist() == [5.0]
-    assert snap.shares.tolist() == [[0.7998046875, 0.199951171875]]  # 4/5 and 1/5 in float16
+    assert snap.shares[0].tolist() == pytest.approx([0.8, 0.2], abs=0.5 / 255)  # in 255ths
     # Two and a half times round the ring: it holds the newest HISTORY_POINTS buckets.
     ends = [bucket * (i + 1) for i in range(HISTORY_POINTS * 5 // 2)]
     many = windows_at(ends, np.random.default_rng(2))
@@ -71,7 +71,7 @@ def test_the_ring_keeps_each_buckets_highest_score_and_is_bounded() -> None:
     snap = history.snapshot()
     assert len(snap.ts) == HISTORY_POINTS
     assert snap.ts.tolist() == ends[-HISTORY_POINTS:]
-    assert history.nbytes() == HISTORY_POINTS * (8 + 4 + 4 + 2 * len(SENSORS))
+    assert history.nbytes() == HISTORY_POINTS * (8 + 4 + 4 + len(SENSORS))
 
 
 def test_kept_windows_are_spaced_bounded_and_give_an_alert_its_context() -> None:
@@ -93,6 +93,24 @@ def test_kept_windows_are_spaced_bounded_and_give_an_alert_its_context() -> None
     assert [k.end_ts for k in series] == [float(t) for t in range(96, 99 - 4 * RECENT_WINDOWS, -8)][
         ::-1
     ]
+
+
+def test_recent_windows_of_one_series_are_kept_exactly_as_the_rows_they_cover() -> None:
+    """A machine's windows overlap: the kept ones, half a window apart, share half their
+    rows, which the history holds once."""
+    history = MachineHistory(period=1.0)
+    detector, _ = fitted()
+    series = np.random.default_rng(4).normal(size=(120, 2)).astype(np.float32)
+    windows = [
+        Window("m", float(t), SENSORS, series[t - LENGTH + 1 : t + 1]) for t in range(7, 120)
+    ]
+    record(history, detector, windows)
+    recent = history.snapshot().recent
+    assert len(recent) == RECENT_WINDOWS
+    by_end = {w.end_ts: w.values for w in windows}
+    assert all(np.array_equal(k.values, by_end[k.end_ts]) for k in recent)
+    half = LENGTH // 2
+    assert history.recent_nbytes() == (RECENT_WINDOWS * half + half) * len(SENSORS) * 4
 
 
 @pytest.mark.parametrize("kind", family_names())
