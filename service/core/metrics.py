@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import __version__
+from service.core.series import Cell, MachineCounter, MachineGauge
 from service.core.types import COMMANDS, FitOutcome, MachineState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -25,23 +25,22 @@ SKIP_REASONS = ("maintenance", "off")
 COMMAND_OUTCOMES = ("ok", "refused")
 NEW_NORMAL_OUTCOMES = ("promoted", "refused")
 
-M = TypeVar("M", Counter, Gauge)
 # The `machine` label of readings that have no accepted machine (an unknown topic, a machine
 # past ingest.max_machines or refused by the allowlist): one series for all of them, so a
 # flood of made-up names cannot grow /metrics. Ingest refuses it as a machine name.
 REJECTED = "_rejected"
 
 
-class ByMachine(Generic[M]):
-    """A `machine`-labelled metric's child per machine, looked up once. `labels()` takes
-    a lock and builds a key on every call, which on the per-message and per-cycle paths
-    costs more than the counting itself. A child appears on first use, as with `labels()`."""
+class ByMachine:
+    """A `machine`-labelled metric's series per machine, looked up once. `labels()` builds
+    a key on every call, which on the per-message and per-cycle paths costs more than the
+    counting itself. A series appears on first use, as with `labels()`."""
 
-    def __init__(self, metric: M) -> None:
-        self.metric: M = metric
-        self._children: dict[str, M] = {}
+    def __init__(self, metric: MachineCounter | MachineGauge) -> None:
+        self.metric = metric
+        self._children: dict[str, Cell] = {}
 
-    def __getitem__(self, machine: str) -> M:
+    def __getitem__(self, machine: str) -> Cell:
         child = self._children.get(machine)
         if child is None:
             child = self._children[machine] = self.metric.labels(machine=machine)
@@ -85,7 +84,7 @@ class Metrics:
         self.messages_received = Tally(
             "aemon_messages_received_total", "MQTT messages handed to ingest.", r
         )
-        self.readings_received = Counter(
+        self.readings_received = MachineCounter(
             "aemon_readings_received_total",
             "Readings received: every reading parsed from a message, plus one for each message "
             f"rejected whole. received = accepted + rejected, per machine label ({REJECTED}: "
@@ -93,45 +92,45 @@ class Metrics:
             ["machine"],
             registry=r,
         )
-        self.readings_accepted = Counter(
+        self.readings_accepted = MachineCounter(
             "aemon_readings_accepted_total",
             "Readings taken onto a machine's time grid.",
             ["machine"],
             registry=r,
         )
-        self.readings_rejected = Counter(
+        self.readings_rejected = MachineCounter(
             "aemon_readings_rejected_total",
             f"Readings refused, by reason (machine is {REJECTED} for readings of no accepted "
             "machine).",
             ["machine", "reason"],
             registry=r,
         )
-        self.windows_scored = Counter(
+        self.windows_scored = MachineCounter(
             "aemon_windows_scored_total", "Windows scored by a model.", ["machine"], registry=r
         )
-        self.windows_unscored = Counter(
+        self.windows_unscored = MachineCounter(
             "aemon_windows_unscored_total",
             "Windows dropped unscored: more came in while a machine's first model was being "
             "fitted than its backlog (learning.windows) holds.",
             ["machine"],
             registry=r,
         )
-        self.anomaly_score = Gauge(
+        self.anomaly_score = MachineGauge(
             "aemon_anomaly_score",
             "Reconstruction error of the machine's latest window (higher is more anomalous).",
             ["machine"],
             registry=r,
         )
-        self.anomaly_threshold = Gauge(
+        self.anomaly_threshold = MachineGauge(
             "aemon_anomaly_threshold",
             "Score above which a window counts as anomalous.",
             ["machine"],
             registry=r,
         )
-        self.alert_firing = Gauge(
+        self.alert_firing = MachineGauge(
             "aemon_alert_firing", "1 while the machine has a firing alert.", ["machine"], registry=r
         )
-        self.alerts_raised = Counter(
+        self.alerts_raised = MachineCounter(
             "aemon_alerts_raised_total", "Alert episodes raised.", ["machine"], registry=r
         )
         self.scoring_latency = Histogram(
@@ -155,7 +154,7 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
-        self.last_reading_timestamp = Gauge(
+        self.last_reading_timestamp = MachineGauge(
             "aemon_last_reading_timestamp_seconds",
             "Event time of the newest reading accepted for the machine (Unix seconds).",
             ["machine"],
@@ -169,19 +168,19 @@ class Metrics:
             "Readings waiting for the pipeline thread (bounded by ingest.max_queued_readings).",
             registry=r,
         )
-        self.machine_state = Gauge(
+        self.machine_state = MachineGauge(
             "aemon_machine_state",
             "1 for the state the machine is in (discovering, learning, scoring).",
             ["machine", "state"],
             registry=r,
         )
-        self.model_version = Gauge(
+        self.model_version = MachineGauge(
             "aemon_model_version",
             "Version of the model scoring the machine.",
             ["machine"],
             registry=r,
         )
-        self.finetune_runs = Counter(
+        self.finetune_runs = MachineCounter(
             "aemon_finetune_runs_total",
             # Dashboards' tests read the outcomes from the parenthesis that ends this help.
             f"Model fits and fine-tunes by outcome ({', '.join(FINETUNE_OUTCOMES)}).",
@@ -194,20 +193,20 @@ class Metrics:
             buckets=FINETUNE_BUCKETS,
             registry=r,
         )
-        self.finetune_windows_excluded = Counter(
+        self.finetune_windows_excluded = MachineCounter(
             "aemon_finetune_windows_excluded_total",
             "Windows kept out of fine-tuning because they were in or near an alert episode.",
             ["machine"],
             registry=r,
         )
-        self.drift_events = Counter(
+        self.drift_events = MachineCounter(
             "aemon_drift_events_total",
             "Changes in the level of the machine's scores (ADWIN); a rise outside alerts "
             "requests an early fine-tune.",
             ["machine"],
             registry=r,
         )
-        self.model_load_failures = Counter(
+        self.model_load_failures = MachineCounter(
             "aemon_model_load_failures_total",
             "Saved model versions that could not be loaded (a corrupt or missing file, "
             "unreadable metadata): the newest older usable version is used instead, or the "
@@ -231,7 +230,7 @@ class Metrics:
             "Exceptions caught in MQTT callbacks (kept from killing paho's network thread).",
             registry=r,
         )
-        self.window_gaps = Counter(
+        self.window_gaps = MachineCounter(
             "aemon_window_gaps_total",
             "Times a machine's window restarted because a sensor went silent past max_stale: "
             "lost readings (e.g. a broker's queue limit dropping QoS 0 bursts) or a dead sensor.",
@@ -245,20 +244,20 @@ class Metrics:
             registry=r,
         )
 
-        self.alert_acknowledged = Gauge(
+        self.alert_acknowledged = MachineGauge(
             "aemon_alert_acknowledged",
             "1 while the machine's firing alert is acknowledged by an operator.",
             ["machine"],
             registry=r,
         )
-        self.windows_skipped = Counter(
+        self.windows_skipped = MachineCounter(
             "aemon_windows_skipped_total",
             "Windows neither scored nor learnt from, by reason: maintenance (a window of the "
             "machine's maintenance) or off (the machine did not run).",
             ["machine", "reason"],
             registry=r,
         )
-        self.false_alarms = Counter(
+        self.false_alarms = MachineCounter(
             "aemon_false_alarms_total",
             "Alerts an operator resolved as false alarms (their windows become normal data).",
             ["machine"],
@@ -271,7 +270,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.new_normals = Counter(
+        self.new_normals = MachineCounter(
             "aemon_new_normals_total",
             "Firing alerts whose windows settled into a steady state the model then "
             "re-baselined on, by the gate's outcome: promoted (the alert resolves as "

@@ -145,7 +145,7 @@ class FineTuner(Worker):
         started = time.perf_counter()
         initial = isinstance(job, FitRequest)
         try:
-            result = self._fit(job) if isinstance(job, FitRequest) else self._tune(TuneJob.of(job))
+            result = self._fit(job) if isinstance(job, FitRequest) else self._tune(job)
         except FitCancelledError:
             log.info("model_fit_cancelled", machine=job.machine)
             return
@@ -171,14 +171,15 @@ class FineTuner(Worker):
             return Trained(None, FitOutcome.ERROR)
         return result
 
-    def _between_batches(self) -> None:
+    def _turn(self) -> None:
+        """Waits for a turn beside the pipeline; stops the fit when the daemon stops."""
         if self.cancel.is_set():
             raise FitCancelledError
         self.turns.wait(TURN_WAIT)
 
     def _fit(self, job: FitRequest) -> Trained:
         windows = np.stack(job.windows)
-        detector, report = fit_new(self.settings, job.sensors, windows, self._between_batches)
+        detector, report = fit_new(self.settings, job.sensors, windows, self._turn)
         log.info(
             "model_fitted",
             machine=job.machine,
@@ -192,8 +193,9 @@ class FineTuner(Worker):
         )
         return Trained(detector, FitOutcome.INITIAL, facts)
 
-    def _tune(self, job: TuneJob) -> Trained:
-        return tune(self.settings, job, self._between_batches)
+    def _tune(self, request: TuneRequest) -> Trained:
+        self._turn()  # stacking the windows and cloning the model are Python too
+        return tune(self.settings, TuneJob.of(request), self._turn)
 
 
 @dataclass
@@ -208,11 +210,14 @@ class Trained:
 
 def tune(settings: Settings, job: TuneJob, between: BetweenBatches | None = None) -> Trained:
     """Trains a clone of the current model (same scaler, so errors stay comparable)
-    and promotes it only through the gate."""
+    and promotes it only through the gate. `between()` runs before each training batch,
+    the gate and the map."""
+    turn = between or _no_turn
     s = settings
     candidate = job.current.clone()
     x = candidate.scaled(job.train)
     loss = train_model(candidate.model, x, s.model, s.finetune.epochs, between)
+    turn()
     current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
     candidate_scores = candidate.score_many(job.holdout)[0]
     candidate_error = float(np.mean(candidate_scores))
@@ -240,10 +245,15 @@ def tune(settings: Settings, job: TuneJob, between: BetweenBatches | None = None
         return Trained(None, FitOutcome.REJECTED_GATE)
     candidate.threshold = threshold
     candidate.version = job.current.version + 1
+    turn()
     candidate.latent_map = fit_map(candidate, job.train)
     parent = job.current.version or None
     facts = TrainingFacts(reason=job.reason, windows=len(job.train), final_loss=loss, parent=parent)
     return Trained(candidate, FitOutcome.PROMOTED, facts)
+
+
+def _no_turn() -> None:
+    pass
 
 
 def _promoted_threshold(

@@ -159,9 +159,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             fault = Fault(LEARN_ROWS, LEARN_ROWS + FAULT_ROWS, "vibration", factor=3.0)
             rows = machine_rows(time.time() - 2000, LEARN_ROWS + FAULT_ROWS, seed=1, fault=fault)
             send_rows(pub, rows, LEARN_ROWS)
+            # Under strace -f a first fit took 10 - 70 s on a loaded 2-core box.
             wait_until(
                 lambda: daemon.machines().get(MACHINE, {}).get("state") == "scoring",
-                60,
+                180,
                 "the machine's first model",
             )
             # A rejected reading, so the rejections panel has a series; then the fault, and no

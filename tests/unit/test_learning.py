@@ -98,8 +98,8 @@ def test_one_big_batch_learns_from_its_start_and_scores_the_rest(tmp_path: Path)
     assert len(job.windows) == LEARN
     finetuner.handle(job)
     pipeline.cycle(timeout=0)
-    scored = metrics.windows_scored.labels(machine="pump-1")._value.get()
-    unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()
+    scored = metrics.windows_scored.labels(machine="pump-1").get()
+    unscored = metrics.windows_unscored.labels(machine="pump-1").get()
     assert (scored, unscored) == (LEARN, 51 - 2 * LEARN)
 
 
@@ -120,5 +120,5 @@ def test_a_failed_first_fit_learns_again_from_the_windows_that_waited(tmp_path: 
     assert isinstance(second, FitRequest)
     np.testing.assert_allclose(second.windows, windows[51 - LEARN :])
     assert pipeline.machines["pump-1"].state == MachineState.LEARNING
-    unscored = metrics.windows_unscored.labels(machine="pump-1")._value.get()
+    unscored = metrics.windows_unscored.labels(machine="pump-1").get()
     assert unscored == 51 - 2 * LEARN

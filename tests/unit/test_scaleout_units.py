@@ -49,7 +49,7 @@ def test_a_released_machine_goes_after_the_readings_queued_before_it() -> None:
     pipeline.release(["m1"])
     pipeline.cycle(timeout=0.01)  # the release waits: the queued readings are taken in
     assert "m1" in pipeline.machines
-    assert metrics.accepted_of["m1"]._value.get() == 30
+    assert metrics.accepted_of["m1"].get() == 30
     pipeline.cycle(timeout=0.01)
     assert "m1" not in pipeline.machines
     text = "\n".join(f"{s.name}{s.labels}" for f in metrics.registry.collect() for s in f.samples)
