@@ -79,13 +79,14 @@ class Unpaced:
 
 class Lull:
     """When a busy thread lets others run their Python: while it waits (for input, or out
-    the rest of its minimum cycle), and for one turn at the end of each of its cycles,
-    during which it waits itself. Two threads running Python at once take turns on the
-    GIL, and each of the busy thread's calls that gives it up (every torch operation, every
-    lock) waits up to the switch interval to win it back: beside a /metrics render the
+    the rest of its minimum cycle), and for a turn at the end of its cycles, during which
+    it waits itself, as long as the turns it hands over stay within `share` of its time.
+    Two threads running Python at once take turns on the GIL, and each of the busy
+    thread's calls that gives it up (every torch operation, every lock) waits up to the
+    switch interval to win it back: beside a /metrics render the
     pipeline's cycles ran 10 - 100 times slower (benchmarks/latency.py), and beside the
     fine-tuner's training steps 3 - 5 times. A busy thread that never waits (a loaded
-    pipeline) still hands over a turn a cycle.
+    pipeline) still hands turns over.
 
     Each other thread calls `wait(timeout)` before each piece of its work and `done()`
     after the last; several may take turns at once (concurrent scrapes, the fine-tuner)."""

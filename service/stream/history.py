@@ -104,17 +104,19 @@ class MachineHistory:
         with self._lock:
             self._detector = detector
             if windows[0].sensors != self._sensors:
-                self._restart(windows[0].sensors)
+                self._restart(windows[0].sensors, len(windows[0].values))
             threshold = detector.threshold
             for window, score, sensor_errors in zip(windows, scores, errors, strict=True):
                 self._into_bucket(window.end_ts, float(score), threshold, sensor_errors)
             self._keep(windows, scores, firing)
 
-    def _restart(self, sensors: tuple[str, ...]) -> None:
+    def _restart(self, sensors: tuple[str, ...], length: int) -> None:
         self._sensors = sensors
         self._ts[:] = np.nan
         self._shares = np.full((HISTORY_POINTS, len(sensors)), 0, np.uint8)
         self._head = self._bucket_of_head = -1
+        # Windows kept exactly `KEEP_EVERY` apart share all rows but this many.
+        self._recent = WindowRing(RECENT_WINDOWS, max(1, round(KEEP_EVERY * length)))
         self._recent_of.clear()
         self._alert = []
 
@@ -134,10 +136,7 @@ class MachineHistory:
         self._shares[h] = np.rint(errors * (SHARE_SCALE / total)) if total > 0 else 0
 
     def _keep(self, windows: list[Window], scores: FloatArray, firing: list[bool]) -> None:
-        length = len(windows[0].values)
-        spacing = KEEP_EVERY * length * self.period
-        if not self._recent_of:  # windows spaced exactly share this many rows
-            self._recent = WindowRing(RECENT_WINDOWS, max(1, round(KEEP_EVERY * length)))
+        spacing = KEEP_EVERY * len(windows[0].values) * self.period
         last = self._recent_of[-1][0] if self._recent_of else -np.inf
         for window, score, alert in zip(windows, scores, firing, strict=True):
             if window.end_ts - last < spacing:
@@ -151,10 +150,11 @@ class MachineHistory:
     def _recent_kept(self, newest: int = RECENT_WINDOWS) -> list[Kept]:
         """The `newest` recent windows, oldest first, each a new array."""
         n = len(self._recent_of)
-        return [
-            Kept(*self._recent_of[i][:2], self._recent.window(i), self._recent_of[i][2])
-            for i in range(max(0, n - newest), n)
-        ]
+        kept = []
+        for i in range(max(0, n - newest), n):
+            end_ts, score, alert = self._recent_of[i]
+            kept.append(Kept(end_ts, score, self._recent.window(i), alert))
+        return kept
 
     def alert_raised(self) -> None:
         """A new alert: the windows that led up to it become its context."""
