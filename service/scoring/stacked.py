@@ -44,6 +44,7 @@ from torch.func import functional_call
 from service.core import heap
 from service.core.types import FloatArray
 from service.scoring.batched import (
+    COLUMNS_BATCH,
     NotBatchableError,
     Plan,
     Span,
@@ -61,6 +62,8 @@ STACKABLE = frozenset({"conv", "dense", "vae"})
 # Windows per model call: bounds the memory of one call (inputs, gathered weights).
 MAX_CALL_WINDOWS = 4096
 MAX_CALL_MODELS = 64
+# Windows a model in the calls a new group's plan is checked with against vmap.
+PLAN_CHECKS = (COLUMNS_BATCH - 1, COLUMNS_BATCH + 1)
 # Weights freed by adoptions after which the heap is trimmed (a trim costs ~10-100 ms).
 TRIM_AFTER_BYTES = 32 << 20
 
@@ -255,14 +258,18 @@ class StackedGroup:
         """The family's plan if it gives what vmap gives, else None (vmap)."""
         row = torch.cat([p.detach().flatten() for p in template.model.parameters()])
         rows = torch.stack([row, -0.5 * row])
-        x = torch.randn((2, 3, *self.shape), generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        # Both of a plan's ways: a live cycle's few windows a model, and a batch.
+        inputs = [torch.randn((2, n, *self.shape), generator=generator) for n in PLAN_CHECKS]
         try:
             plan = family_plan(self.base, self.spans)
             if plan is None:
                 return None
             with torch.no_grad():
-                got, want = run_plan(rows, x, plan), self._vmapped(rows, x)
-                agree = torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+                agree = all(
+                    torch.allclose(run_plan(rows, x, plan), self._vmapped(rows, x), 1e-4, 1e-5)
+                    for x in inputs
+                )
         except (NotBatchableError, RuntimeError) as exc:
             log.warning("stacked_forward_unusable", kind=self.key.kind, error=str(exc))
             return None

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from service.core.config import ModelSettings
 from service.core.types import FloatArray
-from service.scoring import stacked
+from service.scoring import batched, stacked
 from service.scoring.detector import Detector
 from service.scoring.models import Autoencoder, build_model
 from service.scoring.stack_row import StackRow
@@ -180,6 +181,29 @@ def test_a_layer_the_batched_forward_does_not_know_falls_back_to_vmap(
     scorer = StackedScorer()
     assert_same(scorer.score(work), alone(work))
     assert [group.uses_vmap for group in scorer.groups.values()] == [True]
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense", "vae"])
+@pytest.mark.parametrize("window", [WINDOW, 13])
+def test_a_plan_as_matrix_products_reconstructs_as_its_grouped_convolutions(
+    kind: str, window: int
+) -> None:
+    """A live cycle's few windows a model run through matrix products, a batch through
+    grouped convolutions: the same reconstructions either way, for windows the decoder
+    crops (10 and 13 steps: it returns 12 and 16)."""
+    d = Detector.new(("a", "b", "c"), window, ModelSettings(kind=kind))
+    group = stacked.StackedGroup(stacked.group_key(d), d)
+    assert group.plan is not None
+    rng = np.random.default_rng(0)
+    rows = torch.from_numpy(rng.normal(0, 0.2, (5, group.width)).astype(np.float32))
+    for batch in (1, 2, batched.COLUMNS_BATCH, batched.COLUMNS_BATCH + 3):
+        x = torch.from_numpy(rng.normal(0, 1, (5, batch, window, 3)).astype(np.float32))
+        with torch.no_grad():
+            run = batched.scripted(batched._run)
+            columns, grouped = run(rows, x, group.plan, batch), run(rows, x, group.plan, 0)
+            vmapped = group._vmapped(rows, x)
+        torch.testing.assert_close(columns, grouped, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(columns, vmapped, rtol=1e-4, atol=1e-5)
 
 
 def test_a_member_keeps_no_module_and_its_model_is_its_row(plant: dict[str, Detector]) -> None:
