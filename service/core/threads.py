@@ -62,7 +62,7 @@ class Worker(threading.Thread):
 class Turns(Protocol):
     """`Lull`, as a thread that takes turns beside the busy one sees it."""
 
-    def wait(self, timeout: float) -> object: ...
+    def wait(self, timeout: float, background: bool = False) -> object: ...
 
     def done(self) -> None: ...
 
@@ -70,7 +70,7 @@ class Turns(Protocol):
 class Unpaced:
     """No one to take turns with: every turn goes on at once."""
 
-    def wait(self, timeout: float) -> object:
+    def wait(self, timeout: float, background: bool = False) -> object:
         return True
 
     def done(self) -> None:
@@ -89,7 +89,10 @@ class Lull:
     pipeline) still hands turns over.
 
     Each other thread calls `wait(timeout)` before each piece of its work and `done()`
-    after the last; several may take turns at once (concurrent scrapes, the fine-tuner)."""
+    after the last; several may take turns at once (concurrent scrapes, the fine-tuner).
+    A `background` thread (the fine-tuner) first waits out the others' work, begun with
+    their first `wait` and ended with `done()`: a scrape's turns shared with training left
+    each turn too short for either, and the pipeline ran beside both."""
 
     def __init__(self, turn_limit: float = 0.02, share: float = 0.2) -> None:
         # The longest the busy thread waits for the turns to end, handed over or not.
@@ -106,6 +109,7 @@ class Lull:
         self._grants = 0  # turns handed over so far: a thread asking sees it change
         self._unbegun = 0  # threads a hand-over granted a turn that has not begun yet
         self._in_turn: set[int] = set()  # the threads whose turn runs
+        self._foreground: set[int] = set()  # the threads that are not background, at work
 
     def running(self) -> AbstractContextManager[None]:
         """Around the busy thread's whole run: turns wait for its waits until it ends."""
@@ -137,11 +141,18 @@ class Lull:
             self._credit -= (1 - self.share) * (ended - now)
             self._credited_at = ended
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, background: bool = False) -> bool:
         """On another thread: ends its turn, then waits for its next one (the busy thread
-        waits, or hands one over), `timeout` seconds at most; False on the timeout."""
+        waits, or hands one over), `timeout` seconds at most; False on the timeout. In the
+        `background`, the other threads' work ends first, within the same timeout."""
         with self._state:
             self._end_turn()
+            if background:
+                started = time.monotonic()
+                self._state.wait_for(lambda: not self._foreground, timeout)
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+            else:
+                self._foreground.add(threading.get_ident())
             self._asking += 1
             asked_at = self._grants
             began = self._state.wait_for(lambda: self._waiting or self._grants != asked_at, timeout)
@@ -156,6 +167,9 @@ class Lull:
         """On another thread: its work is over."""
         with self._state:
             self._end_turn()
+            if self._foreground:
+                self._foreground.discard(threading.get_ident())
+                self._state.notify_all()
 
     def _end_turn(self) -> None:
         me = threading.get_ident()

@@ -48,8 +48,9 @@ log = structlog.get_logger(__name__)
 
 Install = Callable[[FitResult], None]
 
-# The longest a training batch waits for its turn beside the pipeline: one that never
-# waits still hands a turn over every cycle, so this bounds only a stalled pipeline.
+# The longest a training batch waits for its turn beside the pipeline, a scrape's render
+# first (`Lull`, background): a pipeline that never waits still hands turns over, so this
+# bounds only a stalled pipeline or a scrape of more than this.
 TURN_WAIT = 0.5
 
 
@@ -175,7 +176,7 @@ class FineTuner(Worker):
         """Waits for a turn beside the pipeline; stops the fit when the daemon stops."""
         if self.cancel.is_set():
             raise FitCancelledError
-        self.turns.wait(TURN_WAIT)
+        self.turns.wait(TURN_WAIT, background=True)
 
     def _fit(self, job: FitRequest) -> Trained:
         windows = np.stack(job.windows)

@@ -179,3 +179,51 @@ def test_a_busy_thread_hands_over_at_most_its_share_of_time() -> None:
             lull.hand_over()
     thread.join(10)
     assert 5 <= turns <= cycles / 2
+
+
+def test_a_background_thread_waits_out_a_scrapes_work_before_its_turns() -> None:
+    """Training (background) takes no turn while a scrape's render is under way, even while
+    the pipeline waits; the scrape's `done()` lets it go on at once."""
+    lull = Lull()
+    began: list[str] = []
+
+    def background() -> None:
+        assert lull.wait(30, background=True)
+        began.append("background")
+        lull.done()
+
+    with lull.running():
+        # The scrape is this thread: its first piece asks, and its work has begun.
+        assert not lull.wait(0.0)
+        thread = threading.Thread(target=background)
+        thread.start()
+        wait_until(thread.is_alive, 10, "the background thread started")
+        with lull.waiting():
+            assert lull.wait(1.0), "the scrape's turns go on while the pipeline waits"
+            time.sleep(0.2)  # the render goes on; training must not begin meanwhile
+            assert began == []
+            lull.done()  # the render is over
+            thread.join(10)
+    assert began == ["background"]
+
+
+def test_a_background_thread_goes_on_when_a_scrape_outlasts_its_wait() -> None:
+    """A render that never ends (its thread stuck) holds training back for the timeout
+    only."""
+    lull = Lull()
+    stuck = threading.Event()
+
+    def scrape() -> None:
+        lull.wait(1.0)  # its work begins, and does not end until the test is over
+        stuck.wait(30)
+        lull.done()
+
+    thread = threading.Thread(target=scrape)
+    with lull.running(), lull.waiting():
+        thread.start()
+        wait_until(lambda: bool(lull._foreground), 10, "the scrape's work began")
+        started = time.monotonic()
+        assert lull.wait(0.3, background=True)
+        assert time.monotonic() - started >= 0.3, "it waited out the timeout first"
+        stuck.set()
+    thread.join(10)
