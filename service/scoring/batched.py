@@ -19,7 +19,7 @@ A live cycle brings one or two windows a machine, and grouped convolutions of so
 windows cost oneDNN's fixed overhead per layer, whatever the number of models: up to
 `COLUMNS_BATCH` windows a model a plan's convolutions are batched matrix products instead
 (`_conv_columns`), which took half the time for 4 - 16 models (conv call of 8 models and one
-window each: 1.06 -> 0.56 ms alone). Their kernels are BLAS's, not oneDNN's, so the
+window each: 1.06 -> 0.55 ms alone). Their kernels are BLAS's, not oneDNN's, so the
 fine-tuner's fits, whose shapes fill oneDNN's kernel cache, cannot evict a live cycle's.
 A layer of another kind raises `NotBatchableError`, and `service.scoring.stacked` checks
 every plan, both ways, against vmap when it forms a group, so a family that changes falls
@@ -62,7 +62,7 @@ Plan = list[tuple[str, list[int]]]
 
 # Windows a model in a call up to which convolutions run as matrix products. At a live
 # cycle's one or two, a conv call of 4 - 16 models took half the time of the grouped
-# convolutions (e.g. 8 models: 0.51 against 1.02 ms, window 20, one thread); from a few
+# convolutions (8 models: 0.55 against 1.06 ms alone, window 20, one thread); from a few
 # tens of windows a model the grouped ones are faster (8 x 64: 6.6 against 15 ms).
 COLUMNS_BATCH = 4
 
