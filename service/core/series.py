@@ -18,14 +18,14 @@ from prometheus_client.samples import Sample
 
 
 class Cell:
-    """One series' value. Its family's lock guards each change: the pipeline, the
-    fine-tuner and paho's thread may count into one family at once."""
+    """One series' value (a gauge's). Its family's lock guards each change: the pipeline,
+    the fine-tuner and paho's thread may count into one family at once."""
 
-    __slots__ = ("_lock", "_suffix", "value")
+    __slots__ = ("_lock", "value")
+    SUFFIX = ""  # of the sample's name
 
-    def __init__(self, lock: threading.Lock, suffix: str) -> None:
+    def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
-        self._suffix = suffix
         self.value = 0.0
 
     def inc(self, amount: float = 1.0) -> None:
@@ -39,11 +39,21 @@ class Cell:
         return self.value
 
     def _samples(self) -> Iterable[Sample]:
-        return (Sample(self._suffix, {}, self.value, None, None),)
+        return (Sample(self.SUFFIX, {}, self.value, None, None),)
+
+
+class CounterCell(Cell):
+    """A counter's series."""
+
+    __slots__ = ()
+    SUFFIX = "_total"
 
 
 def _cell(
-    metric: Counter | Gauge, suffix: str, labelvalues: tuple[Any, ...], labelkwargs: dict[str, Any]
+    metric: Counter | Gauge,
+    kind: type[Cell],
+    labelvalues: tuple[Any, ...],
+    labelkwargs: dict[str, Any],
 ) -> Cell:
     """The series of those label values, made at 0 on first use (as `labels()` does)."""
     names = metric._labelnames
@@ -59,7 +69,7 @@ def _cell(
     cell = cells.get(key)
     if cell is None:
         with metric._lock:
-            cell = cells.setdefault(key, Cell(metric._lock, suffix))
+            cell = cells.setdefault(key, kind(metric._lock))
     assert isinstance(cell, Cell)
     return cell
 
@@ -68,11 +78,11 @@ class MachineCounter(Counter):
     """A labelled `Counter` whose series are `Cell`s."""
 
     def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Cell:  # type: ignore[override]
-        return _cell(self, "_total", labelvalues, labelkwargs)
+        return _cell(self, CounterCell, labelvalues, labelkwargs)
 
 
 class MachineGauge(Gauge):
     """A labelled `Gauge` whose series are `Cell`s."""
 
     def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Cell:  # type: ignore[override]
-        return _cell(self, "", labelvalues, labelkwargs)
+        return _cell(self, Cell, labelvalues, labelkwargs)

@@ -217,7 +217,7 @@ def tune(settings: Settings, job: TuneJob, between: BetweenBatches | None = None
     s = settings
     candidate = job.current.clone()
     x = candidate.scaled(job.train)
-    loss = train_model(candidate.model, x, s.model, s.finetune.epochs, between)
+    loss = train_model(candidate.model, x, s.model, s.finetune.epochs, turn)
     turn()
     current_error = float(np.mean(job.current.score_many(job.holdout)[0]))
     candidate_scores = candidate.score_many(job.holdout)[0]
