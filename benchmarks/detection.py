@@ -43,7 +43,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -478,31 +478,77 @@ def tep_paths(data: Path) -> list[Path]:
     return ([normal] if normal.exists() else []) + faults
 
 
+def seeded(
+    entry: Entry, settings: Settings, seeds: Sequence[int], measure: Callable[[Settings], Figures]
+) -> Figures:
+    """`measure` of the entry's settings; for aemon's rows, once per model seed, averaged
+    (`averaged`). Peers are measured once: their fits do not depend on the model's seed."""
+    row_settings = with_update(settings, entry.update)
+    if entry.peer is not None:
+        return measure(row_settings)
+    runs = [measure(with_update(row_settings, {"model": {"seed": s}})) for s in seeds]
+    return runs[0] if len(runs) == 1 else averaged(runs)
+
+
+def averaged(runs: Sequence[Figures]) -> Figures:
+    """Each figure's mean over the runs, and each figure's lowest and highest beside it
+    (`<key>_min`, `<key>_max`). One seed's figure can sit several points from another's:
+    a change is judged by the mean and the range, not by one seed.
+
+    >>> averaged([{"f1": 0.8, "far": 0.1}, {"f1": 0.9, "far": 0.3}])["f1_min"]
+    0.8
+    >>> round(averaged([{"f1": 0.8, "far": 0.1}, {"f1": 0.9, "far": 0.3}])["far"], 3)
+    0.2
+    """
+    out: Figures = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        out[key] = float(np.mean(values))
+        out[f"{key}_min"], out[f"{key}_max"] = float(np.min(values)), float(np.max(values))
+    return out
+
+
+def with_range(columns: Sequence[Column], key: str, title: str, seeds: int) -> list[Column]:
+    """`columns`; when more than one seed is run, with the lowest and highest of `key` over
+    them before the time."""
+    if seeds < 2:
+        return list(columns)
+    spread = [Column(f"{title} min", f"{key}_min"), Column(f"{title} max", f"{key}_max")]
+    return [*columns[:-1], *spread, columns[-1]]
+
+
 def run_skab(
-    chosen: Sequence[Entry], data: Path, warmup: int, settings: Settings
+    chosen: Sequence[Entry], data: Path, warmup: int, settings: Settings, seeds: Sequence[int]
 ) -> dict[str, Figures]:
     paths = skab_paths(data)
     held = sum(is_held_out(p) for p in paths)
     print(f"SKAB valve1: {len(paths)} files ({held} held out, odd-numbered), {warmup} rows of")
-    print("warm-up per file (a fresh detector fits on them), the rest streamed causally.\n")
-    print("\n".join(header(SKAB_COLUMNS)))
+    print("warm-up per file (a fresh detector fits on them), the rest streamed causally.")
+    print(seeds_line(seeds) + "\n")
+    columns = with_range(SKAB_COLUMNS, "f1", "F1", len(seeds))
+    print("\n".join(header(columns)))
     out: dict[str, Figures] = {}
     for entry in chosen:
         if "skab" not in entry.datasets():
             continue
         started = time.perf_counter()
-        row_settings = with_update(settings, entry.update)
-        factory = entry.skab_factory(row_settings, data)
-        results = evaluate_paths(paths, row_settings, warmup, factory)
-        out[entry.name] = skab_figures(results) | {"seconds": time.perf_counter() - started}
-        print(line(entry.name, out[entry.name], SKAB_COLUMNS), flush=True)
+
+        def measure(row_settings: Settings, entry: Entry = entry) -> Figures:
+            factory = entry.skab_factory(row_settings, data)
+            return skab_figures(evaluate_paths(paths, row_settings, warmup, factory))
+
+        figures = seeded(entry, settings, seeds, measure)
+        out[entry.name] = figures | {"seconds": time.perf_counter() - started}
+        print(line(entry.name, out[entry.name], columns), flush=True)
     for name, (f1, far, mar) in PUBLISHED.items():
         published = {"f1": f1, "far": far, "mar": mar}
         print(line(f"SKAB published: {name}", published, SKAB_COLUMNS))
     return out
 
 
-def run_tep(chosen: Sequence[Entry], data: Path, settings: Settings) -> dict[str, Figures]:
+def run_tep(
+    chosen: Sequence[Entry], data: Path, settings: Settings, seeds: Sequence[int]
+) -> dict[str, Figures]:
     paths = tep_paths(data)
     base = read_labelled(data / TEP_BASE, None)
     faults = len(paths) - (paths[0].name == TEP_NORMAL)
@@ -512,22 +558,34 @@ def run_tep(chosen: Sequence[Entry], data: Path, settings: Settings) -> dict[str
         f"{TEP_NORMAL} and {faults} fault files"
     )
     print("scored causally from their first row. DR: fault detection rate; mean over the")
-    print("faults but 3, 9, 15; pre-fault: rows 0-159 of the fault files.\n")
-    print("\n".join(header(TEP_COLUMNS)))
+    print("faults but 3, 9, 15; pre-fault: rows 0-159 of the fault files.")
+    print(seeds_line(seeds) + "\n")
+    columns = with_range(TEP_COLUMNS, "mean_detection_rate", "DR", len(seeds))
+    print("\n".join(header(columns)))
     out: dict[str, Figures] = {}
     for entry in chosen:
         if "tep" not in entry.datasets():
             continue
         started = time.perf_counter()
-        row_settings = with_update(settings, entry.update)
-        factory = entry.tep_factory(row_settings, base)
-        learnt = base_windows(base, row_settings)
-        results = evaluate_paths(paths, row_settings, 0, factory, learnt=learnt)
-        out[entry.name] = tep_figures(results) | {"seconds": time.perf_counter() - started}
-        print(line(entry.name, out[entry.name], TEP_COLUMNS), flush=True)
+
+        def measure(row_settings: Settings, entry: Entry = entry) -> Figures:
+            factory = entry.tep_factory(row_settings, base)
+            learnt = base_windows(base, row_settings)
+            return tep_figures(evaluate_paths(paths, row_settings, 0, factory, learnt=learnt))
+
+        figures = seeded(entry, settings, seeds, measure)
+        out[entry.name] = figures | {"seconds": time.perf_counter() - started}
+        print(line(entry.name, out[entry.name], columns), flush=True)
     for name, reference in TEP_REFERENCE.items():
         print(line(f"TEP README: {name}", reference, TEP_COLUMNS))
     return out
+
+
+def seeds_line(seeds: Sequence[int]) -> str:
+    if len(seeds) < 2:
+        return f"aemon's rows: model seed {seeds[0]}."
+    listed = ", ".join(map(str, seeds))
+    return f"aemon's rows: the mean over model seeds {listed}, with the lowest and highest."
 
 
 def machine(torch_threads: int) -> dict[str, Any]:
@@ -601,8 +659,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", help="run only the rows whose name contains this text")
     parser.add_argument("--warmup", type=int, default=400, help="SKAB rows fitted on per file")
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="comma-separated model seeds: aemon's rows are averaged over them (default: "
+        "the configured seed alone)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     return parser.parse_args(argv)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed repeats: {text!r}")
+    return seeds
 
 
 def missing_data(datasets: Sequence[str], args: argparse.Namespace) -> str | None:
@@ -645,12 +719,13 @@ def main(argv: list[str] | None = None) -> int:
         "differs from it)\n"
     )
     started = time.perf_counter()
-    report: dict[str, Any] = {"machine": host}
+    seeds = args.seeds or [skab_settings.model.seed]
+    report: dict[str, Any] = {"machine": host, "seeds": seeds}
     if "skab" in datasets:
-        report["skab"] = run_skab(chosen, args.data_skab, args.warmup, skab_settings)
+        report["skab"] = run_skab(chosen, args.data_skab, args.warmup, skab_settings, seeds)
         print()
     if "tep" in datasets:
-        report["tep"] = run_tep(chosen, args.data_tep, tep_settings)
+        report["tep"] = run_tep(chosen, args.data_tep, tep_settings, seeds)
         print()
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["load_after"] = _load()

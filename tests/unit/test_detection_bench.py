@@ -212,7 +212,8 @@ def test_prints_both_tables_and_one_json_line(
     assert any(r[0].startswith("TEP README: PCA") for r in tep_rows)
     assert lines[-2].startswith("took ")
     report: dict[str, Any] = json.loads(lines[-1])
-    assert set(report) == {"machine", "skab", "tep", "seconds", "load_after"}
+    assert set(report) == {"machine", "seeds", "skab", "tep", "seconds", "load_after"}
+    assert report["seeds"] == [Settings().model.seed]
     assert report["machine"]["torch_threads"] == Settings().model.torch_threads
     assert set(report["skab"]) == set(report["tep"]) == {"PCA T²+Q", "dynamic PCA T²+Q (2 lags)"}
     pca = report["tep"]["PCA T²+Q"]
@@ -243,6 +244,39 @@ def test_an_autoencoder_learns_tep_from_the_base_file_alone(
 
 
 @pytest.mark.usefixtures("quiet")
+def test_seeds_average_aemons_rows_and_show_their_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, tep = write_data(tmp_path)
+    monkeypatch.setenv("AEMON_MODEL__EPOCHS", "2")
+    seeds: list[int] = []
+    real = detection.evaluate_paths
+    monkeypatch.setattr(
+        detection,
+        "evaluate_paths",
+        lambda *a, **k: seeds.append(a[1].model.seed) or real(*a, **k),
+    )
+    argv = ["--only", "tep", "--data-tep", str(tep), "--families", "dense", "--rows", "quantile"]
+    single: list[dict[str, float]] = []
+    for seed in (3, 4):
+        assert main([*argv, "--seeds", str(seed)]) == 0
+        figures = json.loads(capsys.readouterr().out.splitlines()[-1])["tep"]
+        single.append({k: v for k, v in figures["aemon dense, quantile"].items() if k != "seconds"})
+    assert main([*argv, "--seeds", "3,4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    report = json.loads(lines[-1])
+    assert report["seeds"] == [3, 4]
+    assert seeds == [3, 4, 3, 4]  # each run's model takes its seed
+    both = report["tep"]["aemon dense, quantile"]
+    for key in ("mean_detection_rate", "far_normal_test", "dr_1"):
+        values = [run[key] for run in single]
+        assert both[key] == pytest.approx(np.mean(values))
+        assert (both[f"{key}_min"], both[f"{key}_max"]) == pytest.approx((min(values), max(values)))
+    header = table(lines, "TEP: ")[0]
+    assert header[-3:] == ["DR min", "DR max", "s"]
+
+
+@pytest.mark.usefixtures("quiet")
 @pytest.mark.parametrize(
     "argv",
     [["--only", "skab"], ["--only", "tep"], ["--families", "dense,transformer"]],
@@ -253,3 +287,13 @@ def test_missing_data_or_an_unknown_family_is_refused(
     nowhere = ["--data-skab", str(tmp_path), "--data-tep", str(tmp_path)]
     assert main([*nowhere, *argv]) == 2
     assert capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", ["1,x", "1,1", ""])
+def test_seeds_that_are_not_distinct_integers_are_refused(
+    seeds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--seeds", seeds])
+    assert exited.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
