@@ -27,10 +27,12 @@ At the end, one JSON line with every figure (rates as fractions) and the time ta
     make bench-detection       # or: .venv/bin/python -m benchmarks.detection [options]
     .venv/bin/python -m benchmarks.detection --only tep --families conv,lstm
     .venv/bin/python -m benchmarks.detection --quick     # conv and PCA only: a smoke run
+    .venv/bin/python -m benchmarks.detection --families conv --seeds 0,1,2,3,4   # over seeds
 
 About 8 minutes on 2 cores, nearly all of it the autoencoders' fits on SKAB's 16 files
 (each family fits twice per file, once per threshold method, as `aemon evaluate` would);
-TEP takes about a minute. Figures and discussion: docs/evaluation.md.
+TEP takes about a minute; `--seeds` multiplies aemon's rows' time by the number of seeds.
+Figures and discussion: docs/evaluation.md.
 """
 
 from __future__ import annotations
