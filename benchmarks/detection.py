@@ -544,7 +544,7 @@ def run_skab(
         print(line(entry.name, out[entry.name], columns), flush=True)
     for name, (f1, far, mar) in PUBLISHED.items():
         published = {"f1": f1, "far": far, "mar": mar}
-        print(line(f"SKAB published: {name}", published, SKAB_COLUMNS))
+        print(line(f"SKAB published: {name}", published, columns))
     return out
 
 
@@ -579,7 +579,7 @@ def run_tep(
         out[entry.name] = figures | {"seconds": time.perf_counter() - started}
         print(line(entry.name, out[entry.name], columns), flush=True)
     for name, reference in TEP_REFERENCE.items():
-        print(line(f"TEP README: {name}", reference, TEP_COLUMNS))
+        print(line(f"TEP README: {name}", reference, columns))
     return out
 
 

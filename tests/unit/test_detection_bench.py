@@ -272,8 +272,9 @@ def test_seeds_average_aemons_rows_and_show_their_range(
         values = [run[key] for run in single]
         assert both[key] == pytest.approx(np.mean(values))
         assert (both[f"{key}_min"], both[f"{key}_max"]) == pytest.approx((min(values), max(values)))
-    header = table(lines, "TEP: ")[0]
-    assert header[-3:] == ["DR min", "DR max", "s"]
+    rows = table(lines, "TEP: ")
+    assert rows[0][-3:] == ["DR min", "DR max", "s"]
+    assert {len(row) for row in rows} == {len(rows[0])}  # the README's rows too
 
 
 @pytest.mark.usefixtures("quiet")
