@@ -167,8 +167,9 @@ class Lull:
         """On another thread: its work is over."""
         with self._state:
             self._end_turn()
-            if self._foreground:
-                self._foreground.discard(threading.get_ident())
+            me = threading.get_ident()
+            if me in self._foreground:
+                self._foreground.discard(me)
                 self._state.notify_all()
 
     def _end_turn(self) -> None:
